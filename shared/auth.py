@@ -1,0 +1,156 @@
+"""Bearer JWT authentication shared by every service.
+
+HS256 with a shared secret in development; RS256/ES256 keys from a JWKS URL in
+production. ``exp``, ``iss`` and ``aud`` are always checked; ``alg: none`` and keys
+the JWKS does not know are refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any, Literal
+
+import jwt
+from fastapi import Depends, Request
+from pydantic import BaseModel, Field
+
+from shared.errors import ApiError, forbidden, unauthorized
+from shared.settings import ServiceSettings
+
+Role = Literal["learner", "instructor", "admin"]
+ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+
+
+class User(BaseModel):
+    id: str = Field(alias="sub")
+    name: str = ""
+    email: str = ""
+    roles: list[Role] = Field(default_factory=lambda: list[Role](["learner"]))
+    username: str = ""
+    avatar: str | None = None
+
+    model_config = {"populate_by_name": True, "frozen": True}
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    @property
+    def is_instructor(self) -> bool:
+        return "instructor" in self.roles
+
+
+class TokenVerifier:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._secret = settings.jwt_secret
+        self._jwks = (
+            jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300)
+            if settings.jwt_jwks_url
+            else None
+        )
+
+    def verify(self, token: str) -> User:
+        try:
+            header = jwt.get_unverified_header(token)
+            options: Any = {"require": ["exp", "iss", "aud", "sub"]}
+            if self._jwks is not None:
+                if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
+                    raise unauthorized("Token algorithm not accepted")
+                key = self._jwks.get_signing_key_from_jwt(token).key
+                claims = jwt.decode(
+                    token, key, algorithms=ASYMMETRIC_ALGORITHMS, audience=self._audience,
+                    issuer=self._issuer, options=options,
+                )
+            else:
+                if header.get("alg") != "HS256":
+                    raise unauthorized("Token algorithm not accepted")
+                claims = jwt.decode(
+                    token, self._secret, algorithms=["HS256"], audience=self._audience,
+                    issuer=self._issuer, options=options,
+                )
+        except ApiError:
+            raise
+        except jwt.ExpiredSignatureError as exc:
+            raise unauthorized("Token has expired") from exc
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise unauthorized("Invalid token") from exc
+        roles = claims.get("roles") or ["learner"]
+        if isinstance(roles, str):
+            roles = [roles]
+        known = [r for r in roles if r in ("learner", "instructor", "admin")]
+        return User.model_validate(
+            {
+                "sub": str(claims["sub"]),
+                "name": claims.get("name") or "",
+                "email": claims.get("email") or "",
+                "roles": known or ["learner"],
+                "username": claims.get("preferred_username") or claims.get("username") or "",
+                "avatar": claims.get("picture") or claims.get("avatar"),
+            }
+        )
+
+
+def issue_token(
+    settings: ServiceSettings,
+    *,
+    user_id: str,
+    name: str = "",
+    email: str = "",
+    roles: list[str] | None = None,
+    ttl_seconds: int = 12 * 3600,
+    username: str | None = None,
+) -> str:
+    """Sign an HS256 token with the configured secret (development and tests)."""
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "name": name,
+        "email": email,
+        "roles": roles or ["learner"],
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    if username:
+        claims["preferred_username"] = username
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+def _verifier(request: Request) -> TokenVerifier:
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return verifier
+
+
+def current_user(request: Request) -> User:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized()
+    return _verifier(request).verify(token.strip())
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise forbidden("Administrators only")
+    return user
+
+
+AdminUser = Annotated[User, Depends(require_admin)]
+
+
+def require_internal(request: Request) -> None:
+    """Service-to-service calls carry the shared internal token; the gateway never routes them."""
+    expected: str = request.app.state.settings.internal_token
+    given = request.headers.get("x-internal-token", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(403, "forbidden", "Internal API")
+
+
+InternalCaller = Annotated[None, Depends(require_internal)]

@@ -1,0 +1,61 @@
+"""Kafka plumbing: the FastStream broker factory and up-front topic creation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+
+from shared.events import COMPACTED_TOPICS, TOPIC_PARTITIONS, Topic
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_broker(settings: ServiceSettings) -> KafkaBroker:
+    # acks=all without the idempotent producer: Tansu has none, and the outbox plus
+    # idempotent consumers give exactly-once effects anyway.
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=settings.service_name,
+        acks="all",
+        enable_idempotence=False,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        logger=logging.getLogger(f"faststream.{settings.service_name}"),
+    )
+
+
+async def ensure_topics(settings: ServiceSettings, topics: list[Topic] | None = None) -> list[str]:
+    """Create every topic with its final partition count; existing topics are left alone.
+
+    The embedded broker cannot add partitions or alter configs later, so this must run
+    before anything publishes (auto-creation would pick another partition count).
+    """
+    wanted = topics or list(TOPIC_PARTITIONS)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.service_name}-admin",
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        for topic in wanted:
+            name = settings.topic(topic.value)
+            if name in existing:
+                continue
+            configs = {"cleanup.policy": "compact"} if topic in COMPACTED_TOPICS else {}
+            new = NewTopic(name, num_partitions=TOPIC_PARTITIONS[topic], replication_factor=1,
+                           topic_configs=configs)
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([new])
+                created.append(name)
+    finally:
+        await admin.close()
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created

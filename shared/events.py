@@ -1,0 +1,212 @@
+"""The single event contract: every topic and every event, as versioned pydantic models.
+
+Each event carries the envelope ``event_id``, ``type``, ``version`` and ``occurred_at``
+followed by its payload. Learner events are keyed ``"{user_id}:{course_id}"`` so that
+one learner's events for one course stay in order on one partition; the catalog is
+keyed by course id.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Topic(StrEnum):
+    COURSE_CATALOG = "course-catalog"
+    ENROLLMENT_CHANGED = "enrollment-changed"
+    LESSON_COMPLETED = "lesson-completed"
+    LESSON_REOPENED = "lesson-reopened"
+    COURSE_COMPLETED = "course-completed"
+    CERTIFICATE_ISSUED = "certificate-issued"
+    DEAD_LETTER = "dead-letter"
+
+
+# Partition counts are final: the embedded broker cannot add partitions later.
+# Learner topics get enough partitions for the certificate workers to scale out.
+TOPIC_PARTITIONS: dict[Topic, int] = {
+    Topic.COURSE_CATALOG: 4,
+    Topic.ENROLLMENT_CHANGED: 12,
+    Topic.LESSON_COMPLETED: 12,
+    Topic.LESSON_REOPENED: 12,
+    Topic.COURSE_COMPLETED: 12,
+    Topic.CERTIFICATE_ISSUED: 12,
+    Topic.DEAD_LETTER: 1,
+}
+
+# course-catalog carries the full course each time: compaction keeps the latest per course.
+COMPACTED_TOPICS: frozenset[Topic] = frozenset({Topic.COURSE_CATALOG})
+
+
+def learner_key(user_id: str, course_id: int) -> str:
+    return f"{user_id}:{course_id}"
+
+
+class Event(BaseModel):
+    """Envelope shared by every event."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    topic: ClassVar[Topic]
+
+    event_id: UUID = Field(default_factory=uuid4)
+    type: str
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    def key(self) -> str:
+        raise NotImplementedError
+
+
+class LearnerEvent(Event):
+    user_id: str
+    course_id: int
+
+    def key(self) -> str:
+        return learner_key(self.user_id, self.course_id)
+
+
+class CatalogLesson(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    title: str
+    order: int
+    is_required: bool = True
+    duration_seconds: int | None = None
+    kind: str = "video"
+
+
+class CourseCatalogEntry(Event):
+    """The whole course as it is now; a replica can be rebuilt from these alone."""
+
+    topic: ClassVar[Topic] = Topic.COURSE_CATALOG
+    type: Literal["course-catalog"] = "course-catalog"
+
+    course_id: int
+    revision: int  # grows with every change; replicas ignore older revisions
+    title: str
+    slug: str
+    description: str = ""
+    status: Literal["draft", "published", "archived"]
+    requires_sequential_progress: bool = False
+    certificate_enabled: bool = True
+    instructor_ids: list[str] = Field(default_factory=list)
+    lessons: list[CatalogLesson] = Field(default_factory=list)
+
+    def key(self) -> str:
+        return str(self.course_id)
+
+
+class EnrollmentChanged(LearnerEvent):
+    topic: ClassVar[Topic] = Topic.ENROLLMENT_CHANGED
+    type: Literal["enrollment-changed"] = "enrollment-changed"
+
+    enrollment_id: int
+    status: Literal["active", "completed", "unenrolled"]
+    revision: int  # grows with every change of this enrollment
+    enrolled_at: datetime
+    username: str = ""
+    display_name: str = ""
+    email: str = ""
+    avatar: str | None = None
+
+
+class LessonCompleted(LearnerEvent):
+    topic: ClassVar[Topic] = Topic.LESSON_COMPLETED
+    type: Literal["lesson-completed"] = "lesson-completed"
+
+    lesson_id: int
+    completed_at: datetime
+    progress_percentage: int
+    completed_lessons: int
+    total_lessons: int
+
+
+class LessonReopened(LearnerEvent):
+    topic: ClassVar[Topic] = Topic.LESSON_REOPENED
+    type: Literal["lesson-reopened"] = "lesson-reopened"
+
+    lesson_id: int
+    reopened_at: datetime
+    progress_percentage: int
+    completed_lessons: int
+    total_lessons: int
+
+
+class CourseCompleted(LearnerEvent):
+    """Carries what certificates and notifications need, so neither looks anything up."""
+
+    topic: ClassVar[Topic] = Topic.COURSE_COMPLETED
+    type: Literal["course-completed"] = "course-completed"
+
+    completed_at: datetime
+    user_name: str
+    user_email: str
+    course_title: str
+    certificate_enabled: bool
+    enrolled_at: datetime | None = None
+    instructor_ids: list[str] = Field(default_factory=list)
+
+
+class CertificateIssued(LearnerEvent):
+    topic: ClassVar[Topic] = Topic.CERTIFICATE_ISSUED
+    type: Literal["certificate-issued"] = "certificate-issued"
+
+    certificate_id: str
+    verification_code: str
+    certificate_url: str
+    verification_url: str
+    issued_at: datetime
+    course_title: str
+    student_name: str
+    student_email: str
+
+
+class DeadLetter(Event):
+    """A message a consumer gave up on, with why; the consumer moved on."""
+
+    topic: ClassVar[Topic] = Topic.DEAD_LETTER
+    type: Literal["dead-letter"] = "dead-letter"
+
+    source_topic: str
+    partition: int
+    offset: int
+    consumer_group: str
+    message_key: str | None = None
+    value: str  # the original bytes, decoded as UTF-8 with replacement
+    error: str
+    attempts: int
+
+    def key(self) -> str:
+        return self.message_key or f"{self.source_topic}:{self.partition}"
+
+
+AnyEvent = Annotated[
+    CourseCatalogEntry
+    | EnrollmentChanged
+    | LessonCompleted
+    | LessonReopened
+    | CourseCompleted
+    | CertificateIssued,
+    Field(discriminator="type"),
+]
+any_event_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+EVENT_TYPES: dict[Topic, type[Event]] = {
+    Topic.COURSE_CATALOG: CourseCatalogEntry,
+    Topic.ENROLLMENT_CHANGED: EnrollmentChanged,
+    Topic.LESSON_COMPLETED: LessonCompleted,
+    Topic.LESSON_REOPENED: LessonReopened,
+    Topic.COURSE_COMPLETED: CourseCompleted,
+    Topic.CERTIFICATE_ISSUED: CertificateIssued,
+    Topic.DEAD_LETTER: DeadLetter,
+}

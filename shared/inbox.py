@@ -1,0 +1,208 @@
+"""Idempotent, at-least-once consumption with bounded retries and a dead-letter topic.
+
+A handler receives the parsed event and an ``EventContext``. Its effect runs inside
+``ctx.transaction()``, which first records ``(consumer, event_id)`` in the ``inbox``
+table: the marker and the effect commit together, so a redelivered event finds the
+marker and changes nothing. Offsets are committed only after the handler returns.
+
+A message that does not parse, or whose handler still fails after
+``consumer_max_attempts`` tries, is written to the dead-letter topic (through the
+outbox, so a broker outage cannot lose it) and the consumer moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.middlewares import AckPolicy
+from pydantic import ValidationError
+
+from shared import metrics, outbox
+from shared.db import Connection
+from shared.events import DeadLetter, Event, Topic
+from shared.logs import event_id_var
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+
+class AlreadyApplied(Exception):
+    """Raised inside ``transaction()`` when this consumer has applied the event before."""
+
+
+class TransientError(Exception):
+    """A handler's way to say "not now": retried until it succeeds, never dead-lettered."""
+
+
+# Infrastructure faults delay work but must not send a good event to the dead-letter
+# topic: the message is redelivered (nacked) instead, for as long as they last.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+TRANSIENT_PAUSE_S = 1.0
+
+
+class EventContext:
+    def __init__(self, pool: asyncpg.Pool, consumer: str, event: Event) -> None:
+        self.pool = pool
+        self.consumer = consumer
+        self.event = event
+
+    async def already_applied(self) -> bool:
+        """A cheap check before expensive work done outside the transaction."""
+        return bool(
+            await self.pool.fetchval(
+                "SELECT true FROM inbox WHERE consumer = $1 AND event_id = $2",
+                self.consumer, self.event.event_id,
+            )
+        )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Two deliveries racing each other: the second blocks on the primary key
+            # until the first commits, then finds the row and stops.
+            fresh = await conn.fetchval(
+                "INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING RETURNING true",
+                self.consumer, self.event.event_id, self.event.topic.value,
+            )
+            if not fresh:
+                raise AlreadyApplied
+            yield conn
+
+
+Handler = Callable[[E, EventContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription(Generic[E]):
+    topic: Topic
+    model: type[E]
+    handler: Handler[E]
+    consumer: str  # consumer group name, without the topic prefix
+
+
+def subscribe(
+    broker: KafkaBroker,
+    settings: ServiceSettings,
+    pool_getter: Callable[[], asyncpg.Pool],
+    sub: Subscription[Any],
+) -> None:
+    """Register ``sub`` on ``broker``: parse, apply once, retry, dead-letter."""
+    service = settings.service_name
+    topic_label = sub.topic.value
+
+    async def on_message(message: KafkaMessage) -> None:
+        record = message.raw_message
+        started = time.perf_counter()
+        try:
+            event = sub.model.model_validate_json(message.body)
+        except ValidationError as exc:
+            await _dead_letter(pool_getter(), settings, sub, record, message.body, f"invalid event: {exc}", 1, None)
+            metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
+            return
+        token = event_id_var.set(str(event.event_id))
+        try:
+            await _handle_with_retries(pool_getter(), settings, sub, event, record, message.body)
+        finally:
+            event_id_var.reset(token)
+            metrics.EVENT_HANDLING.labels(service, topic_label).observe(time.perf_counter() - started)
+
+    broker.subscriber(
+        settings.topic(sub.topic.value),
+        group_id=settings.group(sub.consumer),
+        auto_offset_reset="earliest",  # Tansu's end offsets are unreliable
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title=f"{sub.consumer}:{sub.topic.value}",
+        description=f"{sub.model.__name__} events consumed by {sub.consumer}",
+    )(on_message)
+
+
+async def _handle_with_retries(
+    pool: asyncpg.Pool,
+    settings: ServiceSettings,
+    sub: Subscription[Any],
+    event: Event,
+    record: Any,
+    raw: bytes,
+) -> None:
+    service, topic_label = settings.service_name, sub.topic.value
+    attempts = settings.consumer_max_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            await sub.handler(event, EventContext(pool, sub.consumer, event))
+        except AlreadyApplied:
+            metrics.EVENTS_CONSUMED.labels(service, topic_label, "duplicate").inc()
+            return
+        except TRANSIENT_ERRORS as exc:
+            log.warning("handling %s hit a transient fault: %r; redelivering", topic_label, exc)
+            metrics.EVENTS_CONSUMED.labels(service, topic_label, "retried").inc()
+            await asyncio.sleep(TRANSIENT_PAUSE_S)
+            raise  # nacked: the same message comes back, nothing is committed past it
+        except Exception as exc:
+            if attempt == attempts:
+                log.exception("giving up on %s after %d attempts", sub.topic.value, attempt)
+                await _dead_letter(pool, settings, sub, record, raw, repr(exc), attempt, event.event_id)
+                metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
+                return
+            delay = settings.consumer_retry_base_s * 2 ** (attempt - 1)
+            log.warning("handling %s failed (attempt %d): %r; retrying in %.2fs", topic_label, attempt, exc, delay)
+            metrics.EVENTS_CONSUMED.labels(service, topic_label, "retried").inc()
+            await asyncio.sleep(delay)
+        else:
+            metrics.EVENTS_CONSUMED.labels(service, topic_label, "applied").inc()
+            return
+
+
+async def _dead_letter(
+    pool: asyncpg.Pool,
+    settings: ServiceSettings,
+    sub: Subscription[Any],
+    record: Any,
+    raw: bytes,
+    error: str,
+    attempts: int,
+    event_id: UUID | None,
+) -> None:
+    key = record.key.decode("utf-8", "replace") if record.key else None
+    letter = DeadLetter(
+        source_topic=sub.topic.value,
+        partition=record.partition,
+        offset=record.offset,
+        consumer_group=sub.consumer,
+        message_key=key,
+        value=raw.decode("utf-8", "replace"),
+        error=error[:4000],
+        attempts=attempts,
+    )
+    log.error("dead-lettering %s[%d]@%d: %s", sub.topic.value, record.partition, record.offset, error[:500])
+    # If this raises (database down), the message is nacked and redelivered later.
+    async with pool.acquire() as conn, conn.transaction():
+        if event_id is not None:
+            # Mark it handled, so a redelivery does not dead-letter it a second time.
+            await conn.execute(
+                "INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                sub.consumer, event_id, sub.topic.value,
+            )
+        await outbox.add(conn, letter)

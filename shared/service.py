@@ -1,0 +1,225 @@
+"""What every service process is made of: database, migrations, outbox relay, Kafka
+subscribers, and a FastAPI app with errors, auth, request ids, metrics and health.
+
+A service's ``app.py`` describes itself with a ``ServiceSpec`` and calls
+``create_app``; this module owns the start-up and shut-down order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import bus, db, metrics
+from shared.auth import TokenVerifier
+from shared.errors import error_response, install_error_handlers
+from shared.inbox import Subscription, subscribe
+from shared.logs import configure_logging, request_id_var
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    settings: ServiceSettings
+    migrations: Path
+    routers: list[APIRouter] = field(default_factory=list)
+    subscriptions: list[Subscription[Any]] = field(default_factory=list)
+    on_startup: list[Hook] = field(default_factory=list)
+    on_shutdown: list[Hook] = field(default_factory=list)
+    title: str = ""
+
+
+class Runtime:
+    """The live resources of one service process, shared with routes via ``app.state``."""
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        self.spec = spec
+        self.settings = spec.settings
+        self._pool: asyncpg.Pool | None = None
+        self.broker: KafkaBroker = bus.create_broker(spec.settings)
+        self.relay = OutboxRelay(spec.settings)
+        self.broker_started = False
+        self._broker_task: asyncio.Task[None] | None = None
+        self.extras: dict[str, Any] = {}
+        for sub in spec.subscriptions:
+            subscribe(self.broker, spec.settings, lambda: self.pool, sub)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database pool is not open")
+        return self._pool
+
+    async def start(self) -> None:
+        s = self.settings
+        await db.migrate_service(s.database_url, self.spec.name, self.spec.migrations)
+        self._pool = await db.create_pool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        await self.relay.start()
+        # Kafka may come up after us: subscribers start in the background, the API serves now.
+        self._broker_task = asyncio.create_task(self._start_broker(), name="broker-start")
+        for hook in self.spec.on_startup:
+            await hook(self)
+
+    async def _start_broker(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await bus.ensure_topics(self.settings)
+                if self.spec.subscriptions:
+                    await self.broker.start()
+                self.broker_started = True
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("broker not available yet: %r; retrying in %.1fs", exc, backoff)
+                with contextlib.suppress(Exception):
+                    await self.broker.stop()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def stop(self) -> None:
+        for hook in reversed(self.spec.on_shutdown):
+            with contextlib.suppress(Exception):
+                await hook(self)
+        if self._broker_task is not None:
+            self._broker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._broker_task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.broker.stop(), 10)
+        await self.relay.stop()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 10)
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        checks["broker"] = "ok" if await self.relay.broker_reachable() else "unavailable"
+        if self.spec.subscriptions:
+            checks["subscribers"] = "ok" if self.broker_started else "starting"
+        return checks
+
+
+class RequestContextMiddleware:
+    """Request id in and out, per-route latency metrics, one JSON access-log line.
+
+    Pure ASGI (not BaseHTTPMiddleware): it sits on the heartbeat hot path.
+    """
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+        self.log = logging.getLogger(f"{service}.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        extra_headers = [
+            (b"x-request-id", request_id.encode("latin-1")),
+            (b"x-lessonstream-service", self.service.encode()),
+        ]
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = list(message.get("headers", [])) + extra_headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).observe(elapsed)
+            if template not in ("/health", "/ready", "/metrics"):
+                self.log.info(
+                    "%s %s %d", scope["method"], scope["path"], status,
+                    extra={"fields": {"status": status, "ms": round(elapsed * 1000, 2), "route": template}},
+                )
+            request_id_var.reset(token)
+
+
+def create_app(spec: ServiceSpec) -> FastAPI:
+    configure_logging(spec.name, spec.settings.log_level)
+    runtime = Runtime(spec)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=spec.title or f"Lessonstream {spec.name}", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.settings = spec.settings
+    app.state.token_verifier = TokenVerifier(spec.settings)
+    install_error_handlers(app)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": spec.name}
+
+    @app.get("/ready", include_in_schema=False, response_model=None)
+    async def ready() -> JSONResponse | dict[str, Any]:
+        checks = await runtime.readiness()
+        if all(v == "ok" for v in checks.values()):
+            return {"status": "ready", "service": spec.name, "checks": checks}
+        return error_response(503, "not_ready", f"{spec.name} is not ready", checks=checks)
+
+    app.include_router(metrics.router)
+    for router in spec.routers:
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, service=spec.name)
+    return app
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    return runtime_of(request).pool
+
+
+DbPool = Annotated[asyncpg.Pool, Depends(_pool)]

@@ -1,0 +1,109 @@
+"""Helpers for tests: per-test names, settings, and waiting for a condition with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from lessonstream import infra
+from shared.db import with_database
+from shared.settings import ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
+
+
+@dataclass
+class TestEnv:
+    __test__ = False  # not a test class
+
+    postgres_url: str
+    kafka_bootstrap: str
+    prefix: str
+    topic_prefix: str
+    tansu: infra.Process | None
+
+    def database_url(self, name: str) -> str:
+        return with_database(self.postgres_url, f"{self.prefix}{name}")
+
+    def settings(self, cls: type[S] = ServiceSettings, *, database: str = "svc", **overrides: Any) -> S:  # type: ignore[assignment]
+        values: dict[str, Any] = {
+            "env": "test",
+            "database_url": self.database_url(database),
+            "kafka_bootstrap_servers": self.kafka_bootstrap,
+            "topic_prefix": self.topic_prefix,
+            "kafka_session_timeout_ms": 6000,
+            "kafka_heartbeat_interval_ms": 500,
+            "consumer_retry_base_s": 0.05,
+            "db_pool_min": 1,
+            "db_pool_max": 5,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+        await asyncio.sleep(interval)
+
+
+async def produce_raw(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+class TopicReader:
+    """Reads every message of a topic from the beginning (its own consumer group)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.messages: list[Any] = []
+        self._consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"reader-{topic}-{time.monotonic_ns()}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        async for msg in self._consumer:
+            self.messages.append(msg)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._consumer.stop()

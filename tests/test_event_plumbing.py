@@ -1,0 +1,216 @@
+"""The event plumbing end to end, over the real broker and PostgreSQL.
+
+A "sender" service writes a state change and its event through the outbox in one
+transaction; a "receiver" service applies each event once through its inbox. Both are
+real ``Runtime`` objects (migrations, pool, relay, FastStream subscribers).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+
+from shared import outbox
+from shared.events import DeadLetter, LessonCompleted, Topic
+from shared.inbox import EventContext, Subscription
+from shared.service import Runtime, ServiceSpec
+from tests.helpers import TestEnv, TopicReader, eventually, produce_raw
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+async def record_completion(pool: asyncpg.Pool, user_id: str, lesson_id: int) -> LessonCompleted:
+    """The sender's write: state change and event, one transaction."""
+    event = LessonCompleted(
+        user_id=user_id, course_id=1, lesson_id=lesson_id, completed_at=datetime.now(UTC),
+        progress_percentage=10, completed_lessons=1, total_lessons=10,
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO completions VALUES ($1, $2)", user_id, lesson_id)
+        await outbox.add(conn, event)
+    return event
+
+
+class Receiver:
+    def __init__(self, fail_lessons: set[int] | None = None) -> None:
+        self.fail_lessons = fail_lessons or set()
+        self.calls = 0
+
+    async def on_lesson_completed(self, event: LessonCompleted, ctx: EventContext) -> None:
+        self.calls += 1
+        if event.lesson_id in self.fail_lessons:
+            raise ValueError(f"lesson {event.lesson_id} cannot be applied")
+        async with ctx.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO applied VALUES ($1, $2) ON CONFLICT (user_id, lesson_id) "
+                "DO UPDATE SET times = applied.times + 1",
+                event.user_id, event.lesson_id,
+            )
+
+
+async def start_pair(test_env: TestEnv, receiver: Receiver) -> tuple[Runtime, Runtime]:
+    sender = Runtime(
+        ServiceSpec(
+            name="sender",
+            settings=test_env.settings(database="sender", service_name="sender"),
+            migrations=FIXTURES / "sender_migrations",
+        )
+    )
+    consumer = Runtime(
+        ServiceSpec(
+            name="receiver",
+            settings=test_env.settings(database="receiver", service_name="receiver", consumer_max_attempts=3),
+            migrations=FIXTURES / "receiver_migrations",
+            subscriptions=[
+                Subscription(Topic.LESSON_COMPLETED, LessonCompleted, receiver.on_lesson_completed, "receiver")
+            ],
+        )
+    )
+    await sender.start()
+    await consumer.start()
+    await eventually(lambda: _ready(consumer), what="receiver subscribed")
+    return sender, consumer
+
+
+async def _ready(runtime: Runtime) -> bool:
+    return runtime.broker_started
+
+
+async def applied_rows(runtime: Runtime) -> dict[tuple[str, int], int]:
+    rows = await runtime.pool.fetch("SELECT user_id, lesson_id, times FROM applied")
+    return {(r["user_id"], r["lesson_id"]): r["times"] for r in rows}
+
+
+async def test_event_written_with_state_is_applied_once_by_another_service(test_env: TestEnv) -> None:
+    receiver = Receiver()
+    sender, consumer = await start_pair(test_env, receiver)
+    try:
+        events = [await record_completion(sender.pool, f"u{i}", i) for i in range(20)]
+
+        async def all_applied() -> bool:
+            return len(await applied_rows(consumer)) == 20
+
+        await eventually(all_applied, what="20 events applied")
+        assert set((await applied_rows(consumer)).values()) == {1}
+        assert await sender.pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+        # (a) the same message delivered twice more, byte for byte: nothing changes.
+        topic = test_env.topic_prefix + Topic.LESSON_COMPLETED.value
+        for _ in range(2):
+            await produce_raw(
+                test_env.kafka_bootstrap, topic, events[3].model_dump_json().encode(), events[3].key().encode()
+            )
+        await record_completion(sender.pool, "after-duplicates", 99)
+
+        async def marker_applied() -> bool:
+            return ("after-duplicates", 99) in await applied_rows(consumer)
+
+        await eventually(marker_applied, what="event after the duplicates applied")
+        rows = await applied_rows(consumer)
+        assert rows[("u3", 3)] == 1, "a redelivered event must change nothing"
+        inbox = await consumer.pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", events[3].event_id)
+        assert inbox == 1
+        assert await consumer.pool.fetchval("SELECT count(*) FROM inbox") == 21
+    finally:
+        await consumer.stop()
+        await sender.stop()
+
+
+async def test_writes_continue_while_broker_is_paused_and_nothing_is_lost(test_env: TestEnv) -> None:
+    if test_env.tansu is None:
+        pytest.skip("needs the test run's own broker process to pause")
+    receiver = Receiver()
+    sender, consumer = await start_pair(test_env, receiver)
+    try:
+        await record_completion(sender.pool, "before", 0)
+        await eventually(lambda: _has(consumer, "before", 0), what="first event applied")
+
+        test_env.tansu.pause()  # SIGSTOP: the broker neither answers nor drops connections
+        try:
+            for i in range(1, 31):  # writes keep succeeding: they only touch PostgreSQL
+                await record_completion(sender.pool, "during", i)
+            pending = await sender.pool.fetchval("SELECT count(*) FROM outbox")
+            assert pending >= 1, "with the broker stopped, events wait in the outbox"
+        finally:
+            test_env.tansu.resume()
+
+        async def all_applied() -> bool:
+            rows = await applied_rows(consumer)
+            return sum(1 for (user, _) in rows if user == "during") == 30
+
+        await eventually(all_applied, timeout=90, what="all 30 events written during the outage")
+        rows = await applied_rows(consumer)
+        assert all(times == 1 for times in rows.values())
+        assert await sender.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await consumer.stop()
+        await sender.stop()
+
+
+async def _has(runtime: Runtime, user: str, lesson: int) -> bool:
+    return (user, lesson) in await applied_rows(runtime)
+
+
+async def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(test_env: TestEnv) -> None:
+    receiver = Receiver(fail_lessons={13})
+    sender, consumer = await start_pair(test_env, receiver)
+    dlq_topic = test_env.topic_prefix + Topic.DEAD_LETTER.value
+    topic = test_env.topic_prefix + Topic.LESSON_COMPLETED.value
+    try:
+        async with TopicReader(test_env.kafka_bootstrap, dlq_topic) as dead:
+            # (c) malformed: not JSON at all, and JSON that is not a lesson-completed event.
+            await produce_raw(test_env.kafka_bootstrap, topic, b"\x00not json{", b"bad:1")
+            await produce_raw(test_env.kafka_bootstrap, topic, orjson.dumps({"type": "x"}), b"bad:1")
+            # A well-formed event whose handler keeps failing.
+            await record_completion(sender.pool, "poison", 13)
+            # Good messages after all of them.
+            for i in range(5):
+                await record_completion(sender.pool, "good", i)
+
+            async def good_applied() -> bool:
+                rows = await applied_rows(consumer)
+                return sum(1 for (u, _) in rows if u == "good") == 5
+
+            await eventually(good_applied, what="good events after the bad ones")
+
+            async def three_dead() -> bool:
+                return len(dead.messages) >= 3
+
+            await eventually(three_dead, what="three dead letters")
+            letters = [DeadLetter.model_validate_json(m.value) for m in dead.messages]
+            assert {letter.source_topic for letter in letters} == {"lesson-completed"}
+            assert any("invalid event" in letter.error and "not json" in letter.value for letter in letters)
+            poison = [letter for letter in letters if "cannot be applied" in letter.error]
+            assert len(poison) == 1 and poison[0].attempts == 3
+            assert receiver.calls >= 3 + 5
+            assert ("poison", 13) not in await applied_rows(consumer)
+    finally:
+        await consumer.stop()
+        await sender.stop()
+
+
+async def test_state_change_and_event_roll_back_together(test_env: TestEnv) -> None:
+    runtime = Runtime(
+        ServiceSpec(
+            name="sender", settings=test_env.settings(database="sender"), migrations=FIXTURES / "sender_migrations"
+        )
+    )
+    await runtime.start()
+    try:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                event = LessonCompleted(
+                    user_id="x", course_id=1, lesson_id=1, completed_at=datetime.now(UTC),
+                    progress_percentage=1, completed_lessons=1, total_lessons=1,
+                )
+                await outbox.add(conn, event)
+                await conn.execute("INSERT INTO completions VALUES ('x', 1)")
+                await conn.execute("INSERT INTO completions VALUES ('x', 1)")  # fails: rolls back all
+        assert await runtime.pool.fetchval("SELECT count(*) FROM completions") == 0
+        assert await runtime.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await runtime.stop()
