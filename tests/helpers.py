@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import httpx
+import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from lessonstream import infra
@@ -107,3 +109,31 @@ class TopicReader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: Any, token: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on ``app`` in-process, with its lifespan (migrations, relay, subscribers) running."""
+    async with app.router.lifespan_context(app):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free port in this process (lifespan included); yields its base URL."""
+    port = infra.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped while starting")
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
