@@ -52,4 +52,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         lib.handlers[:] = []
         lib.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("aiokafka", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

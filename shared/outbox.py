@@ -72,6 +72,7 @@ class OutboxRelay:
         self._settings = settings
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.active = False  # holds the relay lock for this database
@@ -93,10 +94,8 @@ class OutboxRelay:
         self._wake.set()
 
     async def broker_reachable(self, timeout: float = 2.0) -> bool:
-        producer = self._producer
-        if producer is None:
-            return False
         try:
+            producer = await asyncio.wait_for(self._ensure_producer(), timeout)
             return bool(await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout))
         except Exception:
             return False
@@ -108,16 +107,18 @@ class OutboxRelay:
                 await asyncio.wait_for(producer.stop(), 5)
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = make_producer(self._settings)
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise
-            self._producer = producer
-        return self._producer
+        # Shared by the relay loop and readiness probes: the lock keeps it to one producer.
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = make_producer(self._settings)
+                try:
+                    await producer.start()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
 
     async def _run(self) -> None:
         backoff = 0.1
