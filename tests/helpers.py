@@ -59,7 +59,6 @@ async def eventually(
 ) -> T:
     """Poll ``probe`` until it returns something truthy; fail with the last value at the deadline."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         last = await probe()
         if last:

@@ -24,5 +24,6 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
             name="certificates-worker",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
+            migration_component="certificates",
         )
     )

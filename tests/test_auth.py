@@ -1,0 +1,141 @@
+"""Bearer JWT verification: HS256 in development, RS256 through a JWKS URL in production."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import APIRouter, FastAPI
+
+from shared.auth import CurrentUser, TokenVerifier, issue_token
+from shared.errors import ApiError, install_error_handlers
+from shared.settings import ServiceSettings
+
+SETTINGS = ServiceSettings(env="test")
+
+
+def hs256(claims: dict[str, Any], secret: str = SETTINGS.jwt_secret) -> str:
+    base = {"sub": "7", "iss": "lessonstream", "aud": "lessonstream", "exp": int(time.time()) + 60}
+    return jwt.encode({**base, **claims}, secret, algorithm="HS256")
+
+
+def test_a_valid_development_token_gives_the_user() -> None:
+    token = issue_token(SETTINGS, user_id="42", name="Ada", email="ada@example.com", roles=["instructor"])
+    user = TokenVerifier(SETTINGS).verify(token)
+    assert (user.id, user.name, user.email, user.roles) == ("42", "Ada", "ada@example.com", ["instructor"])
+    assert user.is_instructor and not user.is_admin
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (hs256({"exp": int(time.time()) - 5}), "Token has expired"),
+        (hs256({"iss": "someone-else"}), "Invalid token"),
+        (hs256({"aud": "another-app"}), "Invalid token"),
+        (hs256({}, secret="x" * 40), "Invalid token"),
+        ("not-a-jwt", "Invalid token"),
+    ],
+    ids=["expired", "wrong-issuer", "wrong-audience", "wrong-secret", "garbage"],
+)
+def test_bad_tokens_are_refused(token: str, message: str) -> None:
+    with pytest.raises(ApiError) as info:
+        TokenVerifier(SETTINGS).verify(token)
+    assert info.value.status == 401 and info.value.code == "unauthorized"
+    assert info.value.message == message
+
+
+def test_missing_claims_are_refused() -> None:
+    token = jwt.encode({"sub": "1", "iss": "lessonstream", "aud": "lessonstream"}, SETTINGS.jwt_secret, "HS256")
+    with pytest.raises(ApiError):
+        TokenVerifier(SETTINGS).verify(token)  # no exp
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_alg_none_is_refused() -> None:
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    claims = {"sub": "1", "iss": "lessonstream", "aud": "lessonstream", "exp": int(time.time()) + 60}
+    token = f"{header}.{_b64(json.dumps(claims).encode())}."
+    with pytest.raises(ApiError) as info:
+        TokenVerifier(SETTINGS).verify(token)
+    assert info.value.status == 401
+
+
+@pytest.fixture(scope="module")
+def jwks_server() -> Iterator[tuple[str, Any]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    body = json.dumps({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json", key
+    server.shutdown()
+
+
+def rs256(key: Any, kid: str, **claims: Any) -> str:
+    base = {"sub": "9", "iss": "lessonstream", "aud": "lessonstream", "exp": int(time.time()) + 60, "roles": ["admin"]}
+    return jwt.encode({**base, **claims}, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_rs256_tokens_are_verified_against_the_jwks(jwks_server: tuple[str, Any]) -> None:
+    url, key = jwks_server
+    verifier = TokenVerifier(ServiceSettings(env="test", jwt_jwks_url=url))
+    user = verifier.verify(rs256(key, "k1"))
+    assert user.id == "9" and user.is_admin
+
+
+def test_unknown_keys_and_symmetric_tokens_are_refused_with_a_jwks(jwks_server: tuple[str, Any]) -> None:
+    url, _ = jwks_server
+    verifier = TokenVerifier(ServiceSettings(env="test", jwt_jwks_url=url))
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for token in (rs256(other, "k1"), rs256(other, "unknown-kid"), hs256({})):
+        with pytest.raises(ApiError) as info:
+            verifier.verify(token)
+        assert info.value.status == 401
+
+
+async def test_routes_answer_401_in_the_error_shape_without_a_valid_token() -> None:
+    import httpx
+
+    router = APIRouter()
+
+    @router.get("/me")
+    async def me(user: CurrentUser) -> dict[str, str]:
+        return {"id": user.id}
+
+    app = FastAPI()
+    app.state.token_verifier = TokenVerifier(SETTINGS)
+    install_error_handlers(app)
+    app.include_router(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nope"}):
+            response = await client.get("/me", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["code"] == "unauthorized"
+            assert response.json()["data"] == {"status": 401}
+            assert response.headers["www-authenticate"] == "Bearer"
+        ok = await client.get("/me", headers={"Authorization": f"Bearer {issue_token(SETTINGS, user_id='5')}"})
+        assert ok.json() == {"id": "5"}
