@@ -55,6 +55,8 @@ def dev(
         stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
+    # Ctrl-C must work even when started from a shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _echo("starting PostgreSQL ...")
         postgres = infra.choose_postgres(
@@ -129,6 +131,7 @@ def token(
 def migrate(
     database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL server URL")] = None,
     var_dir: Annotated[Path, typer.Option()] = VAR,
+    db_prefix: Annotated[str, typer.Option(help="Prefix of the per-service database names")] = "lessonstream_",
 ) -> None:
     """Create each service's database if missing and apply its migrations."""
     from shared.db import migrate_service, with_database
@@ -139,7 +142,7 @@ def migrate(
             if spec.name != spec.database:
                 continue
             folder = infra.ROOT / "services" / spec.database / "migrations"
-            url = with_database(postgres.url, f"lessonstream_{spec.database}")
+            url = with_database(postgres.url, f"{db_prefix}{spec.database}")
             applied = asyncio.run(migrate_service(url, spec.database, folder))
             _echo(f"{spec.database}: {', '.join(applied) if applied else 'up to date'}")
     finally:

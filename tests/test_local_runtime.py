@@ -73,8 +73,12 @@ def dev_stack(postgres_server: infra.Postgres, tmp_path_factory: pytest.TempPath
     )
     yield stack
     if process.poll() is None:
-        process.kill()
-        process.wait(10)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+            process.wait(10)
 
 
 def test_every_service_is_ready_through_the_gateway(dev_stack: DevStack) -> None:

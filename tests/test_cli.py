@@ -1,0 +1,56 @@
+"""The ``lessonstream`` command's token and migrate subcommands."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from typer.testing import CliRunner
+
+from lessonstream.cli import app
+from lessonstream.stack import PROCESSES
+from shared.auth import TokenVerifier
+from shared.db import with_database
+from shared.settings import ServiceSettings
+from tests.helpers import TestEnv
+
+runner = CliRunner()
+
+
+def test_token_prints_only_a_token_the_services_accept() -> None:
+    result = runner.invoke(
+        app, ["token", "--user", "17", "--name", "Grace Hopper", "--email", "grace@example.com",
+              "--role", "instructor", "--role", "admin"],
+    )
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert token.count(".") == 2 and "\n" not in token
+    user = TokenVerifier(ServiceSettings()).verify(token)
+    assert (user.id, user.name, user.email) == ("17", "Grace Hopper", "grace@example.com")
+    assert user.roles == ["instructor", "admin"]
+
+
+def test_token_refuses_an_unknown_role() -> None:
+    result = runner.invoke(app, ["token", "--user", "1", "--role", "superuser"])
+    assert result.exit_code != 0
+    assert "unknown role" in result.output
+
+
+def test_migrate_creates_and_migrates_every_service_database(test_env: TestEnv) -> None:
+    prefix = f"{test_env.prefix}cli_"
+    args = ["migrate", "--database-url", test_env.postgres_url, "--db-prefix", prefix]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0
+    assert "up to date" in again.output
+
+    async def components(database: str) -> set[str]:
+        conn = await asyncpg.connect(with_database(test_env.postgres_url, prefix + database))
+        try:
+            return {r["component"] for r in await conn.fetch("SELECT DISTINCT component FROM schema_migrations")}
+        finally:
+            await conn.close()
+
+    for database in {p.database for p in PROCESSES}:
+        assert "shared" in asyncio.run(components(database))
