@@ -206,3 +206,18 @@ async def _dead_letter(
                 sub.consumer, event_id, sub.topic.value,
             )
         await outbox.add(conn, letter)
+
+
+async def prune(pool: asyncpg.Pool, retention_days: int, batch: int = 10_000) -> int:
+    """Delete applied-event markers older than the retention, in batches; returns how many."""
+    total = 0
+    while True:
+        status = await pool.execute(
+            "DELETE FROM inbox WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM inbox WHERE applied_at < now() - make_interval(days => $1) LIMIT $2))",
+            retention_days, batch,
+        )
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import bus, db, metrics
 from shared.auth import TokenVerifier
 from shared.errors import error_response, install_error_handlers
-from shared.inbox import Subscription, subscribe
+from shared.inbox import Subscription, prune, subscribe
 from shared.logs import configure_logging, request_id_var
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -63,6 +63,7 @@ class Runtime:
         self.relay = OutboxRelay(spec.settings)
         self.broker_started = False
         self._broker_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self.extras: dict[str, Any] = {}
         for sub in spec.subscriptions:
             subscribe(self.broker, spec.settings, lambda: self.pool, sub)
@@ -81,6 +82,8 @@ class Runtime:
         await self.relay.start()
         # Kafka may come up after us: subscribers start in the background, the API serves now.
         self._broker_task = asyncio.create_task(self._start_broker(), name="broker-start")
+        if self.spec.subscriptions:
+            self._prune_task = asyncio.create_task(self._prune_inbox(), name="inbox-prune")
         for hook in self.spec.on_startup:
             await hook(self)
 
@@ -102,14 +105,25 @@ class Runtime:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    async def _prune_inbox(self) -> None:
+        while True:
+            try:
+                deleted = await prune(self.pool, self.settings.inbox_retention_days)
+                if deleted:
+                    log.info("pruned %d applied-event markers", deleted)
+            except Exception as exc:
+                log.warning("inbox pruning failed: %r", exc)
+            await asyncio.sleep(3600)
+
     async def stop(self) -> None:
         for hook in reversed(self.spec.on_shutdown):
             with contextlib.suppress(Exception):
                 await hook(self)
-        if self._broker_task is not None:
-            self._broker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._broker_task
+        for task in (self._broker_task, self._prune_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.broker.stop(), 10)
         await self.relay.stop()

@@ -54,6 +54,11 @@ class ServiceSettings(BaseSettings):
         0.2, validation_alias=AliasChoices("CONSUMER_RETRY_BASE_S", "consumer_retry_base_s")
     )
 
+    # Applied-event markers older than this are pruned: far beyond any redelivery window.
+    inbox_retention_days: int = Field(
+        30, ge=1, validation_alias=AliasChoices("INBOX_RETENTION_DAYS", "inbox_retention_days")
+    )
+
     jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias=AliasChoices("JWT_SECRET", "jwt_secret"))
     jwt_jwks_url: str | None = Field(None, validation_alias=AliasChoices("JWT_JWKS_URL", "jwt_jwks_url"))
     jwt_issuer: str = Field("lessonstream", validation_alias=AliasChoices("JWT_ISSUER", "jwt_issuer"))

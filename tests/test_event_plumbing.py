@@ -7,7 +7,7 @@ real ``Runtime`` objects (migrations, pool, relay, FastStream subscribers).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -212,5 +212,28 @@ async def test_state_change_and_event_roll_back_together(test_env: TestEnv) -> N
                 await conn.execute("INSERT INTO completions VALUES ('x', 1)")  # fails: rolls back all
         assert await runtime.pool.fetchval("SELECT count(*) FROM completions") == 0
         assert await runtime.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await runtime.stop()
+
+
+async def test_old_applied_markers_are_pruned_and_recent_ones_kept(test_env: TestEnv) -> None:
+    from uuid import uuid4
+
+    from shared.inbox import prune
+
+    runtime = Runtime(
+        ServiceSpec(
+            name="receiver", settings=test_env.settings(database="receiver"),
+            migrations=FIXTURES / "receiver_migrations",
+        )
+    )
+    await runtime.start()
+    try:
+        await runtime.pool.executemany(
+            "INSERT INTO inbox (consumer, event_id, topic, applied_at) VALUES ('c', $1, 't', now() - $2)",
+            [(uuid4(), timedelta(days=40)) for _ in range(25)] + [(uuid4(), timedelta(days=2)) for _ in range(5)],
+        )
+        assert await prune(runtime.pool, retention_days=30, batch=10) == 25
+        assert await runtime.pool.fetchval("SELECT count(*) FROM inbox") == 5
     finally:
         await runtime.stop()
