@@ -230,7 +230,7 @@ async def test_old_applied_markers_are_pruned_and_recent_ones_kept(test_env: Tes
     await runtime.start()
     try:
         await runtime.pool.executemany(
-            "INSERT INTO inbox (consumer, event_id, topic, applied_at) VALUES ('c', $1, 't', now() - $2)",
+            "INSERT INTO inbox (consumer, event_id, topic, applied_at) VALUES ('c', $1, 't', now() - $2::interval)",
             [(uuid4(), timedelta(days=40)) for _ in range(25)] + [(uuid4(), timedelta(days=2)) for _ in range(5)],
         )
         assert await prune(runtime.pool, retention_days=30, batch=10) == 25
