@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -15,11 +17,12 @@ from shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 
-def create_broker(settings: ServiceSettings) -> KafkaBroker:
+def create_broker(settings: ServiceSettings, middlewares: Sequence[Any] = ()) -> KafkaBroker:
     # acks=all without the idempotent producer: Tansu has none, and the outbox plus
     # idempotent consumers give exactly-once effects anyway.
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
+        middlewares=middlewares,
         client_id=settings.service_name,
         acks="all",
         enable_idempotence=False,

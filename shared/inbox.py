@@ -13,6 +13,7 @@ outbox, so a broker outage cannot lose it) and the consumer moves on.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import asyncpg
+from faststream import BaseMiddleware
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
@@ -107,26 +109,32 @@ def subscribe(
     pool_getter: Callable[[], asyncpg.Pool],
     sub: Subscription[Any],
 ) -> None:
-    """Register ``sub`` on ``broker``: parse, apply once, retry, dead-letter."""
+    """Register ``sub`` on ``broker``: apply once, retry, dead-letter.
+
+    The handler's signature names the event model, so FastStream parses the message and
+    its AsyncAPI document shows the payload; a message that does not parse is
+    dead-lettered by ``InvalidMessages`` (installed on the broker by ``shared.bus``).
+    """
     service = settings.service_name
     topic_label = sub.topic.value
 
-    async def on_message(message: KafkaMessage) -> None:
-        record = message.raw_message
+    async def on_message(event: Event, message: KafkaMessage) -> None:
         started = time.perf_counter()
-        try:
-            event = sub.model.model_validate_json(message.body)
-        except ValidationError as exc:
-            await _dead_letter(pool_getter(), settings, sub, record, message.body, f"invalid event: {exc}", 1, None)
-            metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
-            return
         token = event_id_var.set(str(event.event_id))
         try:
-            await _handle_with_retries(pool_getter(), settings, sub, event, record, message.body)
+            await _handle_with_retries(pool_getter(), settings, sub, event, message.raw_message, message.body)
         finally:
             event_id_var.reset(token)
             metrics.EVENT_HANDLING.labels(service, topic_label).observe(time.perf_counter() - started)
 
+    # The parameter's type is the subscription's model, known only at run time.
+    on_message.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("event", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=sub.model),
+            inspect.Parameter("message", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=KafkaMessage),
+        ],
+        return_annotation=None,
+    )
     broker.subscriber(
         settings.topic(sub.topic.value),
         group_id=settings.group(sub.consumer),
@@ -137,6 +145,36 @@ def subscribe(
         title=f"{sub.consumer}:{sub.topic.value}",
         description=f"{sub.model.__name__} events consumed by {sub.consumer}",
     )(on_message)
+
+
+def invalid_message_middleware(
+    settings: ServiceSettings,
+    pool_getter: Callable[[], asyncpg.Pool],
+    subscriptions: list[Subscription[Any]],
+) -> type[BaseMiddleware]:
+    """A broker middleware that dead-letters messages which do not parse as their event.
+
+    Without it a malformed message would be nacked and redelivered forever, blocking its
+    partition. One subscription per topic per service, so the topic names the subscription.
+    """
+    by_topic = {settings.topic(sub.topic.value): sub for sub in subscriptions}
+    if len(by_topic) != len(subscriptions):
+        raise ValueError("one subscription per topic per service")
+
+    class InvalidMessages(BaseMiddleware):
+        async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+            try:
+                return await call_next(msg)
+            except ValidationError as exc:
+                record = msg.raw_message
+                sub = by_topic.get(record.topic)
+                if sub is None:
+                    raise
+                await _dead_letter(pool_getter(), settings, sub, record, msg.body, f"invalid event: {exc}", 1, None)
+                metrics.EVENTS_CONSUMED.labels(settings.service_name, sub.topic.value, "dead_lettered").inc()
+                return None  # handled: the offset is committed and the consumer moves on
+
+    return InvalidMessages
 
 
 async def _handle_with_retries(

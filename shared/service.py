@@ -20,14 +20,16 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import bus, db, metrics
 from shared.auth import TokenVerifier
 from shared.errors import error_response, install_error_handlers
-from shared.inbox import Subscription, prune, subscribe
+from shared.events import EVENT_TYPES, Topic
+from shared.inbox import Subscription, invalid_message_middleware, prune, subscribe
 from shared.logs import configure_logging, request_id_var
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -44,6 +46,7 @@ class ServiceSpec:
     migrations: Path
     routers: list[APIRouter] = field(default_factory=list)
     subscriptions: list[Subscription[Any]] = field(default_factory=list)
+    publishes: list[Topic] = field(default_factory=list)  # documented in /asyncapi.json
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
     title: str = ""
@@ -59,7 +62,8 @@ class Runtime:
         self.spec = spec
         self.settings = spec.settings
         self._pool: asyncpg.Pool | None = None
-        self.broker: KafkaBroker = bus.create_broker(spec.settings)
+        invalid = invalid_message_middleware(spec.settings, lambda: self.pool, spec.subscriptions)
+        self.broker: KafkaBroker = bus.create_broker(spec.settings, middlewares=[invalid])
         self.relay = OutboxRelay(spec.settings)
         self.broker_started = False
         self._broker_task: asyncio.Task[None] | None = None
@@ -67,6 +71,12 @@ class Runtime:
         self.extras: dict[str, Any] = {}
         for sub in spec.subscriptions:
             subscribe(self.broker, spec.settings, lambda: self.pool, sub)
+        for topic in spec.publishes:
+            # Declared for the AsyncAPI document only: events leave through the outbox relay.
+            self.broker.publisher(
+                spec.settings.topic(topic.value), schema=EVENT_TYPES[topic], title=f"{spec.name}:{topic.value}",
+                description=f"{EVENT_TYPES[topic].__name__} events published by {spec.name} (through its outbox)",
+            )
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -223,6 +233,12 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         if all(v == "ok" for v in checks.values()):
             return {"status": "ready", "service": spec.name, "checks": checks}
         return error_response(503, "not_ready", f"{spec.name} is not ready", checks=checks)
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> Response:
+        """The topics this service consumes and publishes, with their event schemas."""
+        document = AsyncAPI(runtime.broker, title=f"Lessonstream {spec.name} events", version="1.0.0")
+        return Response(document.to_specification().to_json(), media_type="application/json")
 
     app.include_router(metrics.router)
     for router in spec.routers:

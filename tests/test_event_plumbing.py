@@ -237,3 +237,28 @@ async def test_old_applied_markers_are_pruned_and_recent_ones_kept(test_env: Tes
         assert await runtime.pool.fetchval("SELECT count(*) FROM inbox") == 5
     finally:
         await runtime.stop()
+
+
+async def test_the_asyncapi_document_shows_consumed_and_published_event_schemas(test_env: TestEnv) -> None:
+    from shared.service import create_app
+    from tests.helpers import app_client
+
+    receiver = Receiver()
+    app = create_app(
+        ServiceSpec(
+            name="receiver",
+            settings=test_env.settings(database="receiver"),
+            migrations=FIXTURES / "receiver_migrations",
+            subscriptions=[
+                Subscription(Topic.LESSON_COMPLETED, LessonCompleted, receiver.on_lesson_completed, "receiver")
+            ],
+            publishes=[Topic.DEAD_LETTER],
+        )
+    )
+    async with app_client(app) as client:
+        document = (await client.get("/asyncapi.json")).json()
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == {test_env.topic_prefix + "lesson-completed", test_env.topic_prefix + "dead-letter"}
+    schemas = document["components"]["schemas"]
+    assert "LessonCompleted" in schemas and "DeadLetter" in schemas
+    assert {"event_id", "user_id", "course_id", "lesson_id"} <= set(schemas["LessonCompleted"]["properties"])
