@@ -127,6 +127,60 @@ def token(
     typer.echo(issue_token(settings, user_id=user, name=name, email=email, roles=list(role), ttl_seconds=ttl))
 
 
+DEMO_LESSONS = [
+    {"title": "Welcome to the course", "kind": "text", "duration_seconds": 120, "is_required": False},
+    {"title": "HTML basics", "kind": "video", "duration_seconds": 600},
+    {"title": "Styling with CSS", "kind": "video", "duration_seconds": 900},
+    {"title": "JavaScript basics", "kind": "video", "duration_seconds": 1200},
+    {"title": "Putting it together", "kind": "text", "duration_seconds": 300},
+]
+
+
+@app.command("seed-demo")
+def seed_demo(
+    gateway: Annotated[str, typer.Option(help="Gateway base URL")] = "http://127.0.0.1:8080",
+    title: Annotated[str, typer.Option(help="Course title")] = "Introduction to Web Development",
+    instructor: Annotated[list[str], typer.Option(help="Instructor user id (repeatable)")] = [],  # noqa: B006
+) -> None:
+    """Create a published demo course with a few lessons through the admin API; print its id."""
+    import httpx
+
+    from shared.auth import issue_token
+    from shared.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    if settings.jwt_jwks_url:
+        raise typer.BadParameter("JWT_JWKS_URL is set: this command can only sign development tokens")
+    token = issue_token(settings, user_id="lessonstream-seed", name="Demo seeder", roles=["admin"], ttl_seconds=300)
+
+    def call(client: httpx.Client, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+        response = client.post(path, json=body)
+        if response.status_code >= 400:
+            _echo(f"POST {path} failed with {response.status_code}: {response.text}")
+            raise typer.Exit(1)
+        data: dict[str, object] = response.json()["data"]
+        return data
+
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=gateway.rstrip("/"), headers=headers, timeout=10) as client:
+            course = call(client, "/api/admin/courses", {
+                "title": title,
+                "description": "A demo course created by `lessonstream seed-demo`.",
+                "certificate_enabled": True,
+                "instructor_ids": list(instructor),
+            })
+            course_id = course["id"]
+            for lesson in DEMO_LESSONS:
+                call(client, f"/api/admin/courses/{course_id}/lessons", dict(lesson))
+            call(client, f"/api/admin/courses/{course_id}/publish")
+    except httpx.HTTPError as exc:
+        _echo(f"cannot reach the gateway at {gateway}: {exc!r}")
+        raise typer.Exit(1) from exc
+    _echo(f"published demo course {course_id} ({course['slug']}) with {len(DEMO_LESSONS)} lessons")
+    typer.echo(str(course_id))
+
+
 @app.command()
 def migrate(
     database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL server URL")] = None,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.enrollment.api import ROUTERS
+from services.enrollment.handlers import SUBSCRIPTIONS
 from shared.service import ServiceSpec, create_app
 from shared.settings import ServiceSettings
 
@@ -23,5 +25,8 @@ def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
             name="enrollment",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
+            routers=list(ROUTERS),
+            subscriptions=list(SUBSCRIPTIONS),
+            title="Lessonstream enrollment: course catalog and enrollments",
         )
     )

@@ -1,0 +1,232 @@
+"""Use cases of the enrollment service, one transaction each: lock what changes, decide
+(domain), write (store), and queue the resulting event in the same transaction (outbox).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+
+from services.enrollment import domain, store
+from services.enrollment.domain import Course, Enrollment
+from shared import outbox
+from shared.auth import User
+from shared.db import Connection
+from shared.errors import ApiError, bad_request, forbidden, not_found
+from shared.events import utcnow
+
+
+def slug_taken(slug: str) -> ApiError:
+    return ApiError(409, "slug_taken", "Another course already uses this slug", params={"slug": slug})
+
+
+# --- catalog ---------------------------------------------------------------------------
+
+
+async def _publish_course(conn: Connection, course_id: int) -> Course:
+    course = await store.get_course(conn, course_id)
+    assert course is not None
+    # Inserted while the course row is locked: outbox ids, and so publication order,
+    # follow revision order for each course.
+    await outbox.add(conn, domain.catalog_entry(course))
+    return course
+
+
+async def _commit_change(conn: Connection, course_id: int, changes: dict[str, Any], now: datetime) -> Course:
+    try:
+        await store.bump_course(conn, course_id, changes, now, uuid4())
+    except store.SlugTaken as exc:
+        raise slug_taken(str(changes.get("slug"))) from exc
+    return await _publish_course(conn, course_id)
+
+
+async def _locked_course(conn: Connection, user: User, course_id: int) -> Course:
+    course = await store.get_course(conn, course_id, lock=True)
+    if course is None:
+        raise domain.course_not_found()
+    domain.ensure_can_manage(user, course)
+    return course
+
+
+async def create_course(pool: asyncpg.Pool, fields: dict[str, Any]) -> Course:
+    now = utcnow()
+    fields = dict(fields)
+    fields["instructor_ids"] = list(dict.fromkeys(fields.get("instructor_ids", [])))
+    async with pool.acquire() as conn, conn.transaction():
+        if not fields.get("slug"):
+            base = domain.slugify(fields["title"])
+            slug, n = base, 1
+            while await store.slug_exists(conn, slug):
+                n += 1
+                slug = f"{base}-{n}"
+            fields["slug"] = slug
+        try:
+            course_id = await store.insert_course(conn, fields, now, uuid4())
+        except store.SlugTaken as exc:
+            raise slug_taken(fields["slug"]) from exc
+        return await _publish_course(conn, course_id)
+
+
+async def manageable_course(pool: asyncpg.Pool, user: User, course_id: int) -> Course:
+    async with pool.acquire() as conn:
+        course = await store.get_course(conn, course_id)
+    if course is None:
+        raise domain.course_not_found()
+    domain.ensure_can_manage(user, course)
+    return course
+
+
+async def update_course(pool: asyncpg.Pool, user: User, course_id: int, fields: dict[str, Any]) -> Course:
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await _locked_course(conn, user, course_id)
+        if "instructor_ids" in fields:
+            fields = {**fields, "instructor_ids": list(dict.fromkeys(fields["instructor_ids"]))}
+        changes = {k: v for k, v in fields.items() if getattr(course, k) != v}
+        if "instructor_ids" in changes:
+            domain.ensure_can_set_instructors(user)
+        if "status" in changes:
+            domain.check_transition(course.status, changes["status"], len(course.lessons))
+        if not changes:
+            return course
+        return await _commit_change(conn, course_id, changes, now)
+
+
+async def set_course_status(pool: asyncpg.Pool, user: User, course_id: int, target: domain.CourseStatus) -> Course:
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await _locked_course(conn, user, course_id)
+        if not domain.check_transition(course.status, target, len(course.lessons)):
+            return course  # already there: nothing changes, nothing is published
+        return await _commit_change(conn, course_id, {"status": target}, now)
+
+
+async def add_lesson(
+    pool: asyncpg.Pool, user: User, course_id: int, fields: dict[str, Any], order: int | None
+) -> tuple[Course, int]:
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await _locked_course(conn, user, course_id)
+        ids = [lesson.id for lesson in course.lessons]
+        lesson_id = await store.insert_lesson(conn, course_id, fields, position=len(ids) + 1)
+        await store.set_lesson_order(conn, course_id, domain.place_lesson(ids, lesson_id, order))
+        return await _commit_change(conn, course_id, {}, now), lesson_id
+
+
+async def update_lesson(
+    pool: asyncpg.Pool, user: User, course_id: int, lesson_id: int, fields: dict[str, Any], order: int | None
+) -> Course:
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await _locked_course(conn, user, course_id)
+        lesson = next((lesson for lesson in course.lessons if lesson.id == lesson_id), None)
+        if lesson is None:
+            raise not_found("lesson_not_found", "Lesson not found in this course")
+        changes = {k: v for k, v in fields.items() if getattr(lesson, k) != v}
+        ids = [item.id for item in course.lessons]
+        new_order = ids if order is None else domain.place_lesson(ids, lesson_id, order)
+        if not changes and new_order == ids:
+            return course
+        await store.update_lesson(conn, lesson_id, changes)
+        await store.set_lesson_order(conn, course_id, new_order)
+        return await _commit_change(conn, course_id, {}, now)
+
+
+async def reorder_lessons(pool: asyncpg.Pool, user: User, course_id: int, lesson_ids: list[int]) -> Course:
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await _locked_course(conn, user, course_id)
+        ids = [lesson.id for lesson in course.lessons]
+        domain.check_reorder(ids, lesson_ids)
+        if lesson_ids == ids:
+            return course
+        await store.set_lesson_order(conn, course_id, lesson_ids)
+        return await _commit_change(conn, course_id, {}, now)
+
+
+async def published_course(pool: asyncpg.Pool, course_id: int) -> Course:
+    async with pool.acquire() as conn:
+        course = await store.get_course(conn, course_id)
+    if course is None or course.status != "published":
+        raise domain.course_not_found()
+    return course
+
+
+# --- enrollments -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    enrollment: Enrollment
+    resumed: bool
+
+
+def already_enrolled() -> ApiError:
+    return bad_request("already_enrolled", "You are already enrolled in this course")
+
+
+async def enroll(pool: asyncpg.Pool, user: User, course_id: int) -> EnrollResult:
+    now = utcnow()
+    profile = domain.profile_of(user)
+    async with pool.acquire() as conn, conn.transaction():
+        domain.ensure_enrollable(await store.get_course(conn, course_id))
+        # The row lock makes concurrent enroll/unenroll of one learner take turns.
+        existing = await store.get_enrollment(conn, user.id, course_id, lock=True)
+        if existing is not None:
+            if domain.is_enrolled(existing):
+                raise already_enrolled()
+            enrollment = await store.change_enrollment(
+                conn, existing.id, domain.resumed_status(existing), now, uuid4(), profile=profile
+            )
+            resumed = True
+        else:
+            created = await store.insert_enrollment(conn, user.id, course_id, profile, now, uuid4())
+            if created is None:  # a concurrent request enrolled this learner first
+                raise already_enrolled()
+            enrollment, resumed = created, False
+        await outbox.add(conn, domain.enrollment_event(enrollment))
+        return EnrollResult(enrollment, resumed)
+
+
+async def unenroll(pool: asyncpg.Pool, user: User, course_id: int) -> Enrollment:
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        if await store.get_course(conn, course_id) is None:
+            raise domain.course_not_found()
+        existing = await store.get_enrollment(conn, user.id, course_id, lock=True)
+        if existing is None or not domain.is_enrolled(existing):
+            raise forbidden("You must be enrolled in this course", code="not_enrolled")
+        enrollment = await store.change_enrollment(conn, existing.id, "unenrolled", now, uuid4())
+        await outbox.add(conn, domain.enrollment_event(enrollment))
+        return enrollment
+
+
+async def students(
+    pool: asyncpg.Pool,
+    user: User,
+    course_id: int,
+    *,
+    page: int,
+    per_page: int,
+    orderby: domain.StudentOrderBy,
+    order: domain.SortOrder,
+) -> tuple[int, int, list[store.StudentRow]]:
+    await manageable_course(pool, user, course_id)
+    size = domain.page_size(per_page)
+    total, rows = await store.list_students(pool, course_id, orderby, order, size, (page - 1) * size)
+    return total, size, rows
+
+
+async def current_enrollment(pool: asyncpg.Pool, user_id: str, course_id: int) -> Enrollment | None:
+    async with pool.acquire() as conn:
+        enrollment = await store.get_enrollment(conn, user_id, course_id)
+    return enrollment if domain.is_enrolled(enrollment) else None
+
+
+async def any_course(pool: asyncpg.Pool, course_id: int) -> Course | None:
+    async with pool.acquire() as conn:
+        return await store.get_course(conn, course_id)

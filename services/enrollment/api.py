@@ -1,0 +1,176 @@
+"""HTTP routes of the enrollment service: catalog admin, course, enrollments, internal API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from services.enrollment import actions, domain, store
+from services.enrollment.domain import MyCoursesStatus, SortOrder, StudentOrderBy
+from services.enrollment.schemas import (
+    CourseCreate,
+    CourseOut,
+    CourseUpdate,
+    Data,
+    EnrollmentOut,
+    LessonCreate,
+    LessonOrder,
+    LessonUpdate,
+    Message,
+    MyCourseList,
+    PageMeta,
+    StudentList,
+)
+from shared.auth import AdminUser, CurrentUser, InternalCaller
+from shared.errors import not_found
+from shared.service import DbPool
+
+CourseId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+LessonId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Page = Annotated[int, Query(ge=1, le=1_000_000)]
+PerPage = Annotated[int, Query(ge=1, description="capped at 100")]
+
+admin = APIRouter(prefix="/api/admin/courses", tags=["catalog admin"])
+public = APIRouter(prefix="/api/courses", tags=["courses and enrollments"])
+internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
+
+
+# --- catalog admin ---------------------------------------------------------------------
+
+
+@admin.post("", status_code=201)
+async def create_course(body: CourseCreate, user: AdminUser, pool: DbPool) -> Message[CourseOut]:
+    course = await actions.create_course(pool, body.model_dump())
+    return Message(message="Course created", data=CourseOut.of(course))
+
+
+@admin.get("/{course_id}")
+async def get_any_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Data[CourseOut]:
+    """Any status (drafts too), for the course's instructors and administrators."""
+    return Data(data=CourseOut.of(await actions.manageable_course(pool, user, course_id)))
+
+
+@admin.patch("/{course_id}")
+async def update_course(
+    course_id: CourseId, body: CourseUpdate, user: CurrentUser, pool: DbPool
+) -> Message[CourseOut]:
+    course = await actions.update_course(pool, user, course_id, body.changes())
+    return Message(message="Course updated", data=CourseOut.of(course))
+
+
+@admin.post("/{course_id}/publish")
+async def publish_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[CourseOut]:
+    course = await actions.set_course_status(pool, user, course_id, "published")
+    return Message(message="Course published", data=CourseOut.of(course))
+
+
+@admin.post("/{course_id}/archive")
+async def archive_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[CourseOut]:
+    course = await actions.set_course_status(pool, user, course_id, "archived")
+    return Message(message="Course archived", data=CourseOut.of(course))
+
+
+@admin.post("/{course_id}/lessons", status_code=201)
+async def add_lesson(
+    course_id: CourseId, body: LessonCreate, user: CurrentUser, pool: DbPool
+) -> Message[dict[str, Any]]:
+    fields = body.model_dump(exclude={"order"})
+    course, lesson_id = await actions.add_lesson(pool, user, course_id, fields, body.order)
+    out = CourseOut.of(course)
+    lesson = next(lesson for lesson in out.lessons if lesson.id == lesson_id)
+    return Message(message="Lesson added", data={"lesson": lesson, "course": out})
+
+
+@admin.put("/{course_id}/lessons/order")
+async def reorder_lessons(
+    course_id: CourseId, body: LessonOrder, user: CurrentUser, pool: DbPool
+) -> Message[CourseOut]:
+    course = await actions.reorder_lessons(pool, user, course_id, body.lesson_ids)
+    return Message(message="Lessons reordered", data=CourseOut.of(course))
+
+
+@admin.patch("/{course_id}/lessons/{lesson_id}")
+async def update_lesson(
+    course_id: CourseId, lesson_id: LessonId, body: LessonUpdate, user: CurrentUser, pool: DbPool
+) -> Message[dict[str, Any]]:
+    order = body.order if "order" in body.model_fields_set else None
+    course = await actions.update_lesson(pool, user, course_id, lesson_id, body.changes(exclude={"order"}), order)
+    out = CourseOut.of(course)
+    lesson = next(lesson for lesson in out.lessons if lesson.id == lesson_id)
+    return Message(message="Lesson updated", data={"lesson": lesson, "course": out})
+
+
+# --- learners --------------------------------------------------------------------------
+# my-courses comes before /{course_id}: the literal path must win over the parameter.
+
+
+@public.get("/my-courses")
+async def my_courses(
+    user: CurrentUser,
+    pool: DbPool,
+    status: MyCoursesStatus = "all",
+    page: Page = 1,
+    per_page: PerPage = domain.DEFAULT_PER_PAGE,
+) -> MyCourseList:
+    size = domain.page_size(per_page)
+    total, rows = await store.my_courses(pool, user.id, domain.statuses_for(status), size, (page - 1) * size)
+    return MyCourseList(data=rows, meta=PageMeta(total=total, per_page=size, current_page=page))
+
+
+@public.get("/{course_id}")
+async def get_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Data[CourseOut]:
+    return Data(data=CourseOut.of(await actions.published_course(pool, course_id)))
+
+
+@public.post("/{course_id}/enroll")
+async def enroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[EnrollmentOut]:
+    result = await actions.enroll(pool, user, course_id)
+    return Message(
+        message="Successfully enrolled in course", data=EnrollmentOut.of(result.enrollment, result.resumed)
+    )
+
+
+@public.post("/{course_id}/unenroll")
+async def unenroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[EnrollmentOut]:
+    enrollment = await actions.unenroll(pool, user, course_id)
+    return Message(message="Successfully unenrolled from course", data=EnrollmentOut.of(enrollment))
+
+
+@public.get("/{course_id}/students")
+async def students(
+    course_id: CourseId,
+    user: CurrentUser,
+    pool: DbPool,
+    page: Page = 1,
+    per_page: PerPage = domain.DEFAULT_PER_PAGE,
+    orderby: StudentOrderBy = "enrolled_at",
+    order: SortOrder = "desc",
+) -> StudentList:
+    total, size, rows = await actions.students(
+        pool, user, course_id, page=page, per_page=per_page, orderby=orderby, order=order
+    )
+    return StudentList(data=rows, meta=PageMeta(total=total, per_page=size, current_page=page))
+
+
+# --- internal (read-your-writes for other services; never routed by the gateway) --------
+
+
+@internal.get("/courses/{course_id}")
+async def internal_course(course_id: CourseId, _: InternalCaller, pool: DbPool) -> JSONResponse:
+    course = await actions.any_course(pool, course_id)
+    if course is None:
+        raise domain.course_not_found()
+    return JSONResponse(domain.catalog_entry(course).model_dump(mode="json"))
+
+
+@internal.get("/courses/{course_id}/enrollments/{user_id}")
+async def internal_enrollment(course_id: CourseId, user_id: str, _: InternalCaller, pool: DbPool) -> JSONResponse:
+    enrollment = await actions.current_enrollment(pool, user_id, course_id)
+    if enrollment is None:
+        raise not_found("not_enrolled", "No current enrollment of this learner in this course")
+    return JSONResponse(domain.enrollment_event(enrollment).model_dump(mode="json"))
+
+
+ROUTERS = [admin, public, internal]

@@ -1,0 +1,294 @@
+"""The enrollment service's rules: who may do what, course states, lesson order,
+enrollment states, and which progress facts are newer. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.auth import User
+from shared.errors import ApiError, bad_request, forbidden, not_found
+from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged
+
+CourseStatus = Literal["draft", "published", "archived"]
+EnrollmentStatus = Literal["active", "completed", "unenrolled"]
+LessonKind = Literal["video", "text", "audio", "quiz"]
+
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 20
+
+
+class Lesson(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    course_id: int
+    title: str
+    order: int
+    is_required: bool
+    duration_seconds: int | None
+    kind: str
+
+
+class Course(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    title: str
+    slug: str
+    description: str
+    status: CourseStatus
+    requires_sequential_progress: bool
+    certificate_enabled: bool
+    instructor_ids: list[str]
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    last_event_id: UUID
+    last_event_at: datetime
+    lessons: list[Lesson] = []
+
+
+class Enrollment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    user_id: str
+    course_id: int
+    status: EnrollmentStatus
+    revision: int
+    enrolled_at: datetime
+    unenrolled_at: datetime | None
+    username: str
+    display_name: str
+    email: str
+    avatar: str | None
+    progress_percentage: int
+    completed_lessons: int
+    total_lessons: int
+    progress_at: datetime | None
+    progress_seq: datetime | None
+    last_accessed: datetime | None
+    completed_at: datetime | None
+    certificate_id: str | None
+    certificate_url: str | None
+    certificate_issued_at: datetime | None
+    last_event_id: UUID
+    last_event_at: datetime
+
+
+# --- who may do what -------------------------------------------------------------------
+
+
+def can_manage(user: User, course: Course) -> bool:
+    """Admins manage every course; a course's listed instructors manage that course."""
+    return user.is_admin or user.id in course.instructor_ids
+
+
+def ensure_can_manage(user: User, course: Course) -> None:
+    if not can_manage(user, course):
+        raise forbidden("Only this course's instructors and administrators may do this")
+
+
+def ensure_can_set_instructors(user: User) -> None:
+    # Instructors edit their courses but do not decide who teaches them.
+    if not user.is_admin:
+        raise forbidden("Only administrators may change a course's instructors")
+
+
+# --- courses ---------------------------------------------------------------------------
+
+
+def slugify(title: str) -> str:
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_title.lower()).strip("-")
+    return slug[:120] or "course"
+
+
+def check_transition(current: CourseStatus, target: CourseStatus, lesson_count: int) -> bool:
+    """Whether moving ``current`` to ``target`` is a change; raises if it is not allowed.
+
+    draft -> published/archived, published -> archived, archived -> published. A course
+    goes back to draft never (learners may be enrolled). Publishing needs a lesson.
+    """
+    if current == target:
+        return False
+    if target == "draft":
+        raise bad_request("invalid_status", f"A {current} course cannot go back to draft", status_from=current)
+    if target == "published" and lesson_count == 0:
+        raise bad_request("course_has_no_lessons", "A course needs at least one lesson to be published")
+    return True
+
+
+def place_lesson(order_now: list[int], lesson_id: int, position: int | None) -> list[int]:
+    """The course's lesson ids after putting ``lesson_id`` at 1-based ``position``.
+
+    ``order_now`` may or may not contain ``lesson_id`` (new lessons do not); ``None``
+    or a position past the end means last. Positions stay contiguous from 1.
+    """
+    rest = [i for i in order_now if i != lesson_id]
+    index = len(rest) if position is None else max(0, min(position - 1, len(rest)))
+    return [*rest[:index], lesson_id, *rest[index:]]
+
+
+def check_reorder(order_now: list[int], wanted: list[int]) -> None:
+    if len(wanted) != len(set(wanted)):
+        raise bad_request("invalid_request", "lesson_ids lists a lesson twice", params={"lesson_ids": "duplicate"})
+    if sorted(wanted) != sorted(order_now):
+        missing = sorted(set(order_now) - set(wanted))
+        unknown = sorted(set(wanted) - set(order_now))
+        raise bad_request(
+            "invalid_request",
+            "lesson_ids must list every lesson of the course exactly once",
+            params={"lesson_ids": "not a permutation of the course's lessons"},
+            missing=missing,
+            unknown=unknown,
+        )
+
+
+def catalog_entry(course: Course) -> CourseCatalogEntry:
+    """The whole course as published on course-catalog (and answered internally)."""
+    return CourseCatalogEntry(
+        event_id=course.last_event_id,
+        occurred_at=course.last_event_at,
+        course_id=course.id,
+        revision=course.revision,
+        title=course.title,
+        slug=course.slug,
+        description=course.description,
+        status=course.status,
+        requires_sequential_progress=course.requires_sequential_progress,
+        certificate_enabled=course.certificate_enabled,
+        instructor_ids=list(course.instructor_ids),
+        lessons=[
+            CatalogLesson(
+                id=lesson.id, title=lesson.title, order=lesson.order, is_required=lesson.is_required,
+                duration_seconds=lesson.duration_seconds, kind=lesson.kind,
+            )
+            for lesson in sorted(course.lessons, key=lambda lesson: lesson.order)
+        ],
+    )
+
+
+def ensure_enrollable(course: Course | None) -> Course:
+    if course is None or course.status != "published":
+        raise course_not_found()
+    return course
+
+
+def course_not_found() -> ApiError:
+    return not_found("course_not_found", "Course not found")
+
+
+# --- enrollments -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    username: str
+    display_name: str
+    email: str
+    avatar: str | None
+
+
+def profile_of(user: User) -> Profile:
+    username = user.username or (user.email.split("@")[0] if user.email else user.id)
+    return Profile(
+        username=username,
+        display_name=user.name or username,
+        email=user.email,
+        avatar=user.avatar,
+    )
+
+
+def is_enrolled(enrollment: Enrollment | None) -> bool:
+    return enrollment is not None and enrollment.status != "unenrolled"
+
+
+def resumed_status(enrollment: Enrollment) -> EnrollmentStatus:
+    """Status on enrolling again: progress was kept, so a completed course stays completed."""
+    return "completed" if enrollment.completed_at is not None else "active"
+
+
+def enrollment_event(enrollment: Enrollment) -> EnrollmentChanged:
+    return EnrollmentChanged(
+        event_id=enrollment.last_event_id,
+        occurred_at=enrollment.last_event_at,
+        user_id=enrollment.user_id,
+        course_id=enrollment.course_id,
+        enrollment_id=enrollment.id,
+        status=enrollment.status,
+        revision=enrollment.revision,
+        enrolled_at=enrollment.enrolled_at,
+        username=enrollment.username,
+        display_name=enrollment.display_name,
+        email=enrollment.email,
+        avatar=enrollment.avatar,
+    )
+
+
+# --- progress, as reported by events ---------------------------------------------------
+
+
+def is_newer_progress(enrollment: Enrollment, at: datetime, seq: datetime) -> bool:
+    """Whether a progress fact stamped (``at``, ``seq``) is newer than what is stored.
+
+    ``at`` is the event's own timestamp (when the lesson was completed or reopened) and
+    ``seq`` its occurred_at, which breaks ties between facts of the same instant.
+    """
+    if enrollment.progress_at is None or enrollment.progress_seq is None:
+        return True
+    return (at, seq) > (enrollment.progress_at, enrollment.progress_seq)
+
+
+@dataclass(frozen=True)
+class CompletionChange:
+    status: EnrollmentStatus
+    completed_at: datetime
+    status_changed: bool
+    progress_to_full: bool
+
+
+def apply_completion(enrollment: Enrollment, completed_at: datetime, seq: datetime) -> CompletionChange:
+    """A course completion, as the enrollment keeps it.
+
+    Completion is sticky: the first completion time is kept, and reopening a lesson later
+    lowers the percentage but does not undo it. An unenrolled learner stays unenrolled
+    (enrolling again resumes as completed). Progress goes to 100 unless a newer progress
+    fact is already stored.
+    """
+    first = completed_at if enrollment.completed_at is None else min(enrollment.completed_at, completed_at)
+    status: EnrollmentStatus = "completed" if enrollment.status == "active" else enrollment.status
+    return CompletionChange(
+        status=status,
+        completed_at=first,
+        status_changed=status != enrollment.status,
+        progress_to_full=is_newer_progress(enrollment, completed_at, seq),
+    )
+
+
+def is_newer_certificate(enrollment: Enrollment, issued_at: datetime) -> bool:
+    return enrollment.certificate_issued_at is None or issued_at > enrollment.certificate_issued_at
+
+
+# --- lists -----------------------------------------------------------------------------
+
+StudentOrderBy = Literal["enrolled_at", "last_accessed", "progress_percentage", "display_name"]
+SortOrder = Literal["asc", "desc"]
+MyCoursesStatus = Literal["active", "completed", "all"]
+
+
+def page_size(per_page: int) -> int:
+    """per_page is capped, not refused, above the maximum."""
+    return min(per_page, MAX_PER_PAGE)
+
+
+def statuses_for(filter_: MyCoursesStatus) -> list[str]:
+    return ["active", "completed"] if filter_ == "all" else [filter_]

@@ -1,0 +1,164 @@
+"""Request and response bodies of the enrollment API (the Fluent Community shapes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+
+from services.enrollment.domain import Course, CourseStatus, Enrollment, LessonKind
+from services.enrollment.store import MyCourseRow, StudentRow
+
+T = TypeVar("T")
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=120)]
+Description = Annotated[str, StringConstraints(max_length=20_000)]
+UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Instructors = Annotated[list[UserId], Field(max_length=50)]
+Duration = Annotated[int, Field(ge=0, le=7 * 24 * 3600)]
+Order = Annotated[int, Field(ge=1)]
+
+
+class _Patch(BaseModel):
+    """A partial update: absent fields stay as they are; null only where a field may be empty."""
+
+    model_config = ConfigDict(extra="forbid")
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nulls(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs only for fields present in the body: absent means "leave as is".
+        if value is None and info.field_name not in cls.NULLABLE:
+            raise ValueError("may not be null")
+        return value
+
+    def changes(self, exclude: set[str] | None = None) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.model_fields_set if k not in (exclude or set())}
+
+
+class CourseCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+    slug: Slug | None = None
+    description: Description = ""
+    requires_sequential_progress: bool = False
+    certificate_enabled: bool = True
+    instructor_ids: Instructors = Field(default_factory=list)
+
+
+class CourseUpdate(_Patch):
+    title: Title | None = None
+    slug: Slug | None = None
+    description: Description | None = None
+    requires_sequential_progress: bool | None = None
+    certificate_enabled: bool | None = None
+    instructor_ids: Instructors | None = None
+    status: CourseStatus | None = None
+
+
+class LessonCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+    order: Order | None = None  # 1-based position; absent means last
+    is_required: bool = True
+    duration_seconds: Duration | None = None
+    kind: LessonKind = "video"
+
+
+class LessonUpdate(_Patch):
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"duration_seconds"})
+
+    title: Title | None = None
+    order: Order | None = None
+    is_required: bool | None = None
+    duration_seconds: Duration | None = None
+    kind: LessonKind | None = None
+
+
+class LessonOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lesson_ids: Annotated[list[int], Field(min_length=1, max_length=1000)]
+
+
+class LessonOut(BaseModel):
+    id: int
+    title: str
+    order: int
+    is_required: bool
+    duration_seconds: int | None
+    kind: str
+
+
+class CourseOut(BaseModel):
+    id: int
+    title: str
+    slug: str
+    description: str
+    status: CourseStatus
+    requires_sequential_progress: bool
+    certificate_enabled: bool
+    instructor_ids: list[str]
+    revision: int
+    total_lessons: int
+    created_at: datetime
+    updated_at: datetime
+    lessons: list[LessonOut]
+
+    @classmethod
+    def of(cls, course: Course) -> CourseOut:
+        return cls(
+            **course.model_dump(include=set(cls.model_fields) - {"lessons", "total_lessons"}),
+            total_lessons=len(course.lessons),
+            lessons=[LessonOut(**lesson.model_dump(include=set(LessonOut.model_fields))) for lesson in course.lessons],
+        )
+
+
+class EnrollmentOut(BaseModel):
+    enrollment_id: int
+    course_id: int
+    user_id: str
+    enrolled_at: datetime
+    status: str
+    progress_percentage: int
+    completed_at: datetime | None
+    resumed: bool = False
+
+    @classmethod
+    def of(cls, enrollment: Enrollment, resumed: bool = False) -> EnrollmentOut:
+        return cls(
+            enrollment_id=enrollment.id, course_id=enrollment.course_id, user_id=enrollment.user_id,
+            enrolled_at=enrollment.enrolled_at, status=enrollment.status,
+            progress_percentage=enrollment.progress_percentage, completed_at=enrollment.completed_at,
+            resumed=resumed,
+        )
+
+
+class Data(BaseModel, Generic[T]):
+    data: T
+
+
+class Message(BaseModel, Generic[T]):
+    message: str
+    data: T
+
+
+class PageMeta(BaseModel):
+    total: int
+    per_page: int
+    current_page: int
+
+
+class StudentList(BaseModel):
+    data: list[StudentRow]
+    meta: PageMeta
+
+
+class MyCourseList(BaseModel):
+    data: list[MyCourseRow]
+    meta: PageMeta

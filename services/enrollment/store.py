@@ -1,0 +1,323 @@
+"""SQL of the enrollment service: courses, lessons and enrollments. Parameterised only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from pydantic import BaseModel
+
+from services.enrollment.domain import (
+    Course,
+    Enrollment,
+    EnrollmentStatus,
+    Lesson,
+    Profile,
+    SortOrder,
+    StudentOrderBy,
+)
+from shared.db import Connection
+
+_COURSE_COLUMNS = (
+    "id, title, slug, description, status, requires_sequential_progress, certificate_enabled, "
+    "instructor_ids, revision, created_at, updated_at, last_event_id, last_event_at"
+)
+# Columns a course update may set (names come from this set only, never from input).
+COURSE_FIELDS = frozenset(
+    {"title", "slug", "description", "status", "requires_sequential_progress", "certificate_enabled", "instructor_ids"}
+)
+LESSON_FIELDS = frozenset({"title", "is_required", "duration_seconds", "kind"})
+
+
+class SlugTaken(Exception):
+    pass
+
+
+# --- courses ---------------------------------------------------------------------------
+
+
+async def get_course(conn: Connection, course_id: int, *, lock: bool = False) -> Course | None:
+    """The course with its lessons in order; ``lock`` holds the course row until commit.
+
+    Every catalog change locks the course row first, so changes of one course (and the
+    revisions and outbox rows they write) happen one after another.
+    """
+    row = await conn.fetchrow(
+        f"SELECT {_COURSE_COLUMNS} FROM courses WHERE id = $1" + (" FOR UPDATE" if lock else ""), course_id
+    )
+    if row is None:
+        return None
+    lessons = await conn.fetch(
+        "SELECT id, course_id, title, position AS \"order\", is_required, duration_seconds, kind "
+        "FROM lessons WHERE course_id = $1 ORDER BY position",
+        course_id,
+    )
+    return Course(**dict(row), lessons=[Lesson(**dict(r)) for r in lessons])
+
+
+async def insert_course(
+    conn: Connection, fields: dict[str, Any], now: datetime, event_id: UUID
+) -> int:
+    try:
+        course_id: int = await conn.fetchval(
+            "INSERT INTO courses (title, slug, description, requires_sequential_progress, certificate_enabled, "
+            "instructor_ids, created_at, updated_at, last_event_id, last_event_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $7) RETURNING id",
+            fields["title"], fields["slug"], fields.get("description", ""),
+            fields.get("requires_sequential_progress", False), fields.get("certificate_enabled", True),
+            fields.get("instructor_ids", []), now, event_id,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise SlugTaken from exc
+    return course_id
+
+
+async def slug_exists(conn: Connection, slug: str) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM courses WHERE slug = $1", slug))
+
+
+async def bump_course(
+    conn: Connection, course_id: int, changes: dict[str, Any], now: datetime, event_id: UUID
+) -> None:
+    """Apply ``changes`` and record a new revision, whose event is ``event_id``."""
+    unknown = set(changes) - COURSE_FIELDS
+    if unknown:
+        raise ValueError(f"not course fields: {sorted(unknown)}")
+    names = sorted(changes)
+    sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=5))
+    try:
+        await conn.execute(
+            "UPDATE courses SET revision = revision + 1, updated_at = $2, last_event_id = $3, "
+            f"last_event_at = $4{sets} WHERE id = $1",
+            course_id, now, event_id, now, *[changes[n] for n in names],
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise SlugTaken from exc
+
+
+async def insert_lesson(conn: Connection, course_id: int, fields: dict[str, Any], position: int) -> int:
+    lesson_id: int = await conn.fetchval(
+        "INSERT INTO lessons (course_id, title, position, is_required, duration_seconds, kind) "
+        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        course_id, fields["title"], position, fields.get("is_required", True),
+        fields.get("duration_seconds"), fields.get("kind", "video"),
+    )
+    return lesson_id
+
+
+async def update_lesson(conn: Connection, lesson_id: int, changes: dict[str, Any]) -> None:
+    unknown = set(changes) - LESSON_FIELDS
+    if unknown:
+        raise ValueError(f"not lesson fields: {sorted(unknown)}")
+    if not changes:
+        return
+    names = sorted(changes)
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    await conn.execute(f"UPDATE lessons SET {sets} WHERE id = $1", lesson_id, *[changes[n] for n in names])
+
+
+async def set_lesson_order(conn: Connection, course_id: int, lesson_ids: list[int]) -> None:
+    # One statement; the (course_id, position) uniqueness is checked at commit.
+    await conn.execute(
+        "UPDATE lessons AS l SET position = o.position "
+        "FROM unnest($2::bigint[]) WITH ORDINALITY AS o(id, position) "
+        "WHERE l.id = o.id AND l.course_id = $1 AND l.position <> o.position",
+        course_id, lesson_ids,
+    )
+
+
+async def course_ids(conn: Connection) -> list[int]:
+    return [r["id"] for r in await conn.fetch("SELECT id FROM courses ORDER BY id")]
+
+
+# --- enrollments -----------------------------------------------------------------------
+
+_ENROLLMENT_COLUMNS = (
+    "id, user_id, course_id, status, revision, enrolled_at, unenrolled_at, username, display_name, email, "
+    "avatar, progress_percentage, completed_lessons, total_lessons, progress_at, progress_seq, last_accessed, "
+    "completed_at, certificate_id, certificate_url, certificate_issued_at, last_event_id, last_event_at"
+)
+
+
+async def get_enrollment(
+    conn: Connection, user_id: str, course_id: int, *, lock: bool = False
+) -> Enrollment | None:
+    row = await conn.fetchrow(
+        f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = $1 AND course_id = $2"
+        + (" FOR UPDATE" if lock else ""),
+        user_id, course_id,
+    )
+    return Enrollment(**dict(row)) if row is not None else None
+
+
+async def insert_enrollment(
+    conn: Connection, user_id: str, course_id: int, profile: Profile, now: datetime, event_id: UUID
+) -> Enrollment | None:
+    """The new enrollment, or ``None`` if a concurrent request created it first."""
+    row = await conn.fetchrow(
+        "INSERT INTO enrollments (user_id, course_id, status, enrolled_at, username, display_name, email, avatar, "
+        "last_event_id, last_event_at) VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $3) "
+        f"ON CONFLICT (user_id, course_id) DO NOTHING RETURNING {_ENROLLMENT_COLUMNS}",
+        user_id, course_id, now, profile.username, profile.display_name, profile.email, profile.avatar, event_id,
+    )
+    return Enrollment(**dict(row)) if row is not None else None
+
+
+async def change_enrollment(
+    conn: Connection,
+    enrollment_id: int,
+    status: EnrollmentStatus,
+    now: datetime,
+    event_id: UUID,
+    *,
+    profile: Profile | None = None,
+) -> Enrollment:
+    """A published change of status (and profile): new revision, new event id."""
+    row = await conn.fetchrow(
+        "UPDATE enrollments SET status = $2, revision = revision + 1, last_event_id = $3, last_event_at = $4, "
+        "unenrolled_at = CASE WHEN $2 = 'unenrolled' THEN $4 ELSE unenrolled_at END, "
+        "username = coalesce($5, username), display_name = coalesce($6, display_name), "
+        "email = coalesce($7, email), avatar = CASE WHEN $5::text IS NULL THEN avatar ELSE $8 END "
+        f"WHERE id = $1 RETURNING {_ENROLLMENT_COLUMNS}",
+        enrollment_id, status, event_id, now,
+        profile.username if profile else None, profile.display_name if profile else None,
+        profile.email if profile else None, profile.avatar if profile else None,
+    )
+    assert row is not None
+    return Enrollment(**dict(row))
+
+
+async def set_progress(
+    conn: Connection,
+    enrollment_id: int,
+    *,
+    percentage: int,
+    completed_lessons: int,
+    total_lessons: int,
+    at: datetime,
+    seq: datetime,
+) -> None:
+    await conn.execute(
+        "UPDATE enrollments SET progress_percentage = $2, completed_lessons = $3, total_lessons = $4, "
+        "progress_at = $5, progress_seq = $6 WHERE id = $1",
+        enrollment_id, percentage, completed_lessons, total_lessons, at, seq,
+    )
+
+
+async def touch_last_accessed(conn: Connection, enrollment_id: int, at: datetime) -> None:
+    await conn.execute(
+        "UPDATE enrollments SET last_accessed = greatest(last_accessed, $2) WHERE id = $1", enrollment_id, at
+    )
+
+
+async def set_completion(
+    conn: Connection,
+    enrollment_id: int,
+    *,
+    completed_at: datetime,
+    progress_to_full: bool,
+    seq: datetime,
+) -> None:
+    await conn.execute(
+        "UPDATE enrollments SET completed_at = $2, "
+        "progress_percentage = CASE WHEN $3 THEN 100 ELSE progress_percentage END, "
+        "completed_lessons = CASE WHEN $3 THEN greatest(completed_lessons, total_lessons) ELSE completed_lessons END, "
+        "progress_at = CASE WHEN $3 THEN $2 ELSE progress_at END, "
+        "progress_seq = CASE WHEN $3 THEN $4 ELSE progress_seq END "
+        "WHERE id = $1",
+        enrollment_id, completed_at, progress_to_full, seq,
+    )
+
+
+async def set_certificate(
+    conn: Connection, enrollment_id: int, *, certificate_id: str, url: str, issued_at: datetime
+) -> None:
+    await conn.execute(
+        "UPDATE enrollments SET certificate_id = $2, certificate_url = $3, certificate_issued_at = $4 WHERE id = $1",
+        enrollment_id, certificate_id, url, issued_at,
+    )
+
+
+# --- lists -----------------------------------------------------------------------------
+
+
+class StudentRow(BaseModel):
+    enrollment_id: int
+    user_id: str
+    username: str
+    display_name: str
+    email: str
+    avatar: str | None
+    status: EnrollmentStatus
+    progress_percentage: int
+    enrolled_at: datetime
+    last_accessed: datetime | None
+    completed_at: datetime | None
+    certificate_url: str | None
+
+
+class MyCourseRow(BaseModel):
+    enrollment_id: int
+    course_id: int
+    course_title: str
+    course_slug: str
+    course_status: str
+    status: EnrollmentStatus
+    progress_percentage: int
+    completed_lessons: int
+    total_lessons: int
+    enrolled_at: datetime
+    last_accessed: datetime | None
+    completed_at: datetime | None
+    certificate_url: str | None
+
+
+# Sort expressions by the API's orderby names; only these strings ever reach the SQL.
+_STUDENT_SORT: dict[StudentOrderBy, str] = {
+    "enrolled_at": "enrolled_at",
+    "last_accessed": "last_accessed",
+    "progress_percentage": "progress_percentage",
+    "display_name": "lower(display_name)",
+}
+_SORT_ORDER: dict[SortOrder, str] = {"asc": "ASC", "desc": "DESC"}
+
+
+async def list_students(
+    pool: asyncpg.Pool, course_id: int, orderby: StudentOrderBy, order: SortOrder, limit: int, offset: int
+) -> tuple[int, list[StudentRow]]:
+    direction = _SORT_ORDER[order]
+    # The enrollment id breaks ties, so pages neither repeat nor skip rows; never-accessed
+    # learners sort last either way.
+    sort = f"{_STUDENT_SORT[orderby]} {direction} NULLS LAST, id {direction}"
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        total: int = await conn.fetchval(
+            "SELECT count(*) FROM enrollments WHERE course_id = $1 AND status <> 'unenrolled'", course_id
+        )
+        rows = await conn.fetch(
+            "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, progress_percentage, "
+            "enrolled_at, last_accessed, completed_at, certificate_url FROM enrollments "
+            f"WHERE course_id = $1 AND status <> 'unenrolled' ORDER BY {sort} LIMIT $2 OFFSET $3",
+            course_id, limit, offset,
+        )
+    return total, [StudentRow(**dict(r)) for r in rows]
+
+
+async def my_courses(
+    pool: asyncpg.Pool, user_id: str, statuses: list[str], limit: int, offset: int
+) -> tuple[int, list[MyCourseRow]]:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        total: int = await conn.fetchval(
+            "SELECT count(*) FROM enrollments WHERE user_id = $1 AND status = ANY($2::text[])", user_id, statuses
+        )
+        rows = await conn.fetch(
+            "SELECT e.id AS enrollment_id, e.course_id, c.title AS course_title, c.slug AS course_slug, "
+            "c.status AS course_status, e.status, e.progress_percentage, e.completed_lessons, e.total_lessons, "
+            "e.enrolled_at, e.last_accessed, e.completed_at, e.certificate_url "
+            "FROM enrollments e JOIN courses c ON c.id = e.course_id "
+            "WHERE e.user_id = $1 AND e.status = ANY($2::text[]) "
+            "ORDER BY coalesce(e.last_accessed, e.enrolled_at) DESC, e.id DESC LIMIT $3 OFFSET $4",
+            user_id, statuses, limit, offset,
+        )
+    return total, [MyCourseRow(**dict(r)) for r in rows]
