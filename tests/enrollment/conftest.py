@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,7 @@ class Service:
         data: dict[str, Any] = response.json()["data"]
         return data
 
-    async def publish(self, events: list[Event]) -> None:
+    async def publish(self, events: Sequence[Event]) -> None:
         """Publish events to the real topics, as the progress and certificates services would."""
         producer = AIOKafkaProducer(bootstrap_servers=self.env.kafka_bootstrap, acks="all", enable_idempotence=False)
         await producer.start()

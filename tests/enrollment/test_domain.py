@@ -74,18 +74,18 @@ def test_who_manages_a_course() -> None:
         certificate_enabled=True, instructor_ids=["t1"], revision=1, created_at=T0, updated_at=T0,
         last_event_id=uuid4(), last_event_at=T0,
     )
-    assert domain.can_manage(User(sub="a", roles=["admin"]), course)
-    assert domain.can_manage(User(sub="t1", roles=["instructor"]), course)
-    assert not domain.can_manage(User(sub="t2", roles=["instructor"]), course)
-    assert not domain.can_manage(User(sub="u1", roles=["learner"]), course)
+    assert domain.can_manage(User(id="a", roles=["admin"]), course)
+    assert domain.can_manage(User(id="t1", roles=["instructor"]), course)
+    assert not domain.can_manage(User(id="t2", roles=["instructor"]), course)
+    assert not domain.can_manage(User(id="u1", roles=["learner"]), course)
 
 
 def test_profile_falls_back_sensibly() -> None:
-    full = domain.profile_of(User(sub="1", name="Ada Lovelace", email="ada@x.org", username="ada", avatar="a.png"))
+    full = domain.profile_of(User(id="1", name="Ada Lovelace", email="ada@x.org", username="ada", avatar="a.png"))
     assert full == domain.Profile("ada", "Ada Lovelace", "ada@x.org", "a.png")
-    bare = domain.profile_of(User(sub="42", email="grace@x.org"))
+    bare = domain.profile_of(User(id="42", email="grace@x.org"))
     assert bare == domain.Profile("grace", "grace", "grace@x.org", None)
-    assert domain.profile_of(User(sub="42")).display_name == "42"
+    assert domain.profile_of(User(id="42")).display_name == "42"
 
 
 def test_slugs() -> None:
