@@ -70,11 +70,13 @@ class MailServer:
         self,
         *,
         tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
         credentials: tuple[str, str] | None = None,
     ) -> None:
         self.handler = RecordingHandler()
         self.port = infra.free_port()
         self._tls_context = tls_context
+        self._implicit_tls = implicit_tls
         self._credentials = credentials
         self._controller: Controller | None = None
 
@@ -88,7 +90,11 @@ class MailServer:
 
     def start(self) -> None:
         kwargs: dict[str, Any] = {}
-        if self._tls_context is not None:
+        if self._tls_context is not None and self._implicit_tls:
+            # aiosmtpd only counts STARTTLS as "TLS" when deciding to offer AUTH; the whole
+            # session is encrypted here, so offering it is right.
+            kwargs.update(ssl_context=self._tls_context, auth_require_tls=False)
+        elif self._tls_context is not None:
             kwargs.update(tls_context=self._tls_context, require_starttls=True)
         if self._credentials is not None:
             kwargs.update(authenticator=self._authenticate, auth_required=True)
