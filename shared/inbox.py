@@ -63,10 +63,16 @@ TRANSIENT_PAUSE_S = 1.0
 
 
 class EventContext:
-    def __init__(self, pool: asyncpg.Pool, consumer: str, event: Event) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, consumer: str, event: Event, *, partition: int = -1, offset: int = -1
+    ) -> None:
         self.pool = pool
         self.consumer = consumer
         self.event = event
+        # Where the message came from (-1 when unknown): lets a handler that defers
+        # work name the source message in a later dead letter.
+        self.partition = partition
+        self.offset = offset
 
     async def already_applied(self) -> bool:
         """A cheap check before expensive work done outside the transaction."""
@@ -189,7 +195,8 @@ async def _handle_with_retries(
     attempts = settings.consumer_max_attempts
     for attempt in range(1, attempts + 1):
         try:
-            await sub.handler(event, EventContext(pool, sub.consumer, event))
+            ctx = EventContext(pool, sub.consumer, event, partition=record.partition, offset=record.offset)
+            await sub.handler(event, ctx)
         except AlreadyApplied:
             metrics.EVENTS_CONSUMED.labels(service, topic_label, "duplicate").inc()
             return

@@ -6,22 +6,36 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from shared.service import ServiceSpec, create_app
-from shared.settings import ServiceSettings
+from services.notifications.api import router
+from services.notifications.handlers import Handlers
+from services.notifications.sender import MailSender
+from services.notifications.settings import NotificationsSettings
+from shared.service import Runtime, ServiceSpec, create_app
 
-
-class NotificationsSettings(ServiceSettings):
-    DEFAULT_DATABASE = "lessonstream_notifications"
-    service_name: str = "notifications"
+__all__ = ["NotificationsSettings", "build_app"]
 
 
 def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.notifications.app:build_app`) and tests."""
     settings = settings or NotificationsSettings()
+    sender = MailSender(settings)
+    handlers = Handlers(settings, sender)
+
+    async def start_sender(runtime: Runtime) -> None:
+        await sender.start(runtime.pool)
+        runtime.extras["mail_sender"] = sender
+
+    async def stop_sender(runtime: Runtime) -> None:
+        await sender.stop()
+
     return create_app(
         ServiceSpec(
             name="notifications",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
+            routers=[router],
+            subscriptions=handlers.subscriptions(),
+            on_startup=[start_sender],
+            on_shutdown=[stop_sender],
         )
     )

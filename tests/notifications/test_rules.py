@@ -1,0 +1,91 @@
+"""Pure rules and message building, without I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from uuid import uuid4
+
+import aiosmtplib
+import pytest
+
+from services.notifications import domain
+from services.notifications.mail import MailComposer
+from services.notifications.settings import NotificationsSettings
+from services.notifications.smtp import classify
+from tests.notifications.events import certificate, completed
+
+NOW = datetime(2025, 3, 6, tzinfo=UTC)
+
+
+def test_message_id_is_stable_per_event_and_kind() -> None:
+    event_id = uuid4()
+    a = domain.message_id(domain.MailKind.COURSE_COMPLETED, event_id, "x@mail.example")
+    assert a == domain.message_id(domain.MailKind.COURSE_COMPLETED, event_id, "x@mail.example")
+    assert a != domain.message_id(domain.MailKind.CERTIFICATE_READY, event_id, "x@mail.example")
+    assert a.endswith("@mail.example>") and event_id.hex in a
+
+
+def test_plan_skips_mail_without_address_or_for_old_events() -> None:
+    fresh = completed("a", occurred_at=NOW - timedelta(hours=1))
+    assert domain.plan(fresh, from_address="f@x.example", now=NOW, max_age=timedelta(days=7)).status == "pending"
+    old = completed("a", occurred_at=NOW - timedelta(days=8))
+    planned = domain.plan(old, from_address="f@x.example", now=NOW, max_age=timedelta(days=7))
+    assert planned.status == "skipped" and "older" in (planned.note or "")
+    assert domain.plan(old, from_address="f@x.example", now=NOW, max_age=None).status == "pending"
+    for bad in ("", "not-an-address", "a@b", "a b@c.example", "x@y.example\r\nBcc: z@evil.example"):
+        planned = domain.plan(completed("a", user_email=bad), from_address="f@x.example", now=NOW, max_age=None)
+        assert planned.status == "skipped", bad
+
+
+def test_header_safe_removes_line_breaks_and_bounds_length() -> None:
+    assert domain.header_safe("a\r\nBcc: b\tc") == "a Bcc: b c"
+    assert len(domain.header_safe("x" * 500, 100)) == 100
+
+
+@pytest.mark.parametrize(("attempt", "expected"), [(1, 30.0), (2, 60.0), (5, 480.0), (20, 3600.0)])
+def test_retry_delay_grows_exponentially_up_to_the_cap(attempt: int, expected: float) -> None:
+    assert domain.retry_delay(attempt, base_s=30, max_s=3600, jitter=0.5) == pytest.approx(expected)
+    low = domain.retry_delay(attempt, base_s=30, max_s=3600, jitter=0.0)
+    high = domain.retry_delay(attempt, base_s=30, max_s=3600, jitter=0.999)
+    assert 0.8 * expected == pytest.approx(low) and high < 1.2 * expected
+
+
+def test_after_failure_decides_retry_give_up_or_fail() -> None:
+    temporary, permanent = domain.Failure(True, "451"), domain.Failure(False, "550")
+    retry = domain.after_failure(temporary, 1, max_attempts=3, delay_s=2.0)
+    assert (retry.status, retry.retry_in_s, retry.dead_letter) == ("pending", 2.0, False)
+    last = domain.after_failure(temporary, 3, max_attempts=3, delay_s=2.0)
+    assert (last.status, last.dead_letter) == ("expired", True)
+    failed = domain.after_failure(permanent, 1, max_attempts=3, delay_s=2.0)
+    assert (failed.status, failed.outcome, failed.dead_letter) == ("failed", "permanent_failure", True)
+
+
+def test_smtp_errors_are_classified_by_reply_code() -> None:
+    refused = aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(550, "no such user", "a@b.c")])
+    assert classify(refused) == domain.Failure(False, "550 no such user", 550)
+    busy = aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(452, "full", "a@b.c")])
+    assert classify(busy).temporary
+    assert not classify(aiosmtplib.SMTPDataError(554, "rejected")).temporary
+    assert classify(aiosmtplib.SMTPSenderRefused(421, "closing", "f@x")).temporary
+    assert classify(aiosmtplib.SMTPAuthenticationError(535, "bad credentials")).temporary
+    assert classify(aiosmtplib.SMTPConnectError("refused")).temporary
+    assert classify(aiosmtplib.SMTPServerDisconnected("gone")).temporary
+    assert classify(ConnectionRefusedError()).temporary
+    assert classify(TimeoutError()).temporary
+
+
+def test_composed_message_is_multipart_with_safe_headers() -> None:
+    settings = NotificationsSettings(mail_from_name="Academy\r\nX-Evil: 1", mail_from_address="m@academy.example")
+    composer = MailComposer(settings)
+    event = certificate("u", course_title="Ä\nB", student_name="N\r\nCc: x@evil.example")
+    msg = composer.compose(
+        domain.MailKind.CERTIFICATE_READY, event, message_id="<id@academy.example>", date=NOW
+    )
+    raw = msg.as_bytes()
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parsed["Subject"] == "Your certificate for Ä B is ready"
+    assert "Cc" not in parsed and "X-Evil" not in parsed
+    assert parsed["From"].addresses[0].display_name == "Academy X-Evil: 1"
+    assert parsed["To"].addresses[0].display_name == "N Cc: x@evil.example"
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
