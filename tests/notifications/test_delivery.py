@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from typing import Any
 
 from services.notifications.domain import MailKind, message_id
 from shared.events import DeadLetter, Topic
@@ -85,7 +86,7 @@ async def test_permanent_failure_is_recorded_not_retried_and_dead_lettered(
     async with TopicReader(test_env.kafka_bootstrap, dlq) as dead, notifications(smtp) as service:
         await publisher.publish(event)
 
-        async def failed() -> list[dict[str, object]]:
+        async def failed() -> list[dict[str, Any]]:
             return [r for r in await service.mail(event_id=event.event_id) if r["status"] == "failed"]
 
         [row] = await eventually(failed, what="permanent failure recorded")
@@ -146,9 +147,8 @@ async def test_burst_of_200_completions_is_delivered_without_loss_over_reused_co
         await wait_for(lambda: len(smtp.received) >= 200, timeout=120, what="200 mails")
 
         async def all_recorded() -> bool:
-            return await service.runtime.pool.fetchval(
-                "SELECT count(*) FROM outgoing_mail WHERE status = 'sent'"
-            ) == 200
+            sent = await service.runtime.pool.fetchval("SELECT count(*) FROM outgoing_mail WHERE status = 'sent'")
+            return bool(sent == 200)
 
         await eventually(all_recorded, what="200 outcomes recorded")
         counts = ids(smtp)
@@ -168,7 +168,7 @@ async def test_mail_claimed_by_a_worker_that_died_is_sent_again_under_the_same_m
     async with notifications(smtp, mail_lease_s=1.0) as service:
         await publisher.publish(event)
 
-        async def claimed() -> list[dict[str, object]]:
+        async def claimed() -> list[dict[str, Any]]:
             return [r for r in await service.mail(event_id=event.event_id) if r["attempts"] >= 1]
 
         [row] = await eventually(claimed, what="mail claimed")
@@ -183,7 +183,7 @@ async def test_mail_claimed_by_a_worker_that_died_is_sent_again_under_the_same_m
         assert received.message_id == message_id(MailKind.COURSE_COMPLETED, event.event_id, FROM_ADDRESS)
 
         async def sent() -> bool:
-            return (await service.mail(event_id=event.event_id))[0]["status"] == "sent"
+            return bool((await service.mail(event_id=event.event_id))[0]["status"] == "sent")
 
         await eventually(sent, what="outcome recorded")
         outcomes = [a["outcome"] for a in await service.attempts(row["id"])]
