@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import typing
 from typing import Any
 
 import pytest
@@ -27,11 +28,10 @@ def interpolate(value: str) -> str:
 
 
 def settings_class(factory: str) -> type[ServiceSettings]:
-    module = importlib.import_module(factory.split(":")[0])
-    classes = [
-        obj for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, ServiceSettings) and obj.__module__ == module.__name__
-    ]
+    """The settings class the process's factory takes (``build_app(settings: X | None)``)."""
+    module_name, function = factory.split(":")
+    hints = typing.get_type_hints(getattr(importlib.import_module(module_name), function))
+    classes = [a for a in typing.get_args(hints["settings"]) if inspect.isclass(a) and issubclass(a, ServiceSettings)]
     assert len(classes) == 1, f"{factory}: expected one settings class"
     return classes[0]
 
