@@ -47,6 +47,9 @@ class ServiceSpec:
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
     title: str = ""
+    # Whose migrations these are; defaults to ``name``. Two process kinds of one service
+    # (an API and its workers) share one database and one migration history.
+    component: str = ""
 
 
 class Runtime:
@@ -72,7 +75,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        await db.migrate_service(s.database_url, self.spec.name, self.spec.migrations)
+        await db.migrate_service(s.database_url, self.spec.component or self.spec.name, self.spec.migrations)
         self._pool = await db.create_pool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         await self.relay.start()
         # Kafka may come up after us: subscribers start in the background, the API serves now.
