@@ -112,35 +112,28 @@ def render_html(job: RenderJob, qr_data_uri: str) -> str:
     return _compiled(job.template_source).render(context)
 
 
-class _Fetcher:
-    """WeasyPrint URL fetcher limited to the shipped fonts and ``data:`` URIs."""
-
-    def __init__(self) -> None:
-        from weasyprint.urls import URLFetcher
-
-        self._inner = URLFetcher(allowed_protocols={"file", "data"})
-        self._fonts = FONTS.resolve()
-
-    def fetch(self, url: str, headers: Any = None) -> Any:
-        if url.startswith("file:"):
-            from urllib.parse import unquote, urlsplit
-
-            path = Path(unquote(urlsplit(url).path)).resolve()
-            if not path.is_relative_to(self._fonts):
-                raise ValueError(f"certificate templates may not read {url}")
-        return self._inner.fetch(url, headers)
-
-    def __call__(self, url: str) -> Any:  # older WeasyPrint fetcher protocol
-        return self.fetch(url)
-
-
 @functools.lru_cache(maxsize=1)
 def _weasy() -> tuple[Any, Any, Any]:
     """Per pool process: the font configuration and the fonts stylesheet, loaded once."""
+    from urllib.parse import unquote, urlsplit
+
     from weasyprint import CSS
     from weasyprint.text.fonts import FontConfiguration
+    from weasyprint.urls import URLFetcher
 
-    fetcher = _Fetcher()
+    fonts_dir = FONTS.resolve()
+
+    class ShippedFilesOnly(URLFetcher):  # type: ignore[misc]
+        """Only the shipped fonts and ``data:`` URIs: templates reach no network and no other file."""
+
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            if url.startswith("file:"):
+                path = Path(unquote(urlsplit(url).path)).resolve()
+                if not path.is_relative_to(fonts_dir):
+                    raise ValueError(f"certificate templates may not read {url}")
+            return super().fetch(url, headers)
+
+    fetcher = ShippedFilesOnly(allowed_protocols={"file", "data"})
     font_config = FontConfiguration()
     fonts_css = CSS(
         string=(TEMPLATES / "fonts.css").read_text(),
