@@ -54,8 +54,10 @@ async def ensure_database(url: str) -> None:
         quoted = '"' + name.replace('"', '""') + '"'
         await admin.execute(f"CREATE DATABASE {quoted}")
         log.info("created database %s", name)
-    except asyncpg.DuplicateDatabaseError:
-        pass  # another replica created it first
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        # Another replica created it first (a concurrent CREATE DATABASE can fail on the
+        # catalog's unique index instead of with DuplicateDatabaseError).
+        pass
     finally:
         await admin.close()
 
