@@ -60,6 +60,14 @@ def raw_rate(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def start_worker(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "services.certificates.worker:build_app",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float:
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench{tag}."
@@ -70,14 +78,7 @@ async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float
         "CERTIFICATE_RENDER_PROCESSES": "1", "CERTIFICATE_WORKER_CONSUMERS": "1", "LOG_LEVEL": "WARNING",
     }
     ports = [infra.free_port() for _ in range(workers)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "services.certificates.worker:build_app",
-             "--port", str(p), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for p in ports
-    ]
+    procs = [start_worker(env, p) for p in ports]
     try:
         async with httpx.AsyncClient(timeout=3) as client:
             for port in ports:
@@ -108,7 +109,9 @@ async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
-        while await pool.fetchval("SELECT count(*) FROM certificates") < n:
+        while True:
+            if await pool.fetchval("SELECT count(*) FROM certificates") >= n:
+                break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         await pool.close()
