@@ -27,6 +27,7 @@ class Topic(StrEnum):
     LESSON_REOPENED = "lesson-reopened"
     COURSE_COMPLETED = "course-completed"
     CERTIFICATE_ISSUED = "certificate-issued"
+    CERTIFICATE_REQUESTED = "certificate-requested"
     DEAD_LETTER = "dead-letter"
 
 
@@ -39,6 +40,7 @@ TOPIC_PARTITIONS: dict[Topic, int] = {
     Topic.LESSON_REOPENED: 12,
     Topic.COURSE_COMPLETED: 12,
     Topic.CERTIFICATE_ISSUED: 12,
+    Topic.CERTIFICATE_REQUESTED: 12,
     Topic.DEAD_LETTER: 1,
 }
 
@@ -171,6 +173,23 @@ class CertificateIssued(LearnerEvent):
     student_email: str
 
 
+class CertificateRequested(LearnerEvent):
+    """Work for the certificate workers that did not come from ``course-completed``.
+
+    ``issue``: the certificates API learned of a completion (from progress) before the
+    event arrived, and hands the completion to the workers. ``regenerate``: re-render an
+    issued certificate with the course's current template. Only the certificates service
+    publishes and consumes it.
+    """
+
+    topic: ClassVar[Topic] = Topic.CERTIFICATE_REQUESTED
+    type: Literal["certificate-requested"] = "certificate-requested"
+
+    reason: Literal["issue", "regenerate"]
+    completion: CourseCompleted | None = None  # for "issue"
+    regeneration_id: int | None = None  # for "regenerate"
+
+
 class DeadLetter(Event):
     """A message a consumer gave up on, with why; the consumer moved on."""
 
@@ -196,7 +215,8 @@ AnyEvent = Annotated[
     | LessonCompleted
     | LessonReopened
     | CourseCompleted
-    | CertificateIssued,
+    | CertificateIssued
+    | CertificateRequested,
     Field(discriminator="type"),
 ]
 any_event_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
@@ -208,5 +228,6 @@ EVENT_TYPES: dict[Topic, type[Event]] = {
     Topic.LESSON_REOPENED: LessonReopened,
     Topic.COURSE_COMPLETED: CourseCompleted,
     Topic.CERTIFICATE_ISSUED: CertificateIssued,
+    Topic.CERTIFICATE_REQUESTED: CertificateRequested,
     Topic.DEAD_LETTER: DeadLetter,
 }

@@ -107,6 +107,9 @@ class Subscription(Generic[E]):
     model: type[E]
     handler: Handler[E]
     consumer: str  # consumer group name, without the topic prefix
+    # Group members this process runs for the topic. Above 1, each member consumes its own
+    # partitions in order, so messages of different partitions are handled concurrently.
+    concurrency: int = 1
 
 
 def subscribe(
@@ -148,6 +151,7 @@ def subscribe(
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        max_workers=max(1, sub.concurrency),
         title=f"{sub.consumer}:{sub.topic.value}",
         description=f"{sub.model.__name__} events consumed by {sub.consumer}",
     )(on_message)

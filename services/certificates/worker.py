@@ -1,29 +1,77 @@
 """The certificate worker: its own process, scaled out by ops, sharing the certificates database.
 
-It serves only ``/health``, ``/ready`` and ``/metrics`` over HTTP; its work arrives from Kafka.
+It serves only ``/health``, ``/ready`` and ``/metrics`` over HTTP; its work arrives from Kafka:
+``course-completed`` (every learner's completion) and ``certificate-requested`` (completions
+the API handed over, and re-renderings). All workers share one consumer group per topic, so
+the partitions are spread over them; within a process, ``concurrency`` group members consume
+different partitions at once and feed the render pool.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from pydantic import AliasChoices, Field
 
 from services.certificates.app import CertificatesSettings
-from shared.service import ServiceSpec, create_app
+from services.certificates.handlers import CertificateWorker
+from services.certificates.rendering import Renderer, default_processes
+from shared.events import CertificateRequested, CourseCompleted, Topic
+from shared.inbox import Subscription
+from shared.service import Runtime, ServiceSpec, create_app
+
+COMPLETIONS_GROUP = "certificates-worker"
+REQUESTS_GROUP = "certificates-worker-requests"
 
 
 class WorkerSettings(CertificatesSettings):
     service_name: str = "certificates-worker"
+    # Processes that render PDFs; 0 means one per core this process may use.
+    render_processes: int = Field(
+        0, ge=0, validation_alias=AliasChoices("CERTIFICATE_RENDER_PROCESSES", "render_processes")
+    )
+    # Consumer-group members per topic in this process; 0 means as many as render processes.
+    consumers: int = Field(0, ge=0, validation_alias=AliasChoices("CERTIFICATE_WORKER_CONSUMERS", "consumers"))
+
+    def render_pool_size(self) -> int:
+        return self.render_processes or default_processes()
+
+    def consumer_count(self) -> int:
+        return self.consumers or self.render_pool_size()
 
 
 def build_app(settings: WorkerSettings | None = None) -> FastAPI:
     settings = settings or WorkerSettings()
+    renderer = Renderer(settings.render_pool_size())
+    worker = CertificateWorker(
+        settings, lambda: renderer,
+        signatory_name=settings.signatory_name, signatory_title=settings.signatory_title,
+        platform_name=settings.platform_name,
+    )
+
+    async def start_renderer(runtime: Runtime) -> None:
+        runtime.extras["renderer"] = renderer
+        await renderer.start()
+
+    async def stop_renderer(runtime: Runtime) -> None:
+        renderer.close()
+
+    subscriptions: list[Subscription[Any]] = [
+        Subscription(Topic.COURSE_COMPLETED, CourseCompleted, worker.on_course_completed, COMPLETIONS_GROUP,
+                     concurrency=settings.consumer_count()),
+        Subscription(Topic.CERTIFICATE_REQUESTED, CertificateRequested, worker.on_certificate_requested,
+                     REQUESTS_GROUP, concurrency=settings.consumer_count()),
+    ]
     return create_app(
         ServiceSpec(
             name="certificates-worker",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
-            migration_component="certificates",
+            migration_component="certificates",  # same database and migrations as the API
+            subscriptions=subscriptions,
+            on_startup=[start_renderer],
+            on_shutdown=[stop_renderer],
         )
     )

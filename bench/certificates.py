@@ -1,0 +1,150 @@
+"""Certificate throughput: raw WeasyPrint rate vs end-to-end workers.
+
+    python bench/certificates.py [--n 120]
+
+1. raw: the default template rendered in a plain loop in this process (fonts warm);
+2. end to end: N course-completed events through Tansu into 1, then 2, worker processes
+   (uvicorn, one render process and one consumer each), timed from the first event sent
+   to the last certificate stored (with its outbox row) in PostgreSQL.
+Prints each rate and the ratios (goal: 1 worker >= 0.8 x raw; 2 workers >= 1.8 x 1 worker
+where the machine has the cores for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lessonstream import infra  # noqa: E402
+from services.certificates.rendering import RenderJob, render_certificate  # noqa: E402
+from shared.db import with_database  # noqa: E402
+from shared.events import CourseCompleted, Topic  # noqa: E402
+
+
+def out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def raw_rate(n: int) -> float:
+    def job(i: int) -> RenderJob:
+        code = f"{i:024d}"
+        return RenderJob(
+            certificate_id=f"CERT-2025-{i:03d}", verification_code=code,
+            verification_url=f"http://127.0.0.1:8080/certificates/verify/{code}",
+            student_name=f"Learner {i}", course_title="Benchmark Course",
+            issued_at=datetime.now(UTC), completed_at=datetime.now(UTC),
+            signatory_name="Lessonstream", signatory_title="On behalf of the platform", platform_name="Lessonstream",
+        )
+
+    for i in range(5):
+        render_certificate(job(i))  # fonts, templates, subsetter warm
+    started = time.perf_counter()
+    for i in range(n):
+        render_certificate(job(i))
+    return n / (time.perf_counter() - started)
+
+
+def start_worker(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "services.certificates.worker:build_app",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float:
+    tag = uuid.uuid4().hex[:6]
+    prefix = f"bench{tag}."
+    database_url = with_database(pg_url, f"bench_certs_{tag}")
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC_PREFIX": prefix, "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        "CERTIFICATE_RENDER_PROCESSES": "1", "CERTIFICATE_WORKER_CONSUMERS": "1", "LOG_LEVEL": "WARNING",
+    }
+    ports = [infra.free_port() for _ in range(workers)]
+    procs = [start_worker(env, p) for p in ports]
+    try:
+        async with httpx.AsyncClient(timeout=3) as client:
+            for port in ports:
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        if (await client.get(f"http://127.0.0.1:{port}/ready")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"worker on {port} not ready")
+                    await asyncio.sleep(0.5)
+        await asyncio.sleep(8)  # let the group settle: a rebalance mid-run would be measured too
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5)
+        await producer.start()
+        started = time.perf_counter()
+        try:
+            topic = prefix + Topic.COURSE_COMPLETED.value
+            futures = []
+            for i in range(n):
+                event = CourseCompleted(
+                    user_id=f"learner-{i}", course_id=1, completed_at=datetime.now(UTC), user_name=f"Learner {i}",
+                    user_email=f"learner-{i}@example.com", course_title="Benchmark Course", certificate_enabled=True,
+                )
+                futures.append(await producer.send(topic, event.model_dump_json().encode(), key=event.key().encode()))
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        while True:
+            if await pool.fetchval("SELECT count(*) FROM certificates") >= n:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        await pool.close()
+        return n / elapsed
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=120, help="certificates per measurement")
+    args = parser.parse_args()
+    out(f"cores available: {len(os.sched_getaffinity(0))}")
+    raw = raw_rate(args.n)
+    out(f"raw WeasyPrint render, plain loop:     {raw:7.1f} certificates/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        pg = infra.choose_postgres(os.environ.get("DATABASE_URL"), Path(tmp) / "pg", probe_local=True, keep=False)
+        port = infra.free_port()
+        tansu = infra.start_tansu(port, Path(tmp) / "tansu.log")
+        try:
+            one = asyncio.run(end_to_end(f"127.0.0.1:{port}", pg.url, 1, args.n))
+            out(f"end to end, 1 worker process:         {one:7.1f} certificates/s")
+            two = asyncio.run(end_to_end(f"127.0.0.1:{port}", pg.url, 2, args.n))
+            out(f"end to end, 2 worker processes:       {two:7.1f} certificates/s")
+        finally:
+            tansu.stop()
+            pg.stop()
+    out(f"1 worker / raw:      {one / raw:5.2f}  (goal >= 0.8)")
+    out(f"2 workers / 1 worker: {two / one:5.2f}  (goal >= 1.8 with 2 free cores)")
+
+
+if __name__ == "__main__":
+    main()

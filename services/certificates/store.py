@@ -1,0 +1,252 @@
+"""SQL of the certificates service (asyncpg, parameterised)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.certificates.domain import Certificate, Identity, certificate_number
+from shared import outbox
+from shared.db import Connection
+from shared.events import CertificateRequested, Event
+
+_CERT_COLUMNS = (
+    "certificate_id, user_id, course_id, verification_code, student_name, student_email, "
+    "course_title, completed_at, issued_at, current_version"
+)
+
+
+def _certificate(row: asyncpg.Record | None) -> Certificate | None:
+    return None if row is None else Certificate.model_validate(dict(row))
+
+
+async def get_certificate(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> Certificate | None:
+    row = await conn.fetchrow(
+        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE user_id = $1 AND course_id = $2", user_id, course_id
+    )
+    return _certificate(row)
+
+
+async def get_certificate_by_code(conn: Connection | asyncpg.Pool, code: str) -> Certificate | None:
+    row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE verification_code = $1", code)
+    return _certificate(row)
+
+
+async def list_course_certificates(
+    conn: Connection | asyncpg.Pool, course_id: int, limit: int, offset: int
+) -> tuple[list[Certificate], int]:
+    rows = await conn.fetch(
+        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE course_id = $1 ORDER BY issued_at, certificate_id "
+        "LIMIT $2 OFFSET $3",
+        course_id, limit, offset,
+    )
+    total = await conn.fetchval("SELECT count(*) FROM certificates WHERE course_id = $1", course_id)
+    return [Certificate.model_validate(dict(r)) for r in rows], int(total)
+
+
+@dataclass(frozen=True)
+class PdfFile:
+    certificate_id: str
+    version: int
+    pdf: bytes
+    sha256: str
+    rendered_at: datetime
+
+
+async def get_pdf(conn: Connection | asyncpg.Pool, code: str, version: int | None) -> PdfFile | None:
+    row = await conn.fetchrow(
+        "SELECT f.certificate_id, f.version, f.pdf, f.sha256, f.rendered_at "
+        "FROM certificates c JOIN certificate_files f ON f.certificate_id = c.certificate_id "
+        "WHERE c.verification_code = $1 AND f.version = coalesce($2, c.current_version)",
+        code, version,
+    )
+    return None if row is None else PdfFile(**dict(row))
+
+
+async def reserve_identity(
+    pool: asyncpg.Pool, user_id: str, course_id: int, now: datetime, new_code: Callable[[], str]
+) -> Identity:
+    """The certificate's id and code, reserved once per (learner, course) before rendering.
+
+    An advisory lock on the (learner, course) pair serialises racing workers: the second
+    finds the first one's row. The per-year counter row is then locked only for this short
+    transaction, so numbers have no gaps.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7305114))", f"{user_id}:{course_id}")
+        row = await conn.fetchrow(
+            "SELECT user_id, course_id, certificate_id, verification_code, issued_at "
+            "FROM certificate_identities WHERE user_id = $1 AND course_id = $2",
+            user_id, course_id,
+        )
+        if row is None:
+            sequence = await conn.fetchval(
+                "INSERT INTO certificate_numbers (year, last_number) VALUES ($1, 1) "
+                "ON CONFLICT (year) DO UPDATE SET last_number = certificate_numbers.last_number + 1 "
+                "RETURNING last_number",
+                now.year,
+            )
+            row = await conn.fetchrow(
+                "INSERT INTO certificate_identities (user_id, course_id, certificate_id, verification_code, issued_at) "
+                "VALUES ($1, $2, $3, $4, $5) "
+                "RETURNING user_id, course_id, certificate_id, verification_code, issued_at",
+                user_id, course_id, certificate_number(now.year, sequence), new_code(), now,
+            )
+        assert row is not None
+        return Identity(**dict(row))
+
+
+async def identity_reserved_at(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> datetime | None:
+    value: datetime | None = await conn.fetchval(
+        "SELECT issued_at FROM certificate_identities WHERE user_id = $1 AND course_id = $2", user_id, course_id
+    )
+    return value
+
+
+async def insert_certificate(
+    conn: Connection,
+    identity: Identity,
+    *,
+    student_name: str,
+    student_email: str,
+    course_title: str,
+    completed_at: datetime,
+    source_event_id: object,
+    pdf: bytes,
+    sha256: str,
+    template_revision: int,
+    rendered_by: str,
+) -> bool:
+    """Store the record and its first PDF; False if this (learner, course) already has one.
+
+    A racing insert of the same pair waits on the unique key until the other commits, then
+    does nothing: exactly one record, and the caller publishes only when this returns True.
+    """
+    inserted = await conn.fetchval(
+        "INSERT INTO certificates (certificate_id, user_id, course_id, verification_code, student_name, "
+        "student_email, course_title, completed_at, issued_at, source_event_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+        "ON CONFLICT (user_id, course_id) DO NOTHING RETURNING true",
+        identity.certificate_id, identity.user_id, identity.course_id, identity.verification_code,
+        student_name, student_email, course_title, completed_at, identity.issued_at, source_event_id,
+    )
+    if not inserted:
+        return False
+    await conn.execute(
+        "INSERT INTO certificate_files (certificate_id, version, pdf, sha256, template_revision, rendered_by) "
+        "VALUES ($1, 1, $2, $3, $4, $5)",
+        identity.certificate_id, pdf, sha256, template_revision, rendered_by,
+    )
+    return True
+
+
+async def add_version(
+    conn: Connection,
+    certificate_id: str,
+    *,
+    pdf: bytes,
+    sha256: str,
+    template_revision: int,
+    regeneration_id: int | None,
+    rendered_by: str,
+) -> int:
+    """A new rendering becomes the current one; earlier versions stay."""
+    # The row lock orders concurrent re-renderings of one certificate.
+    version = await conn.fetchval(
+        "UPDATE certificates SET current_version = current_version + 1 WHERE certificate_id = $1 "
+        "RETURNING current_version",
+        certificate_id,
+    )
+    await conn.execute(
+        "INSERT INTO certificate_files (certificate_id, version, pdf, sha256, template_revision, "
+        "regeneration_id, rendered_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        certificate_id, version, pdf, sha256, template_revision, regeneration_id, rendered_by,
+    )
+    return int(version)
+
+
+async def list_versions(conn: Connection | asyncpg.Pool, certificate_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT version, sha256, template_revision, regeneration_id, rendered_at, length(pdf) AS size "
+        "FROM certificate_files WHERE certificate_id = $1 ORDER BY version",
+        certificate_id,
+    )
+
+
+# -- completions handed to the workers by the API ---------------------------------------
+
+async def request_time(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> datetime | None:
+    value: datetime | None = await conn.fetchval(
+        "SELECT requested_at FROM certificate_requests WHERE user_id = $1 AND course_id = $2", user_id, course_id
+    )
+    return value
+
+
+async def record_request(conn: Connection, event: CertificateRequested, now: datetime) -> None:
+    """Remember the hand-over and queue the event, in the caller's transaction."""
+    await conn.execute(
+        "INSERT INTO certificate_requests (user_id, course_id, requested_at) VALUES ($1, $2, $3) "
+        "ON CONFLICT (user_id, course_id) DO UPDATE SET requested_at = EXCLUDED.requested_at",
+        event.user_id, event.course_id, now,
+    )
+    await outbox.add(conn, event)
+
+
+# -- templates and regeneration -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CourseTemplate:
+    course_id: int
+    source: str | None
+    revision: int
+    updated_at: datetime | None
+
+
+async def get_template(conn: Connection | asyncpg.Pool, course_id: int) -> CourseTemplate:
+    row = await conn.fetchrow(
+        "SELECT course_id, source, revision, updated_at FROM course_templates WHERE course_id = $1", course_id
+    )
+    if row is None:
+        return CourseTemplate(course_id, None, 0, None)
+    return CourseTemplate(**dict(row))
+
+
+async def set_template(conn: Connection | asyncpg.Pool, course_id: int, source: str | None, by: str) -> int:
+    revision: int = await conn.fetchval(
+        "INSERT INTO course_templates (course_id, source, revision, updated_by) VALUES ($1, $2, 1, $3) "
+        "ON CONFLICT (course_id) DO UPDATE SET source = EXCLUDED.source, "
+        "revision = course_templates.revision + 1, updated_at = now(), updated_by = EXCLUDED.updated_by "
+        "RETURNING revision",
+        course_id, source, by,
+    )
+    return revision
+
+
+async def request_regeneration(
+    conn: Connection, course_id: int, requested_by: str, make_event: Callable[[str, int, int], Event]
+) -> tuple[int, int]:
+    """Queue one re-render per issued certificate of the course; returns (id, count)."""
+    async with conn.transaction():
+        users = [r["user_id"] for r in await conn.fetch(
+            "SELECT user_id FROM certificates WHERE course_id = $1 ORDER BY certificate_id", course_id
+        )]
+        regeneration_id: int = await conn.fetchval(
+            "INSERT INTO regenerations (course_id, total, requested_by) VALUES ($1, $2, $3) RETURNING id",
+            course_id, len(users), requested_by,
+        )
+        await outbox.add_many(conn, [make_event(user, course_id, regeneration_id) for user in users])
+    return regeneration_id, len(users)
+
+
+async def regeneration_status(
+    conn: Connection | asyncpg.Pool, course_id: int, regeneration_id: int
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT r.id, r.course_id, r.total, r.requested_at, r.requested_by, "
+        "(SELECT count(*) FROM certificate_files f WHERE f.regeneration_id = r.id) AS done "
+        "FROM regenerations r WHERE r.id = $1 AND r.course_id = $2",
+        regeneration_id, course_id,
+    )

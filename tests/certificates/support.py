@@ -1,0 +1,108 @@
+"""What the certificates tests share: a progress stand-in, event factories, database probes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+from fastapi import FastAPI, Header, HTTPException
+
+from services.certificates.app import CertificatesSettings, build_app
+from services.certificates.worker import WorkerSettings
+from services.certificates.worker import build_app as build_worker
+from shared.auth import issue_token
+from shared.events import CourseCompleted, Topic
+from tests.helpers import TestEnv, app_client, eventually, produce_raw, served
+
+
+def completion(user_id: str, course_id: int = 10, *, name: str = "John Doe", enabled: bool = True,
+               title: str = "Introduction to Web Development") -> CourseCompleted:
+    return CourseCompleted(
+        user_id=user_id, course_id=course_id, completed_at=datetime.now(UTC), user_name=name,
+        user_email=f"{user_id}@example.com", course_title=title, certificate_enabled=enabled,
+    )
+
+
+@dataclass
+class ProgressStandIn:
+    """Serves progress's internal completion API from a dict, as the progress service would."""
+
+    token: str
+    completions: dict[tuple[str, int], CourseCompleted] = field(default_factory=dict)
+    percentages: dict[tuple[str, int], int] = field(default_factory=dict)
+    calls: int = 0
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/internal/courses/{course_id}/learners/{user_id}/completion")
+        async def completion_status(
+            course_id: int, user_id: str, x_internal_token: str = Header("")
+        ) -> dict[str, Any]:
+            self.calls += 1
+            if x_internal_token != self.token:
+                raise HTTPException(403)
+            key = (user_id, course_id)
+            if key in self.completions:
+                event = self.completions[key]
+                return {"completed": True, "progress_percentage": 100,
+                        "course_completed": event.model_dump(mode="json")}
+            if key in self.percentages:
+                return {"completed": False, "progress_percentage": self.percentages[key], "course_completed": None}
+            raise HTTPException(404)
+
+        return app
+
+
+@dataclass
+class Stack:
+    env: TestEnv
+    settings: CertificatesSettings
+    api: httpx.AsyncClient
+    progress: ProgressStandIn
+    db: asyncpg.Pool
+
+    def token(self, user_id: str, roles: list[str] | None = None) -> dict[str, str]:
+        return {"Authorization": "Bearer " + issue_token(self.settings, user_id=user_id, roles=roles)}
+
+    async def publish_completion(self, event: CourseCompleted) -> None:
+        await produce_raw(self.env.kafka_bootstrap, self.settings.topic(Topic.COURSE_COMPLETED.value),
+                          event.model_dump_json().encode(), key=event.key().encode())
+
+    async def certificate_count(self, course_id: int | None = None) -> int:
+        if course_id is None:
+            return int(await self.db.fetchval("SELECT count(*) FROM certificates"))
+        return int(await self.db.fetchval("SELECT count(*) FROM certificates WHERE course_id = $1", course_id))
+
+
+def worker_settings(env: TestEnv, **overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = {"database": "certs", "render_processes": 1, "consumers": 2}
+    values.update(overrides)
+    return env.settings(WorkerSettings, **values)
+
+
+@contextlib.asynccontextmanager
+async def certificate_stack(env: TestEnv, *, workers: int = 1) -> AsyncIterator[Stack]:
+    """The API app and ``workers`` in-process worker apps on one database, plus a progress stand-in."""
+    progress = ProgressStandIn(token="test-internal-token")
+    async with contextlib.AsyncExitStack() as stack:
+        progress_url = await stack.enter_async_context(served(progress.app()))
+        settings = env.settings(CertificatesSettings, database="certs", progress_internal_url=progress_url,
+                                internal_token=progress.token)
+        api = await stack.enter_async_context(app_client(build_app(settings)))
+        for _ in range(workers):
+            worker = build_worker(worker_settings(env))
+            await stack.enter_async_context(app_client(worker))
+            await eventually(lambda w=worker: _subscribed(w), what="worker subscribed", timeout=60)
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
+        stack.push_async_callback(pool.close)
+        yield Stack(env, settings, api, progress, pool)
+
+
+async def _subscribed(app: FastAPI) -> bool:
+    return bool(app.state.runtime.broker_started)
