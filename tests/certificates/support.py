@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,7 +99,7 @@ async def certificate_stack(env: TestEnv, *, workers: int = 1) -> AsyncIterator[
         for _ in range(workers):
             worker = build_worker(worker_settings(env))
             await stack.enter_async_context(app_client(worker))
-            await eventually(lambda w=worker: _subscribed(w), what="worker subscribed", timeout=60)
+            await eventually(functools.partial(_subscribed, worker), what="worker subscribed", timeout=60)
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
         stack.push_async_callback(pool.close)
         yield Stack(env, settings, api, progress, pool)

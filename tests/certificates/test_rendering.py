@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from typing import Any
 
 import pypdf
 import pytest
@@ -36,7 +37,7 @@ def read(pdf: bytes) -> tuple[pypdf.PdfReader, str]:
 
 
 def fonts(reader: pypdf.PdfReader) -> set[str]:
-    resources = reader.pages[0]["/Resources"]["/Font"]
+    resources: Any = reader.pages[0]["/Resources"]["/Font"]  # type: ignore[index]
     return {str(resources[k].get_object()["/BaseFont"]).split("+", 1)[-1] for k in resources}
 
 

@@ -4,6 +4,7 @@ mid-run. Every learner still gets exactly one certificate and one certificate-is
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -64,7 +65,7 @@ async def test_three_workers_and_a_killed_one_issue_exactly_one_certificate_each
     pool: asyncpg.Pool | None = None
     try:
         for port in ports:
-            await eventually(lambda p=port: ready(p), timeout=90, interval=0.5, what=f"worker on {port} ready")
+            await eventually(functools.partial(ready, port), timeout=90, interval=0.5, what=f"worker on {port} ready")
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
         issued_topic = f"{test_env.topic_prefix}{Topic.CERTIFICATE_ISSUED.value}"
         async with TopicReader(test_env.kafka_bootstrap, issued_topic) as reader:
@@ -136,4 +137,4 @@ async def _all_three(renderers: object) -> bool:
 
 
 async def _reached(count: object, n: int) -> bool:
-    return await count() >= n  # type: ignore[operator]
+    return bool(await count() >= n)  # type: ignore[operator]

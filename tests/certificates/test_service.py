@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import pypdf
 
@@ -126,6 +127,7 @@ async def test_api_request_racing_the_worker_gives_one_certificate(test_env: Tes
         responses = await asyncio.gather(*asks, *(stack.publish_completion(stack.progress.completions[(u, 10)])
                                                   for u in users))
         for r in responses[: len(users)]:
+            assert isinstance(r, httpx.Response)
             assert r.status_code in (200, 202)
             if r.status_code == 202:
                 assert r.json()["status"] == "pending"
