@@ -203,6 +203,27 @@ def migrate(
         postgres.stop()
 
 
+@app.command("regenerate-certificates")
+def regenerate_certificates(
+    course: Annotated[list[int], typer.Option(help="Course id (repeatable)")],
+    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL server URL")] = None,
+    var_dir: Annotated[Path, typer.Option()] = VAR,
+    db_prefix: Annotated[str, typer.Option(help="Prefix of the per-service database names")] = "lessonstream_",
+) -> None:
+    """Re-render a course's certificates after a template change (the running workers do it)."""
+    from services.certificates.app import CertificatesSettings
+    from services.certificates.regenerate import regenerate
+    from shared.db import with_database
+
+    postgres = infra.choose_postgres(database_url, var_dir.resolve() / "postgres", probe_local=False, keep=True)
+    try:
+        settings = CertificatesSettings(database_url=with_database(postgres.url, f"{db_prefix}certificates"))
+        for course_id, regeneration_id, count in asyncio.run(regenerate(settings, course)):
+            typer.echo(f"course {course_id}: regeneration {regeneration_id} queued for {count} certificates")
+    finally:
+        postgres.stop()
+
+
 def main() -> None:
     app()
 

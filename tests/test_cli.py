@@ -54,3 +54,15 @@ def test_migrate_creates_and_migrates_every_service_database(test_env: TestEnv) 
 
     for database in {p.database for p in PROCESSES}:
         assert "shared" in asyncio.run(components(database))
+
+
+def test_regenerate_certificates_queues_work_for_the_workers(test_env: TestEnv) -> None:
+    prefix = f"{test_env.prefix}cli_"
+    result = runner.invoke(
+        app,
+        ["regenerate-certificates", "--course", "41", "--course", "42",
+         "--database-url", test_env.postgres_url, "--db-prefix", prefix],
+    )
+    assert result.exit_code == 0, result.output
+    assert "course 41: regeneration" in result.stdout and "queued for 0 certificates" in result.stdout
+    assert "course 42: regeneration" in result.stdout
