@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -181,47 +183,54 @@ def seed_demo(
     typer.echo(str(course_id))
 
 
-@app.command()
-def migrate(
-    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL server URL")] = None,
-    var_dir: Annotated[Path, typer.Option()] = VAR,
-    db_prefix: Annotated[str, typer.Option(help="Prefix of the per-service database names")] = "lessonstream_",
-) -> None:
-    """Create each service's database if missing and apply its migrations."""
-    from shared.db import migrate_service, with_database
+DatabaseUrl = Annotated[
+    str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL server URL (else the embedded one)")
+]
+VarDir = Annotated[Path, typer.Option(help="Where data, mail and logs are kept")]
+DbPrefix = Annotated[str, typer.Option(help="Prefix of the per-service database names")]
+
+
+@contextlib.contextmanager
+def _service_databases(database_url: str | None, var_dir: Path, db_prefix: str) -> Iterator[Callable[[str], str]]:
+    """The URL of each service's database on the given (or embedded) server."""
+    from shared.db import with_database
 
     postgres = infra.choose_postgres(database_url, var_dir.resolve() / "postgres", probe_local=False, keep=True)
     try:
+        yield lambda service: with_database(postgres.url, f"{db_prefix}{service}")
+    finally:
+        postgres.stop()
+
+
+@app.command()
+def migrate(database_url: DatabaseUrl = None, var_dir: VarDir = VAR, db_prefix: DbPrefix = "lessonstream_") -> None:
+    """Create each service's database if missing and apply its migrations."""
+    from shared.db import migrate_service
+
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
         for spec in PROCESSES:
             if spec.name != spec.database:
                 continue
             folder = infra.ROOT / "services" / spec.database / "migrations"
-            url = with_database(postgres.url, f"{db_prefix}{spec.database}")
-            applied = asyncio.run(migrate_service(url, spec.database, folder))
+            applied = asyncio.run(migrate_service(url_of(spec.database), spec.database, folder))
             _echo(f"{spec.database}: {', '.join(applied) if applied else 'up to date'}")
-    finally:
-        postgres.stop()
 
 
 @app.command("regenerate-certificates")
 def regenerate_certificates(
     course: Annotated[list[int], typer.Option(help="Course id (repeatable)")],
-    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL server URL")] = None,
-    var_dir: Annotated[Path, typer.Option()] = VAR,
-    db_prefix: Annotated[str, typer.Option(help="Prefix of the per-service database names")] = "lessonstream_",
+    database_url: DatabaseUrl = None,
+    var_dir: VarDir = VAR,
+    db_prefix: DbPrefix = "lessonstream_",
 ) -> None:
     """Re-render a course's certificates after a template change (the running workers do it)."""
     from services.certificates.app import CertificatesSettings
     from services.certificates.regenerate import regenerate
-    from shared.db import with_database
 
-    postgres = infra.choose_postgres(database_url, var_dir.resolve() / "postgres", probe_local=False, keep=True)
-    try:
-        settings = CertificatesSettings(database_url=with_database(postgres.url, f"{db_prefix}certificates"))
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
+        settings = CertificatesSettings(database_url=url_of("certificates"))
         for course_id, regeneration_id, count in asyncio.run(regenerate(settings, course)):
             typer.echo(f"course {course_id}: regeneration {regeneration_id} queued for {count} certificates")
-    finally:
-        postgres.stop()
 
 
 def main() -> None:

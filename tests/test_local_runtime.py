@@ -24,7 +24,7 @@ from lessonstream import infra
 from lessonstream.stack import PROCESSES, SERVICES
 from tests.conftest import RUN_ID
 
-NOT_ROUTED = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/internal")
+NOT_ROUTED = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/asyncapi.json", "/internal")
 
 
 @dataclass
@@ -146,7 +146,8 @@ def test_every_declared_route_reaches_its_own_service(dev_stack: DevStack) -> No
 
 def test_internal_and_unknown_paths_are_not_routed(dev_stack: DevStack) -> None:
     with httpx.Client(base_url=dev_stack.gateway, timeout=10) as client:
-        for path in ("/internal/courses/1", "/api/internal/courses/1", "/metrics", "/nothing", "/api/nothing"):
+        for path in ("/internal/courses/1", "/api/internal/courses/1", "/metrics", "/asyncapi.json", "/nothing",
+                     "/api/nothing"):
             response = client.get(path)
             assert response.status_code == 404, path
             assert "x-lessonstream-service" not in response.headers, path
