@@ -12,7 +12,9 @@ from shared.events import CatalogLesson, CourseCatalogEntry
 def make_course(required: list[bool], sequential: bool = False) -> CourseCatalogEntry:
     return CourseCatalogEntry(
         course_id=1, revision=1, title="c", slug="c", status="published", requires_sequential_progress=sequential,
-        lessons=[CatalogLesson(id=i + 1, title=f"L{i + 1}", order=i + 1, is_required=r) for i, r in enumerate(required)],
+        lessons=[
+            CatalogLesson(id=i + 1, title=f"L{i + 1}", order=i + 1, is_required=r) for i, r in enumerate(required)
+        ],
     )
 
 
@@ -54,7 +56,9 @@ def test_completing_a_lesson_never_lowers_the_percentage(required: list[bool], d
 
 
 @given(courses, st.data())
-def test_sequential_locking_matches_the_first_missing_required_lesson(required: list[bool], data: st.DataObject) -> None:
+def test_sequential_locking_matches_the_first_missing_required_lesson(
+    required: list[bool], data: st.DataObject
+) -> None:
     course = make_course(required, sequential=True)
     ids = [lesson.id for lesson in course.lessons]
     if not ids:
@@ -81,7 +85,9 @@ heartbeats = st.lists(
 
 
 @given(heartbeats)
-def test_time_spent_never_exceeds_wall_clock_nor_playback_covered(beats: list[tuple[float, float, float | None]]) -> None:
+def test_time_spent_never_exceeds_wall_clock_nor_playback_covered(
+    beats: list[tuple[float, float, float | None]]
+) -> None:
     state = domain.Playback(seen_at=0.0)
     now = 0.0
     covered = 0.0
@@ -89,7 +95,7 @@ def test_time_spent_never_exceeds_wall_clock_nor_playback_covered(beats: list[tu
         now += gap
         before = state.video_progress
         added = domain.merge_heartbeat(state, position, position, client_at, now)
-        assert 0 <= added <= gap
+        assert 0 <= added <= gap + 1e-9  # float: gap is a difference of sums
         if added:
             covered += position - before
     assert state.time_spent <= now + 1e-6  # never more than the wall-clock time that passed
