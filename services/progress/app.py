@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
-from services.progress.api import internal_router, router
+from services.progress.api import heartbeat_route, internal_router, router
 from services.progress.handlers import Handlers
 from services.progress.heartbeats import HeartbeatBuffer
 from services.progress.replicas import Replicas
@@ -58,7 +58,7 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         if client is not None:
             await client.aclose()
 
-    return create_app(
+    app = create_app(
         ServiceSpec(
             name="progress",
             settings=settings,
@@ -77,3 +77,5 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
             on_shutdown=[stop],
         )
     )
+    app.router.routes.insert(0, heartbeat_route)  # matched first: POST /api/progress, see api.HeartbeatEndpoint
+    return app

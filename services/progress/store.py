@@ -73,9 +73,7 @@ async def ensure_progress(conn: Executor, user_id: str, course_id: int, lesson_i
     """The row for (user, lesson), created empty if missing. Never two rows: the unique key
     decides between concurrent creators, and the loser reads the winner's row."""
     while True:
-        row = await get_progress(conn, user_id, lesson_id)
-        if row is not None:
-            return row
+        # Insert first: the common case is a learner opening a lesson for the first time.
         r = await conn.fetchrow(
             "INSERT INTO lesson_progress (user_id, course_id, lesson_id) VALUES ($1, $2, $3) "
             f"ON CONFLICT (user_id, lesson_id) DO NOTHING RETURNING {_PROGRESS_COLUMNS}",
@@ -83,7 +81,10 @@ async def ensure_progress(conn: Executor, user_id: str, course_id: int, lesson_i
         )
         if r is not None:
             return ProgressRow.of(r)
-        # Lost the race to a concurrent insert that has committed by now: read it (new snapshot).
+        # The row exists (or a concurrent insert just committed it): read it, new snapshot.
+        row = await get_progress(conn, user_id, lesson_id)
+        if row is not None:
+            return row
 
 
 # Positions follow the merge rule of domain.merge_heartbeat: a batch stamped earlier than

@@ -6,6 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from services.progress import heartbeats as heartbeats_module
 from services.progress.app import build_app
 from tests.helpers import app_client, eventually
 from tests.progress.conftest import Stack, course, enrollment
@@ -228,3 +231,39 @@ async def test_concurrent_writers_on_two_replicas_never_duplicate_a_row(stack: S
     assert len(ids) == 1
     # One lesson-completed in the outbox (or already relayed): count what the relay has not sent plus sent
     # is checked through the topic in the completion tests.
+
+
+async def test_a_failed_flush_keeps_its_changes_for_the_next(stack: Stack, monkeypatch: Any) -> None:
+    await setup_course(stack)
+    stack.buffer._task.cancel()  # type: ignore[union-attr]  # only explicit flushes in this test
+    me = stack.token("u1")
+    body = {"course_id": 42, "lesson_id": 101}
+    await stack.client.post("/api/progress", headers=me, json={**body, "video_progress": 0})
+    await asyncio.sleep(0.3)  # a real wall-clock gap for time spent to grow into
+    answered = await stack.client.post("/api/progress", headers=me, json={**body, "video_progress": 50})
+    assert answered.status_code == 200
+    real = heartbeats_module.store.flush_heartbeats
+
+    async def broken(*args: Any) -> None:
+        raise ConnectionResetError("database went away")
+
+    monkeypatch.setattr(heartbeats_module.store, "flush_heartbeats", broken)
+    with pytest.raises(ConnectionResetError):
+        await stack.buffer.flush()
+    monkeypatch.setattr(heartbeats_module.store, "flush_heartbeats", real)
+    assert await stack.buffer.flush() == 1
+    row = await db_row(stack, "u1", 101)
+    assert row["video_progress"] == 50 and row["time_spent_seconds"] > 0
+
+
+async def test_graceful_shutdown_flushes_what_is_pending(stack: Stack) -> None:
+    await setup_course(stack)
+    slow = build_app(stack.settings.model_copy(update={"heartbeat_flush_interval_s": 10.0}))
+    async with app_client(slow) as other:
+        response = await other.post("/api/progress", headers=stack.token("u1"),
+                                    json={"course_id": 42, "lesson_id": 102, "last_position": 77})
+        assert response.status_code == 200
+        row = await db_row(stack, "u1", 102)
+        assert row["last_position"] == 0  # created at once, position still in memory
+    row = await db_row(stack, "u1", 102)
+    assert row["last_position"] == 77
