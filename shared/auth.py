@@ -19,6 +19,11 @@ from shared.errors import ApiError, forbidden, unauthorized
 from shared.settings import ServiceSettings
 
 Role = Literal["learner", "instructor", "admin"]
+# Verified tokens are remembered briefly: a client sends the same token with every
+# request (a heartbeat every few seconds), and checking it again costs more than the
+# rest of a small request. Never beyond the token's own expiry.
+VERIFIED_CACHE_SIZE = 50_000
+VERIFIED_CACHE_S = 60.0
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 
@@ -51,8 +56,20 @@ class TokenVerifier:
             if settings.jwt_jwks_url
             else None
         )
+        self._verified: dict[str, tuple[float, User]] = {}
 
     def verify(self, token: str) -> User:
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        user, expires = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()  # crude but bounded; refills with the tokens in use
+        self._verified[token] = (min(expires, now + VERIFIED_CACHE_S), user)
+        return user
+
+    def _verify(self, token: str) -> tuple[User, float]:
         try:
             header = jwt.get_unverified_header(token)
             options: Any = {"require": ["exp", "iss", "aud", "sub"]}
@@ -81,7 +98,7 @@ class TokenVerifier:
         if isinstance(roles, str):
             roles = [roles]
         known = [r for r in roles if r in ("learner", "instructor", "admin")]
-        return User.model_validate(
+        user = User.model_validate(
             {
                 "sub": str(claims["sub"]),
                 "name": claims.get("name") or "",
@@ -91,6 +108,7 @@ class TokenVerifier:
                 "avatar": claims.get("picture") or claims.get("avatar"),
             }
         )
+        return user, float(claims["exp"])
 
 
 def issue_token(
@@ -125,7 +143,9 @@ def _verifier(request: Request) -> TokenVerifier:
     return verifier
 
 
-def current_user(request: Request) -> User:
+# Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a
+# worker thread, a thread hop per request that costs more than verifying the token.
+async def current_user(request: Request) -> User:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -136,7 +156,7 @@ def current_user(request: Request) -> User:
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def require_admin(user: CurrentUser) -> User:
+async def require_admin(user: CurrentUser) -> User:
     if not user.is_admin:
         raise forbidden("Administrators only")
     return user
@@ -145,7 +165,7 @@ def require_admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(require_admin)]
 
 
-def require_internal(request: Request) -> None:
+async def require_internal(request: Request) -> None:
     """Service-to-service calls carry the shared internal token; the gateway never routes them."""
     expected: str = request.app.state.settings.internal_token
     given = request.headers.get("x-internal-token", "")

@@ -5,23 +5,77 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
+from pydantic import AliasChoices, Field
 
-from shared.service import ServiceSpec, create_app
+from services.progress.api import heartbeat_route, internal_router, router
+from services.progress.handlers import Handlers
+from services.progress.heartbeats import HeartbeatBuffer
+from services.progress.replicas import Replicas
+from services.progress.tracking import Tracker
+from shared.events import CertificateIssued, CourseCatalogEntry, EnrollmentChanged, Topic
+from shared.inbox import Subscription
+from shared.internal import internal_client
+from shared.service import Runtime, ServiceSpec, create_app
 from shared.settings import ServiceSettings
 
 
 class ProgressSettings(ServiceSettings):
     DEFAULT_DATABASE = "lessonstream_progress"
     service_name: str = "progress"
+    # Heartbeat positions are written in one batch at least this often; a crash can lose
+    # at most this much of them (never a completion).
+    heartbeat_flush_interval_s: float = Field(
+        0.5, gt=0, le=10,
+        validation_alias=AliasChoices("HEARTBEAT_FLUSH_INTERVAL_S", "heartbeat_flush_interval_s"),
+    )
+    # How long this process trusts a catalog entry or an active enrollment it has read.
+    replica_cache_ttl_s: float = Field(
+        5.0, ge=0, validation_alias=AliasChoices("REPLICA_CACHE_TTL_S", "replica_cache_ttl_s")
+    )
 
 
 def build_app(settings: ProgressSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.progress.app:build_app`) and tests."""
     settings = settings or ProgressSettings()
-    return create_app(
+    handlers = Handlers()
+
+    async def start(runtime: Runtime) -> None:
+        client = internal_client(settings, settings.enrollment_internal_url)
+        replicas = Replicas(runtime.pool, client, settings.replica_cache_ttl_s)
+        buffer = HeartbeatBuffer(runtime.pool, settings.heartbeat_flush_interval_s)
+        buffer.start()
+        handlers.replicas = replicas
+        runtime.extras.update(
+            enrollment_client=client, replicas=replicas, heartbeats=buffer,
+            tracker=Tracker(runtime.pool, replicas, buffer),
+        )
+
+    async def stop(runtime: Runtime) -> None:
+        buffer: HeartbeatBuffer | None = runtime.extras.get("heartbeats")
+        if buffer is not None:
+            await buffer.stop()
+        client = runtime.extras.get("enrollment_client")
+        if client is not None:
+            await client.aclose()
+
+    app = create_app(
         ServiceSpec(
             name="progress",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
+            routers=[router, internal_router],
+            subscriptions=[
+                Subscription(Topic.COURSE_CATALOG, CourseCatalogEntry, handlers.on_course, "progress-catalog"),
+                Subscription(
+                    Topic.ENROLLMENT_CHANGED, EnrollmentChanged, handlers.on_enrollment, "progress-enrollments"
+                ),
+                Subscription(
+                    Topic.CERTIFICATE_ISSUED, CertificateIssued, handlers.on_certificate, "progress-certificates"
+                ),
+            ],
+            on_startup=[start],
+            on_shutdown=[stop],
         )
     )
+    app.router.routes.insert(0, heartbeat_route)  # matched first: POST /api/progress, see api.HeartbeatEndpoint
+    return app

@@ -1,0 +1,221 @@
+"""Heartbeat coalescing: the write path of ``POST /api/progress`` for playback positions.
+
+Each learner-lesson this process has seen lately lives in memory as an ``Entry``: the
+record as last known plus what heartbeats have changed since the last flush. A heartbeat
+merges into its entry (no database work once the entry exists) and is answered from it.
+Every ``flush_interval_s`` the changed entries go to PostgreSQL as one multi-row upsert.
+
+Completions never wait for a flush: they are written at once, in their own transaction,
+together with the entry's pending playback (see tracking).
+
+What a crash can lose: positions and time spent of heartbeats accepted in the last
+flush interval (plus the duration of a flush that was running), never a completion,
+never a row. A failed flush keeps its changes in memory and retries on the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services.progress import domain, store
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]  # (user_id, lesson_id): the upsert key of the progress API
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+@dataclass(slots=True)
+class Entry:
+    id: int
+    user_id: str
+    course_id: int
+    lesson_id: int
+    completed: bool
+    completed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    playback: domain.Playback
+    pending_time: float = 0.0  # time spent added since the last flush
+    dirty: bool = False
+    unlocked: bool = False  # sequential courses: passed the lock check while cached
+    touched: float = 0.0  # monotonic time of last use, for eviction
+
+    @classmethod
+    def of(cls, row: store.ProgressRow) -> Entry:
+        return cls(
+            row.id, row.user_id, row.course_id, row.lesson_id, row.completed, row.completed_at,
+            row.created_at, row.updated_at,
+            domain.Playback(
+                row.video_progress, row.last_position, _ts(row.position_at), row.updated_at.timestamp(),
+                row.time_spent_seconds,
+            ),
+            touched=time.monotonic(),
+        )
+
+    def adopt(self, row: store.ProgressRow) -> None:
+        """Take completion state (and anything newer) from a row just written."""
+        self.completed = row.completed
+        self.completed_at = row.completed_at
+        self.updated_at = max(self.updated_at, row.updated_at)
+
+    def flush_row(self) -> store.FlushRow:
+        p = self.playback
+        return store.FlushRow(
+            self.user_id, self.course_id, self.lesson_id, p.video_progress, p.last_position, _dt(p.position_at),
+            self.pending_time, self.updated_at,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        p = self.playback
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "course_id": self.course_id,
+            "lesson_id": self.lesson_id,
+            "completed": self.completed,
+            "completed_at": self.completed_at,
+            "video_progress": p.video_progress,
+            "last_position": p.last_position,
+            "time_spent_seconds": round(p.time_spent),
+            "state": domain.progress_state(True, self.completed, p.video_progress, p.last_position),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class HeartbeatBuffer:
+    def __init__(self, pool: asyncpg.Pool, flush_interval_s: float, idle_evict_s: float = 300.0) -> None:
+        self._pool = pool
+        self.flush_interval_s = flush_interval_s
+        self._idle_evict_s = idle_evict_s
+        self.entries: dict[Key, Entry] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self.flushed_rows = 0
+        self.flushes = 0
+
+    # ------------------------------------------------------------ request side
+    async def entry(self, user_id: str, course_id: int, lesson_id: int) -> Entry:
+        key = (user_id, lesson_id)
+        found = self.entries.get(key)
+        if found is None:
+            row = await store.ensure_progress(self._pool, user_id, course_id, lesson_id)
+            # Another request for the same key may have loaded it while we awaited.
+            found = self.entries.setdefault(key, Entry.of(row))
+        return found
+
+    def peek(self, user_id: str, lesson_id: int) -> Entry | None:
+        return self.entries.get((user_id, lesson_id))
+
+    async def heartbeat(
+        self,
+        user_id: str,
+        course_id: int,
+        lesson_id: int,
+        video_progress: float | None,
+        last_position: float | None,
+        client_at: float | None,
+    ) -> Entry:
+        entry = await self.entry(user_id, course_id, lesson_id)
+        now = datetime.now(UTC)
+        before = entry.playback.seen_at
+        added = domain.merge_heartbeat(entry.playback, video_progress, last_position, client_at, now.timestamp())
+        if entry.playback.seen_at != before:  # accepted
+            entry.pending_time += added
+            entry.updated_at = now
+            entry.dirty = True
+        entry.touched = time.monotonic()
+        return entry
+
+    def take_pending(self, user_id: str, lesson_id: int) -> store.FlushRow | None:
+        """Hand an entry's unflushed playback to a writer that stores it right away."""
+        entry = self.entries.get((user_id, lesson_id))
+        if entry is None or not entry.dirty:
+            return None
+        row = entry.flush_row()
+        entry.pending_time = 0.0
+        entry.dirty = False
+        return row
+
+    def give_back(self, row: store.FlushRow | None) -> None:
+        """The writer failed: the pending playback goes back to the next flush."""
+        if row is None:
+            return
+        entry = self.entries.get((row.user_id, row.lesson_id))
+        if entry is not None:
+            entry.pending_time += row.time_added
+            entry.dirty = True
+
+    def relock(self, user_id: str, course_id: int) -> None:
+        """A lesson of the course was reopened: sequential checks must run again."""
+        for entry in self.entries.values():
+            if entry.user_id == user_id and entry.course_id == course_id:
+                entry.unlocked = False
+
+    # ------------------------------------------------------------ flushing
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="heartbeat-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # Graceful shutdown loses nothing: one last flush.
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            try:
+                await self.flush()
+                self._evict_idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat flush failed, retrying next tick: %r", exc)
+
+    async def flush(self) -> int:
+        async with self._flush_lock:
+            dirty = [e for e in self.entries.values() if e.dirty]
+            if not dirty:
+                return 0
+            # Same lock order in every flusher: by key.
+            dirty.sort(key=lambda e: (e.user_id, e.lesson_id))
+            rows = [e.flush_row() for e in dirty]
+            # Taken before the await: heartbeats arriving during the write count towards the next flush.
+            for e in dirty:
+                e.pending_time = 0.0
+                e.dirty = False
+            try:
+                await store.flush_heartbeats(self._pool, rows)
+            except BaseException:
+                for row in rows:
+                    self.give_back(row)
+                raise
+            self.flushes += 1
+            self.flushed_rows += len(rows)
+            return len(rows)
+
+    def _evict_idle(self) -> None:
+        limit = time.monotonic() - self._idle_evict_s
+        stale = [k for k, e in self.entries.items() if not e.dirty and e.touched < limit]
+        for key in stale:
+            del self.entries[key]

@@ -1,0 +1,312 @@
+"""SQL of the progress service. Every statement is parameterised; asyncpg prepares and
+caches each statement text per connection, so the hot statements are planned once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.db import Connection
+from shared.events import CourseCatalogEntry, CourseCompleted, EnrollmentChanged
+
+_PROGRESS_COLUMNS = (
+    "id, user_id, course_id, lesson_id, completed, completed_at, video_progress, last_position, "
+    "position_at, time_spent_seconds, created_at, updated_at"
+)
+
+# Single statements run on a pool directly (one round trip, no explicit acquire).
+Executor = Connection | asyncpg.Pool
+
+
+@dataclass(slots=True)
+class ProgressRow:
+    id: int
+    user_id: str
+    course_id: int
+    lesson_id: int
+    completed: bool
+    completed_at: datetime | None
+    video_progress: float
+    last_position: float
+    position_at: datetime | None
+    time_spent_seconds: float
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> ProgressRow:
+        return cls(
+            r["id"], r["user_id"], r["course_id"], r["lesson_id"], r["completed"], r["completed_at"],
+            r["video_progress"], r["last_position"], r["position_at"], r["time_spent_seconds"],
+            r["created_at"], r["updated_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRow:
+    """One learner-lesson's coalesced heartbeats: the latest position and the time added."""
+
+    user_id: str
+    course_id: int
+    lesson_id: int
+    video_progress: float
+    last_position: float
+    position_at: datetime | None
+    time_added: float
+    seen_at: datetime
+
+
+# ---------------------------------------------------------------- progress rows
+
+async def get_progress(conn: Executor, user_id: str, lesson_id: int) -> ProgressRow | None:
+    r = await conn.fetchrow(
+        f"SELECT {_PROGRESS_COLUMNS} FROM lesson_progress WHERE user_id = $1 AND lesson_id = $2", user_id, lesson_id
+    )
+    return ProgressRow.of(r) if r else None
+
+
+async def ensure_progress(conn: Executor, user_id: str, course_id: int, lesson_id: int) -> ProgressRow:
+    """The row for (user, lesson), created empty if missing. Never two rows: the unique key
+    decides between concurrent creators, and the loser reads the winner's row."""
+    while True:
+        # Insert first: the common case is a learner opening a lesson for the first time.
+        r = await conn.fetchrow(
+            "INSERT INTO lesson_progress (user_id, course_id, lesson_id) VALUES ($1, $2, $3) "
+            f"ON CONFLICT (user_id, lesson_id) DO NOTHING RETURNING {_PROGRESS_COLUMNS}",
+            user_id, course_id, lesson_id,
+        )
+        if r is not None:
+            return ProgressRow.of(r)
+        # The row exists (or a concurrent insert just committed it): read it, new snapshot.
+        row = await get_progress(conn, user_id, lesson_id)
+        if row is not None:
+            return row
+
+
+# Positions follow the merge rule of domain.merge_heartbeat: a batch stamped earlier than
+# the stored position (client timestamps) leaves it alone; time spent only ever adds.
+# Completion columns are never written here, so a heartbeat cannot undo a completion.
+FLUSH_SQL = """
+INSERT INTO lesson_progress AS p
+    (user_id, course_id, lesson_id, video_progress, last_position, position_at, time_spent_seconds, updated_at)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[],
+                     $6::timestamptz[], $7::float8[], $8::timestamptz[])
+ON CONFLICT (user_id, lesson_id) DO UPDATE SET
+    video_progress = CASE WHEN p.position_at IS NULL OR excluded.position_at IS NULL
+                            OR excluded.position_at >= p.position_at
+                          THEN excluded.video_progress ELSE p.video_progress END,
+    last_position = CASE WHEN p.position_at IS NULL OR excluded.position_at IS NULL
+                           OR excluded.position_at >= p.position_at
+                         THEN excluded.last_position ELSE p.last_position END,
+    position_at = GREATEST(p.position_at, excluded.position_at),
+    time_spent_seconds = p.time_spent_seconds + excluded.time_spent_seconds,
+    updated_at = GREATEST(p.updated_at, excluded.updated_at)
+"""
+
+
+async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> None:
+    """One statement for the whole batch. Rows arrive sorted by key, so concurrent flushers
+    (several replicas) take row locks in the same order and cannot deadlock each other."""
+    await conn.execute(
+        FLUSH_SQL,
+        [r.user_id for r in rows],
+        [r.course_id for r in rows],
+        [r.lesson_id for r in rows],
+        [r.video_progress for r in rows],
+        [r.last_position for r in rows],
+        [r.position_at for r in rows],
+        [r.time_added for r in rows],
+        [r.seen_at for r in rows],
+    )
+
+
+async def mark_complete(
+    conn: Connection, user_id: str, course_id: int, lesson_id: int, now: datetime, playback: FlushRow | None
+) -> ProgressRow:
+    """Complete the lesson (keeping the first completed_at), writing any pending playback with it."""
+    video = playback.video_progress if playback else None
+    last = playback.last_position if playback else None
+    position_at = playback.position_at if playback else None
+    added = playback.time_added if playback else 0.0
+    r = await conn.fetchrow(
+        f"""
+        INSERT INTO lesson_progress AS p (user_id, course_id, lesson_id, completed, completed_at,
+            video_progress, last_position, position_at, time_spent_seconds, updated_at)
+        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $4)
+        ON CONFLICT (user_id, lesson_id) DO UPDATE SET
+            completed = true,
+            completed_at = COALESCE(p.completed_at, excluded.completed_at),
+            video_progress = CASE WHEN $5::float8 IS NULL OR (p.position_at IS NOT NULL AND $7 < p.position_at)
+                                  THEN p.video_progress ELSE $5 END,
+            last_position = CASE WHEN $6::float8 IS NULL OR (p.position_at IS NOT NULL AND $7 < p.position_at)
+                                 THEN p.last_position ELSE $6 END,
+            position_at = GREATEST(p.position_at, excluded.position_at),
+            time_spent_seconds = p.time_spent_seconds + $8,
+            updated_at = $4
+        RETURNING {_PROGRESS_COLUMNS}
+        """,
+        user_id, course_id, lesson_id, now, video, last, position_at, added,
+    )
+    assert r is not None
+    return ProgressRow.of(r)
+
+
+async def mark_incomplete(conn: Connection, user_id: str, lesson_id: int, now: datetime) -> ProgressRow | None:
+    """Undo a completion; None when the lesson was not complete."""
+    r = await conn.fetchrow(
+        f"""
+        UPDATE lesson_progress SET completed = false, completed_at = NULL, updated_at = $3
+        WHERE user_id = $1 AND lesson_id = $2 AND completed
+        RETURNING {_PROGRESS_COLUMNS}
+        """,
+        user_id, lesson_id, now,
+    )
+    return ProgressRow.of(r) if r else None
+
+
+async def list_progress(
+    conn: Executor, user_id: str, course_id: int | None = None, course_ids: Sequence[int] | None = None
+) -> list[ProgressRow]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {_PROGRESS_COLUMNS} FROM lesson_progress
+        WHERE user_id = $1 AND ($2::bigint IS NULL OR course_id = $2)
+          AND ($3::bigint[] IS NULL OR course_id = ANY($3))
+        ORDER BY course_id, lesson_id
+        """,
+        user_id, course_id, list(course_ids) if course_ids is not None else None,
+    )
+    return [ProgressRow.of(r) for r in rows]
+
+
+async def completed_lesson_ids(conn: Executor, user_id: str, course_id: int) -> set[int]:
+    rows = await conn.fetch(
+        "SELECT lesson_id FROM lesson_progress WHERE user_id = $1 AND course_id = $2 AND completed",
+        user_id, course_id,
+    )
+    return {r["lesson_id"] for r in rows}
+
+
+# ---------------------------------------------------------------- catalog replica
+
+async def get_course(conn: Executor, course_id: int) -> CourseCatalogEntry | None:
+    entry = await conn.fetchval("SELECT entry FROM courses WHERE course_id = $1", course_id)
+    return CourseCatalogEntry.model_validate(entry) if entry is not None else None
+
+
+async def save_course(conn: Executor, entry: CourseCatalogEntry) -> bool:
+    """Store ``entry`` unless the replica already holds this or a later revision."""
+    saved = await conn.fetchval(
+        """
+        INSERT INTO courses (course_id, revision, entry) VALUES ($1, $2, $3)
+        ON CONFLICT (course_id) DO UPDATE SET revision = excluded.revision, entry = excluded.entry,
+            updated_at = now()
+        WHERE courses.revision < excluded.revision
+        RETURNING true
+        """,
+        entry.course_id, entry.revision, entry.model_dump(mode="json"),
+    )
+    return bool(saved)
+
+
+async def courses_taught_by(conn: Executor, instructor_id: str) -> list[int]:
+    rows = await conn.fetch("SELECT course_id FROM courses WHERE entry->'instructor_ids' ? $1", instructor_id)
+    return [r["course_id"] for r in rows]
+
+
+# ---------------------------------------------------------------- enrollment replica
+
+def _enrollment(r: asyncpg.Record) -> EnrollmentChanged:
+    return EnrollmentChanged(
+        user_id=r["user_id"], course_id=r["course_id"], enrollment_id=r["enrollment_id"], status=r["status"],
+        revision=r["revision"], enrolled_at=r["enrolled_at"], display_name=r["display_name"], email=r["email"],
+    )
+
+
+_ENROLLMENT_COLUMNS = "user_id, course_id, enrollment_id, status, revision, enrolled_at, display_name, email"
+
+
+async def get_enrollment(conn: Executor, user_id: str, course_id: int) -> EnrollmentChanged | None:
+    r = await conn.fetchrow(
+        f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = $1 AND course_id = $2", user_id, course_id
+    )
+    return _enrollment(r) if r else None
+
+
+async def lock_enrollment(conn: Connection, user_id: str, course_id: int) -> EnrollmentChanged | None:
+    """Row lock that serialises one learner's completions in one course (see tracking)."""
+    r = await conn.fetchrow(
+        f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
+        user_id, course_id,
+    )
+    return _enrollment(r) if r else None
+
+
+async def save_enrollment(conn: Executor, e: EnrollmentChanged) -> bool:
+    """Store ``e`` unless the replica already holds this or a later revision."""
+    saved = await conn.fetchval(
+        """
+        INSERT INTO enrollments (user_id, course_id, enrollment_id, status, revision, enrolled_at,
+                                 display_name, email)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (user_id, course_id) DO UPDATE SET enrollment_id = excluded.enrollment_id,
+            status = excluded.status, revision = excluded.revision, enrolled_at = excluded.enrolled_at,
+            display_name = excluded.display_name, email = excluded.email, updated_at = now()
+        WHERE enrollments.revision < excluded.revision
+           OR enrollments.enrollment_id <> excluded.enrollment_id AND excluded.enrolled_at > enrollments.enrolled_at
+        RETURNING true
+        """,
+        e.user_id, e.course_id, e.enrollment_id, e.status, e.revision, e.enrolled_at,
+        e.display_name or e.username, e.email,
+    )
+    return bool(saved)
+
+
+# ---------------------------------------------------------------- course completions
+
+async def get_completion(conn: Executor, user_id: str, course_id: int, enrollment_id: int) -> CourseCompleted | None:
+    event = await conn.fetchval(
+        "SELECT event FROM course_completions WHERE user_id = $1 AND course_id = $2 AND enrollment_id = $3",
+        user_id, course_id, enrollment_id,
+    )
+    return CourseCompleted.model_validate(event) if event is not None else None
+
+
+async def latest_completion(conn: Executor, user_id: str, course_id: int) -> CourseCompleted | None:
+    event = await conn.fetchval(
+        "SELECT event FROM course_completions WHERE user_id = $1 AND course_id = $2 "
+        "ORDER BY completed_at DESC LIMIT 1",
+        user_id, course_id,
+    )
+    return CourseCompleted.model_validate(event) if event is not None else None
+
+
+async def add_completion(conn: Connection, enrollment_id: int, event: CourseCompleted) -> bool:
+    added = await conn.fetchval(
+        "INSERT INTO course_completions (user_id, course_id, enrollment_id, completed_at, event) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+        event.user_id, event.course_id, enrollment_id, event.completed_at, event.model_dump(mode="json"),
+    )
+    return bool(added)
+
+
+# ---------------------------------------------------------------- certificates
+
+async def save_certificate(conn: Executor, user_id: str, course_id: int, url: str, issued_at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO certificates (user_id, course_id, certificate_url, issued_at) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (user_id, course_id) DO UPDATE SET certificate_url = excluded.certificate_url, "
+        "issued_at = excluded.issued_at WHERE certificates.issued_at <= excluded.issued_at",
+        user_id, course_id, url, issued_at,
+    )
+
+
+async def certificate_url(conn: Executor, user_id: str, course_id: int) -> str | None:
+    url: Any = await conn.fetchval(
+        "SELECT certificate_url FROM certificates WHERE user_id = $1 AND course_id = $2", user_id, course_id
+    )
+    return str(url) if url is not None else None
