@@ -85,7 +85,7 @@ async def prepare_database(url: str, users: int) -> None:
         for u in range(users):
             await store.save_enrollment(conn, EnrollmentChanged(
                 user_id=f"u{u}", course_id=COURSE_ID, enrollment_id=u + 1, status="active", revision=1,
-                enrolled_at=time.time(),  # type: ignore[arg-type]
+                enrolled_at=time.time(),
             ))
     finally:
         await conn.close()

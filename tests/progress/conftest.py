@@ -53,7 +53,7 @@ def enrollment(
 ) -> EnrollmentChanged:
     return EnrollmentChanged(
         user_id=user_id, course_id=course_id, enrollment_id=enrollment_id or next(_ids) + 1000,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         revision=revision, enrolled_at=datetime(2025, 10, 15, 10, 0, tzinfo=UTC),
         display_name=name, email=email,
     )

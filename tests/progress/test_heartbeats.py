@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.progress import heartbeats as heartbeats_module
+from services.progress import store as progress_store
 from services.progress.app import build_app
 from tests.helpers import app_client, eventually
 from tests.progress.conftest import Stack, course, enrollment
@@ -242,15 +242,15 @@ async def test_a_failed_flush_keeps_its_changes_for_the_next(stack: Stack, monke
     await asyncio.sleep(0.3)  # a real wall-clock gap for time spent to grow into
     answered = await stack.client.post("/api/progress", headers=me, json={**body, "video_progress": 50})
     assert answered.status_code == 200
-    real = heartbeats_module.store.flush_heartbeats
+    real = progress_store.flush_heartbeats
 
     async def broken(*args: Any) -> None:
         raise ConnectionResetError("database went away")
 
-    monkeypatch.setattr(heartbeats_module.store, "flush_heartbeats", broken)
+    monkeypatch.setattr(progress_store, "flush_heartbeats", broken)
     with pytest.raises(ConnectionResetError):
         await stack.buffer.flush()
-    monkeypatch.setattr(heartbeats_module.store, "flush_heartbeats", real)
+    monkeypatch.setattr(progress_store, "flush_heartbeats", real)
     assert await stack.buffer.flush() == 1
     row = await db_row(stack, "u1", 101)
     assert row["video_progress"] == 50 and row["time_spent_seconds"] > 0
