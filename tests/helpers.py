@@ -40,8 +40,8 @@ class TestEnv:
             "database_url": self.database_url(database),
             "kafka_bootstrap_servers": self.kafka_bootstrap,
             "topic_prefix": self.topic_prefix,
-            "kafka_session_timeout_ms": 6000,
-            "kafka_heartbeat_interval_ms": 500,
+            "kafka_session_timeout_ms": 2000,
+            "kafka_heartbeat_interval_ms": 300,
             "consumer_retry_base_s": 0.05,
             "db_pool_min": 1,
             "db_pool_max": 5,
@@ -88,8 +88,8 @@ class TopicReader:
             group_id=f"reader-{topic}-{time.monotonic_ns()}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=500,
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=300,
         )
         self._task: asyncio.Task[None] | None = None
 

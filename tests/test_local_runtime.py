@@ -22,6 +22,8 @@ from fastapi.routing import APIRoute
 
 from lessonstream import infra
 from lessonstream.stack import PROCESSES, SERVICES
+from shared.auth import issue_token
+from shared.settings import ServiceSettings
 from tests.conftest import RUN_ID
 
 NOT_ROUTED = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/asyncapi.json", "/internal")
@@ -171,7 +173,12 @@ def test_request_ids_cors_and_body_limit(dev_stack: DevStack) -> None:
         foreign = client.get("/health/progress", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in foreign.headers
 
-        too_big = client.post("/api/progress", content=b"x" * (2 * 1024 * 1024))
+        # A signed-in heartbeat, so the service reads the body and the gateway's limit bites.
+        token = issue_token(ServiceSettings(), user_id="1")
+        too_big = client.post(
+            "/api/progress", content=b"x" * (2 * 1024 * 1024),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         assert too_big.status_code == 413
         assert too_big.json()["code"] == "payload_too_large"
 

@@ -117,7 +117,7 @@ async def service(test_env: TestEnv) -> AsyncIterator[Service]:
     # A short session timeout keeps consumer-group joins quick (the broker waits about
     # half of it on each join).
     settings = test_env.settings(
-        EnrollmentSettings, database="enrollment", kafka_session_timeout_ms=3000, kafka_heartbeat_interval_ms=500
+        EnrollmentSettings, database="enrollment"
     )
     await ensure_topics(settings)
     app = build_app(settings)
