@@ -4,17 +4,12 @@ to ready, routes each path to its owner, and stops everything on Ctrl-C."""
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import signal
 import smtplib
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from email.message import EmailMessage
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,63 +19,15 @@ from lessonstream import infra
 from lessonstream.stack import PROCESSES, SERVICES
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
-from tests.conftest import RUN_ID
+from tests.devstack import DevStack, running_dev_stack
 
 NOT_ROUTED = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/asyncapi.json", "/internal")
 
 
-@dataclass
-class DevStack:
-    gateway: str
-    smtp_port: int
-    var_dir: Path
-    ports: dict[str, int]
-    process: subprocess.Popen[bytes]
-    output: Path
-
-
-def _free_block(count: int) -> int:
-    for _ in range(200):
-        base = infra.free_port()
-        if base + count < 65000 and not any(infra.port_open("127.0.0.1", base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free block of ports")
-
-
 @pytest.fixture(scope="module")
 def dev_stack(postgres_server: infra.Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    var_dir = tmp_path_factory.mktemp("var")
-    gateway, kafka, smtp = infra.free_port(), infra.free_port(), infra.free_port()
-    base = _free_block(len(PROCESSES))
-    output = var_dir / "dev-output.log"
-    cmd = [
-        sys.executable, "-m", "lessonstream.cli", "dev",
-        "--gateway-port", str(gateway), "--kafka-port", str(kafka), "--smtp-port", str(smtp),
-        "--base-port", str(base), "--var-dir", str(var_dir), "--db-prefix", f"t{RUN_ID}_dev_",
-    ]
-    with open(output, "wb") as out:
-        process = subprocess.Popen(
-            cmd, cwd=infra.ROOT, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "DATABASE_URL": postgres_server.url},
-        )
-    deadline = time.monotonic() + 180
-    while "Lessonstream is ready at http" not in output.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"lessonstream dev did not become ready:\n{output.read_text(errors='replace')[-6000:]}")
-        time.sleep(0.2)
-    stack = DevStack(
-        f"http://127.0.0.1:{gateway}", smtp, var_dir,
-        {p.name: base + i for i, p in enumerate(PROCESSES)}, process, output,
-    )
-    yield stack
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
-            process.wait(10)
+    with running_dev_stack(postgres_server.url, tmp_path_factory.mktemp("var")) as stack:
+        yield stack
 
 
 def test_every_service_is_ready_through_the_gateway(dev_stack: DevStack) -> None:

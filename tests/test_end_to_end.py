@@ -1,0 +1,179 @@
+"""A learner's whole journey through the gateway, across every real service process:
+catalog, enrollment, progress, completion, certificate (a real PDF), emails (real SMTP).
+
+Nothing is stubbed: ``lessonstream dev`` runs Tansu, the services, the certificate worker,
+the SMTP sink and Caddy; the test only speaks HTTP to the gateway and reads the mail
+the sink kept on disk.
+"""
+
+from __future__ import annotations
+
+import email
+import io
+import time
+from collections.abc import Callable, Iterator
+from email.message import Message
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pypdf
+import pytest
+
+from lessonstream import infra
+from shared.auth import issue_token
+from shared.settings import ServiceSettings
+from tests.devstack import DevStack, running_dev_stack
+
+T = TypeVar("T")
+SETTINGS = ServiceSettings()  # the dev stack runs on the development secret
+FLUENT = "/wp-json/fluent-community/v2"
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_server: infra.Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    with running_dev_stack(postgres_server.url, tmp_path_factory.mktemp("e2e")) as running:
+        yield running
+
+
+def auth(user_id: str, name: str = "", email_address: str = "", roles: list[str] | None = None) -> dict[str, str]:
+    token = issue_token(SETTINGS, user_id=user_id, name=name, email=email_address, roles=roles or ["learner"])
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_for(probe: Callable[[], T | None], *, timeout: float = 60, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def mails_to(mail_dir: Path, address: str) -> list[Message]:
+    found: list[Message] = []
+    for path in sorted(mail_dir.glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=default_policy)
+        if address in str(message["To"]):
+            found.append(message)
+    return found
+
+
+def text_of(message: Message) -> str:
+    parts = [p for p in message.walk() if p.get_content_type() == "text/plain"]
+    return "\n".join(str(p.get_content()) for p in parts)  # type: ignore[attr-defined]
+
+
+def test_a_learner_enrolls_completes_gets_a_certificate_and_the_emails(stack: DevStack) -> None:
+    admin = auth("admin-1", "Admin", "admin@example.com", ["admin"])
+    learner_email = "zoe@example.com"
+    learner = auth("learner-7", "Zoë Ångström-李", learner_email)
+    with httpx.Client(base_url=stack.gateway, timeout=15) as client:
+        # The catalog: two required lessons and an optional one.
+        created = client.post("/api/admin/courses", headers=admin, json={
+            "title": "Introduction to Web Development", "certificate_enabled": True,
+        })
+        assert created.status_code == 201, created.text
+        course_id = created.json()["data"]["id"]
+        lessons = []
+        for title, required in (("HTML", True), ("CSS", True), ("Extras", False)):
+            added = client.post(f"/api/admin/courses/{course_id}/lessons", headers=admin, json={
+                "title": title, "is_required": required, "duration_seconds": 600, "kind": "video",
+            })
+            assert added.status_code == 201, added.text
+            lessons.append(added.json()["data"]["lesson"]["id"])
+        assert client.post(f"/api/admin/courses/{course_id}/publish", headers=admin).status_code == 200
+
+        # Enroll through the Fluent alias, then record progress at once (read-your-writes).
+        enrolled = client.post(f"{FLUENT}/courses/{course_id}/enroll", headers=learner)
+        assert enrolled.status_code == 200, enrolled.text
+        assert enrolled.json()["message"] == "Successfully enrolled in course"
+        assert enrolled.json()["data"]["course_id"] == course_id
+        again = client.post(f"/api/courses/{course_id}/enroll", headers=learner)
+        assert again.status_code == 400 and again.json()["code"] == "already_enrolled"
+
+        heartbeat = client.post("/api/progress", headers=learner, json={
+            "course_id": course_id, "lesson_id": lessons[0], "completed": False,
+            "video_progress": 180, "last_position": 180,
+        })
+        assert heartbeat.status_code == 200, heartbeat.text
+        assert heartbeat.json()["last_position"] == 180
+
+        records = client.get(f"/api/progress?courseId={course_id}", headers=learner).json()
+        assert [(r["lesson_id"], r["last_position"], r["state"]) for r in records] == [
+            (lessons[0], 180, "in_progress")
+        ]
+
+        # Completing both required lessons completes the course.
+        first = client.post(f"/api/courses/{course_id}/lessons/{lessons[0]}/complete", headers=learner)
+        assert first.json()["message"] == "Lesson marked as complete"
+        assert first.json()["data"]["progress_percentage"] == 50
+        assert first.json()["data"]["next_lesson"]["id"] == lessons[1]
+        last = client.post(f"{FLUENT}/courses/{course_id}/lessons/{lessons[1]}/complete", headers=learner)
+        assert last.json()["data"]["progress_percentage"] == 100
+        repeat = client.post(f"/api/courses/{course_id}/lessons/{lessons[1]}/complete", headers=learner)
+        assert repeat.json()["message"] == "Lesson already marked as complete"
+
+        progress = client.get(f"/api/courses/{course_id}/progress", headers=learner).json()["data"]
+        assert progress["progress_percentage"] == 100
+        assert progress["completed_at"] is not None
+        assert progress["missing_required_lessons"] == []
+
+        # The certificate, asked for at once: pending or ready, never "not complete".
+        def certificate() -> dict[str, Any] | None:
+            response = client.get(f"/api/courses/{course_id}/certificate", headers=learner)
+            assert response.status_code in (200, 202), response.text
+            return response.json()["data"] if response.status_code == 200 else None
+
+        issued = wait_for(certificate, what="the certificate")
+        assert issued["course_title"] == "Introduction to Web Development"
+        assert issued["student_name"] == "Zoë Ångström-李"
+        assert issued["certificate_id"].startswith("CERT-")
+
+        pdf = client.get(issued["certificate_url"].replace(SETTINGS.public_base_url, stack.gateway))
+        assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+        text = "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf.content)).pages)
+        assert "Introduction to Web Development" in text
+        assert issued["certificate_id"] in text
+
+        verified = client.get(
+            issued["verification_url"].replace(SETTINGS.public_base_url, stack.gateway),
+            headers={"Accept": "application/json"},
+        )
+        assert verified.status_code == 200
+        assert verified.json()["data"]["valid"] is True
+
+        # The enrollment and the progress object learn of the completion and the certificate.
+        def completed_course() -> dict[str, Any] | None:
+            courses = client.get("/api/courses/my-courses?status=completed", headers=learner).json()["data"]
+            done = [c for c in courses if c["course_id"] == course_id and c["certificate_url"]]
+            return done[0] if done else None
+
+        mine = wait_for(completed_course, what="the enrollment to be completed with its certificate")
+        assert mine["status"] == "completed" and mine["completed_at"] is not None
+        assert mine["progress_percentage"] == 100
+
+        def certificate_url_in_progress() -> str | None:
+            data = client.get(f"/api/courses/{course_id}/progress", headers=learner).json()["data"]
+            return data["certificate_url"] or None
+
+        assert wait_for(certificate_url_in_progress, what="certificate_url in progress") == issued["certificate_url"]
+
+    # Exactly one email of each kind reaches the learner's inbox.
+    mail_dir = stack.var_dir / "mail"
+
+    def both_mails() -> list[Message] | None:
+        found = mails_to(mail_dir, learner_email)
+        return found if len(found) >= 2 else None
+
+    mails = wait_for(both_mails, what="the completion and certificate emails")
+    subjects = sorted(str(m["Subject"]) for m in mails_to(mail_dir, learner_email))
+    assert subjects == [
+        "Congratulations, you completed Introduction to Web Development",
+        "Your certificate for Introduction to Web Development is ready",
+    ]
+    certificate_mail = next(m for m in mails if str(m["Subject"]).startswith("Your certificate"))
+    assert issued["verification_url"] in text_of(certificate_mail)
