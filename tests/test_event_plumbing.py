@@ -7,6 +7,8 @@ real ``Runtime`` objects (migrations, pool, relay, FastStream subscribers).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -262,3 +264,69 @@ async def test_the_asyncapi_document_shows_consumed_and_published_event_schemas(
     schemas = document["components"]["schemas"]
     assert "LessonCompleted" in schemas and "DeadLetter" in schemas
     assert {"event_id", "user_id", "course_id", "lesson_id"} <= set(schemas["LessonCompleted"]["properties"])
+
+
+async def test_a_database_restart_delays_events_but_loses_and_repeats_none(
+    test_env: TestEnv, tmp_path: Path
+) -> None:
+    """Both services' PostgreSQL stops mid-stream and comes back: every event is applied once."""
+    from lessonstream import infra
+    from shared.db import with_database
+
+    server = infra.start_embedded_postgres(tmp_path / "pgdata", keep=False)
+
+    def restart_database() -> None:
+        before = server.embedded.get_pid()
+        server.restart()
+        assert server.embedded.get_pid() != before, "the database did not restart"
+
+    def dead_lettered() -> float:
+        from prometheus_client import REGISTRY
+
+        labels = {"service": "receiver", "topic": "lesson-completed", "outcome": "dead_lettered"}
+        return REGISTRY.get_sample_value("lessonstream_events_consumed_total", labels) or 0.0
+
+    receiver = Receiver()
+    sender = Runtime(ServiceSpec(
+        name="sender", migrations=FIXTURES / "sender_migrations",
+        settings=test_env.settings(database_url=with_database(server.url, "sender"), service_name="sender"),
+    ))
+    consumer = Runtime(ServiceSpec(
+        name="receiver", migrations=FIXTURES / "receiver_migrations",
+        settings=test_env.settings(database_url=with_database(server.url, "receiver"), service_name="receiver"),
+        subscriptions=[Subscription(Topic.LESSON_COMPLETED, LessonCompleted, receiver.on_lesson_completed, "receiver")],
+    ))
+    await sender.start()
+    await consumer.start()
+    dead_before = dead_lettered()
+    try:
+        await eventually(lambda: _ready(consumer), what="receiver subscribed")
+        for i in range(10):
+            await record_completion(sender.pool, "before", i)
+        # The events are on their way (some relayed, some consumed) when the database goes.
+        await asyncio.to_thread(restart_database)
+
+        async def write_after_restart(i: int) -> bool:
+            try:
+                await record_completion(sender.pool, "after", i)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                return False  # a pooled connection from before the restart: the pool replaces it
+            return True
+
+        for i in range(10):
+            await eventually(functools.partial(write_after_restart, i), what=f"write {i} after the restart")
+
+        async def all_applied() -> bool:
+            try:
+                return len(await applied_rows(consumer)) == 20
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                return False
+
+        await eventually(all_applied, timeout=90, what="all 20 events applied after the restart")
+        assert set((await applied_rows(consumer)).values()) == {1}
+        assert await sender.pool.fetchval("SELECT count(*) FROM outbox") == 0
+        assert dead_lettered() == dead_before, "a database restart must not dead-letter good events"
+    finally:
+        await consumer.stop()
+        await sender.stop()
+        server.stop()
