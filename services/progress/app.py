@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
+from services.progress.analytics_api import router as analytics_router
 from services.progress.api import heartbeat_route, internal_router, router
 from services.progress.handlers import Handlers
 from services.progress.heartbeats import HeartbeatBuffer
@@ -63,7 +64,7 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
             name="progress",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
-            routers=[router, internal_router],
+            routers=[router, analytics_router, internal_router],
             subscriptions=[
                 Subscription(Topic.COURSE_CATALOG, CourseCatalogEntry, handlers.on_course, "progress-catalog"),
                 Subscription(

@@ -146,7 +146,7 @@ async def mark_complete(
                                  THEN p.last_position ELSE $6 END,
             position_at = GREATEST(p.position_at, excluded.position_at),
             time_spent_seconds = p.time_spent_seconds + $8,
-            updated_at = $4
+            updated_at = GREATEST(p.updated_at, $4)  -- never backwards (analytics' last activity)
         RETURNING {_PROGRESS_COLUMNS}
         """,
         user_id, course_id, lesson_id, now, video, last, position_at, added,
@@ -159,7 +159,7 @@ async def mark_incomplete(conn: Connection, user_id: str, lesson_id: int, now: d
     """Undo a completion; None when the lesson was not complete."""
     r = await conn.fetchrow(
         f"""
-        UPDATE lesson_progress SET completed = false, completed_at = NULL, updated_at = $3
+        UPDATE lesson_progress SET completed = false, completed_at = NULL, updated_at = GREATEST(updated_at, $3)
         WHERE user_id = $1 AND lesson_id = $2 AND completed
         RETURNING {_PROGRESS_COLUMNS}
         """,
