@@ -8,11 +8,15 @@ with its checksum so that an edited, already-applied migration is refused.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import random
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -158,3 +162,23 @@ async def migrate_service(url: str, component: str, folder: Path) -> list[str]:
         return await migrate(conn, migrations)
     finally:
         await conn.close()
+
+
+T = TypeVar("T")
+
+# PostgreSQL aborts one of two transactions that wait on each other (or conflict under
+# serializable isolation); the aborted one rolled back whole and is safe to run again.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+async def retrying(transaction: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Run ``transaction`` (which opens and commits its own transaction), again on a deadlock."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await transaction()
+        except RETRYABLE_ERRORS as exc:
+            if attempt == attempts:
+                raise
+            log.info("transaction aborted by %s; retrying (attempt %d)", type(exc).__name__, attempt + 1)
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # jitter: do not collide again
+    raise AssertionError("unreachable")

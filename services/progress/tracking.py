@@ -18,7 +18,7 @@ import asyncpg
 from services.progress import domain, store
 from services.progress.heartbeats import Entry, HeartbeatBuffer
 from services.progress.replicas import Replicas
-from shared import outbox
+from shared import db, outbox
 from shared.auth import User
 from shared.db import Connection
 from shared.errors import ApiError, bad_request, forbidden
@@ -171,7 +171,9 @@ class Tracker:
     ) -> Completion:
         pending = self.buffer.take_pending(user.id, lesson_id) if take_playback else None
         try:
-            return await self._complete_tx(user, course, enrollment, lesson_id, pending)
+            # Writes to the same analytics aggregate rows as concurrent flushes: PostgreSQL may
+            # abort one of two such transactions as a deadlock; it rolled back whole, so run it again.
+            return await db.retrying(lambda: self._complete_tx(user, course, enrollment, lesson_id, pending))
         except BaseException:
             self.buffer.give_back(pending)
             raise
@@ -239,18 +241,22 @@ class Tracker:
         if domain.find_lesson(course, lesson_id) is None:
             raise lesson_not_found(lesson_id)
         await self.enrollment(user.id, course_id)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await store.lock_enrollment(conn, user.id, course_id)
-            now = datetime.now(UTC)
-            row = await store.mark_incomplete(conn, user.id, lesson_id, now)
-            ids = await store.completed_lesson_ids(conn, user.id, course_id)
-            standing = domain.standing(course, ids)
-            if row is not None:
-                await outbox.add(conn, LessonReopened(
-                    user_id=user.id, course_id=course_id, lesson_id=lesson_id, reopened_at=now,
-                    progress_percentage=standing.progress_percentage,
-                    completed_lessons=standing.completed_required, total_lessons=standing.total_required,
-                ))
+        async def reopen() -> tuple[store.ProgressRow | None, domain.CourseStanding]:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.lock_enrollment(conn, user.id, course_id)
+                now = datetime.now(UTC)
+                row = await store.mark_incomplete(conn, user.id, lesson_id, now)
+                ids = await store.completed_lesson_ids(conn, user.id, course_id)
+                standing = domain.standing(course, ids)
+                if row is not None:
+                    await outbox.add(conn, LessonReopened(
+                        user_id=user.id, course_id=course_id, lesson_id=lesson_id, reopened_at=now,
+                        progress_percentage=standing.progress_percentage,
+                        completed_lessons=standing.completed_required, total_lessons=standing.total_required,
+                    ))
+                return row, standing
+
+        row, standing = await db.retrying(reopen)
         if row is not None:
             entry = self.buffer.peek(user.id, lesson_id)
             if entry is not None:
