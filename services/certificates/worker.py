@@ -32,14 +32,15 @@ class WorkerSettings(CertificatesSettings):
     render_processes: int = Field(
         0, ge=0, validation_alias=AliasChoices("CERTIFICATE_RENDER_PROCESSES", "render_processes")
     )
-    # Consumer-group members per topic in this process; 0 means as many as render processes.
+    # Consumer-group members per topic in this process; 0 means one more than the render
+    # processes, so the pool renders the next certificate while one is being stored.
     consumers: int = Field(0, ge=0, validation_alias=AliasChoices("CERTIFICATE_WORKER_CONSUMERS", "consumers"))
 
     def render_pool_size(self) -> int:
         return self.render_processes or default_processes()
 
     def consumer_count(self) -> int:
-        return self.consumers or self.render_pool_size()
+        return self.consumers or self.render_pool_size() + 1
 
 
 def build_app(settings: WorkerSettings | None = None) -> FastAPI:
