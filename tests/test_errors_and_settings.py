@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
@@ -26,6 +27,10 @@ def make_app() -> FastAPI:
     @router.get("/boom")
     async def boom() -> None:
         raise RuntimeError("SELECT secret FROM internals")
+
+    @router.get("/db-away")
+    async def db_away() -> None:
+        raise asyncpg.CannotConnectNowError("the database system is starting up")
 
     @router.get("/teapot")
     async def teapot() -> None:
@@ -74,6 +79,15 @@ async def test_unexpected_errors_are_500_without_internals(client: httpx.AsyncCl
     assert response.status_code == 500
     assert response.json() == {"code": "internal_error", "message": "Internal server error", "data": {"status": 500}}
     assert "SELECT" not in response.text
+
+
+async def test_a_database_restart_is_503_try_again(client: httpx.AsyncClient) -> None:
+    response = await client.get("/db-away")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json() == {
+        "code": "service_unavailable", "message": "Temporarily unavailable, try again", "data": {"status": 503}
+    }
 
 
 def test_production_refuses_the_development_secrets() -> None:
