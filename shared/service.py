@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import bus, db, metrics
@@ -50,6 +51,9 @@ class ServiceSpec:
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
     title: str = ""
+    # (method, route template) whose successful requests get no access-log line: the
+    # heartbeat path would write thousands a second. Metrics still count them; errors log.
+    quiet_routes: frozenset[tuple[str, str]] = frozenset()
     # Whose migrations these are: processes sharing one database (the certificates API and
     # its workers) must record them under the same name, or each would apply them again.
     migration_component: str = ""
@@ -154,15 +158,29 @@ class Runtime:
         return checks
 
 
+class BareRoute(Route):
+    """A route to a bare ASGI endpoint (a hot path skipping FastAPI's request handling) that
+    still names its template in the scope, as FastAPI's routes do, for metrics and logs."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match != Match.NONE:
+            child["route"] = self
+        return match, child
+
+
 class RequestContextMiddleware:
     """Request id in and out, per-route latency metrics, one JSON access-log line.
 
     Pure ASGI (not BaseHTTPMiddleware): it sits on the heartbeat hot path.
     """
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
+    def __init__(
+        self, app: ASGIApp, service: str, quiet_routes: frozenset[tuple[str, str]] = frozenset()
+    ) -> None:
         self.app = app
         self.service = service
+        self.quiet = quiet_routes | {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")}
         self.log = logging.getLogger(f"{service}.access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -197,7 +215,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).observe(elapsed)
-            if template not in ("/health", "/ready", "/metrics"):
+            if status >= 400 or (scope["method"], template) not in self.quiet:
                 self.log.info(
                     "%s %s %d", scope["method"], scope["path"], status,
                     extra={"fields": {"status": status, "ms": round(elapsed * 1000, 2), "route": template}},
@@ -243,7 +261,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     app.include_router(metrics.router)
     for router in spec.routers:
         app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, service=spec.name)
+    app.add_middleware(RequestContextMiddleware, service=spec.name, quiet_routes=spec.quiet_routes)
     return app
 
 

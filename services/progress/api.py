@@ -9,12 +9,12 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from services.progress.domain import MAX_POSITION_SECONDS
 from services.progress.tracking import Tracker
 from shared.auth import CurrentUser, InternalCaller, current_user
+from shared.service import BareRoute
 
 Position = Annotated[float, Field(ge=0, le=MAX_POSITION_SECONDS, allow_inf_nan=False)]
 Id = Annotated[int, Field(gt=0, le=2**63 - 1)]
@@ -85,7 +85,7 @@ class HeartbeatEndpoint:
         await json(record)(scope, receive, send)
 
 
-heartbeat_route = Route("/api/progress", HeartbeatEndpoint(), methods=["POST"], name="post_progress")
+heartbeat_route = BareRoute("/api/progress", HeartbeatEndpoint(), methods=["POST"], name="post_progress")
 
 
 @router.get("/courses/{course_id}/progress")

@@ -65,6 +65,7 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
             routers=[router, analytics_router, internal_router],
+            quiet_routes=frozenset({("POST", "/api/progress")}),
             subscriptions=[
                 Subscription(Topic.COURSE_CATALOG, CourseCatalogEntry, handlers.on_course, "progress-catalog"),
                 Subscription(

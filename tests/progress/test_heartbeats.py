@@ -267,3 +267,35 @@ async def test_graceful_shutdown_flushes_what_is_pending(stack: Stack) -> None:
         assert row["last_position"] == 0  # created at once, position still in memory
     row = await db_row(stack, "u1", 102)
     assert row["last_position"] == 77
+
+
+async def test_heartbeats_are_counted_but_not_access_logged_unless_they_fail(stack: Stack) -> None:
+    import logging
+
+    from prometheus_client import REGISTRY
+
+    await setup_course(stack)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Collect()
+    access = logging.getLogger("progress.access")
+    access.addHandler(handler)
+    labels = {"service": "progress", "method": "POST", "route": "/api/progress", "status": "200"}
+    before = REGISTRY.get_sample_value("lessonstream_http_request_duration_seconds_count", labels) or 0
+    try:
+        body = {"course_id": 42, "lesson_id": 101, "video_progress": 30, "last_position": 30}
+        ok = await stack.client.post("/api/progress", headers=stack.token("u1"), json=body)
+        assert ok.status_code == 200
+        bad = await stack.client.post("/api/progress", headers=stack.token("u1"), json={**body, "video_progress": -1})
+        assert bad.status_code == 400
+        listed = await stack.client.get("/api/progress", headers=stack.token("u1"))
+        assert listed.status_code == 200
+    finally:
+        access.removeHandler(handler)
+    assert lines == ["POST /api/progress 400", "GET /api/progress 200"]
+    after = REGISTRY.get_sample_value("lessonstream_http_request_duration_seconds_count", labels)
+    assert after == before + 1
