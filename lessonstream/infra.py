@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,11 +22,22 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked here cannot be taken by some
+# outgoing connection's local end between being picked and being bound by its server.
+_PICK_FROM, _PICK_TO = 20000, 32000
+_rng = random.SystemRandom()  # independent of any test seeding the random module
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    for _ in range(200):
+        port = _rng.randrange(_PICK_FROM, _PICK_TO)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -32,7 +32,7 @@ class DevStack:
 def _free_block(count: int) -> int:
     for _ in range(200):
         base = infra.free_port()
-        if base + count < 65000 and not any(infra.port_open("127.0.0.1", base + i) for i in range(count)):
+        if base + count < 32000 and not any(infra.port_open("127.0.0.1", base + i) for i in range(count)):
             return base
     raise RuntimeError("no free block of ports")
 
