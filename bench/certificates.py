@@ -122,6 +122,11 @@ async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float
             p.terminate()
         for p in procs:
             p.wait(20)
+        admin = await asyncpg.connect(with_database(pg_url, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "bench_certs_{tag}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 def main() -> None:
