@@ -6,7 +6,6 @@ Used by ``lessonstream dev`` and by the test suite, so both run on the same part
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import random
 import signal
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from shared.process import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,17 +96,6 @@ class Process:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-_PR_SET_PDEATHSIG = 1
-# Resolved in the parent: between fork and exec the child only calls the function.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the runner dies, even by SIGKILL: no orphaned services."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def spawn(
     name: str,
     cmd: list[str],
@@ -125,7 +115,7 @@ def spawn(
         stdout=out if out is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches the runner only; it stops children in order
-        preexec_fn=_die_with_parent,  # only a prctl call, resolved before fork
+        preexec_fn=die_with_parent,  # only a prctl call, resolved before fork
     )
     return Process(name, popen, log_path, out)
 

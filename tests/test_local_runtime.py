@@ -148,9 +148,16 @@ def test_mail_sent_to_the_sink_is_kept_on_disk(dev_stack: DevStack) -> None:
 
 
 def test_ctrl_c_stops_everything(dev_stack: DevStack) -> None:
+    import psutil
+
+    runner = psutil.Process(dev_stack.process.pid)
+    descendants = runner.children(recursive=True)  # services, their render pools, broker, gateway
+    assert len(descendants) >= 8
     dev_stack.process.send_signal(signal.SIGINT)
     assert dev_stack.process.wait(60) == 0
     text = dev_stack.output.read_text(errors="replace")
     assert "stopped." in text
     for port in [*dev_stack.ports.values(), int(dev_stack.gateway.rsplit(":", 1)[1]), dev_stack.smtp_port]:
         assert not infra.port_open("127.0.0.1", port), f"port {port} still answers"
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert alive == [], f"left running: {[p.cmdline() for p in alive]}"

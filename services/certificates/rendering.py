@@ -27,6 +27,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from shared.inbox import TransientError
+from shared.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,12 @@ def _warm_up() -> None:
         log.exception("renderer warm-up failed")
 
 
+def _start_render_process() -> None:
+    # A worker killed outright (SIGKILL, OOM) takes its render processes with it.
+    die_with_parent()
+    _warm_up()
+
+
 def sha256(pdf: bytes) -> str:
     return hashlib.sha256(pdf).hexdigest()
 
@@ -194,7 +201,7 @@ class Renderer:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_warm_up,
+                initializer=_start_render_process,
             )
         return self._pool
 
@@ -213,7 +220,8 @@ class Renderer:
             self.close()
             raise TransientError("certificate renderer restarted") from exc
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Stop the pool; ``wait`` at shut-down, so no render process outlives the worker."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)

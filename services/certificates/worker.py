@@ -9,6 +9,7 @@ different partitions at once and feed the render pool.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
         await renderer.start()
 
     async def stop_renderer(runtime: Runtime) -> None:
-        renderer.close()
+        await asyncio.to_thread(renderer.close, True)  # waits for a render in flight
 
     subscriptions: list[Subscription[Any]] = [
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, worker.on_course_completed, COMPLETIONS_GROUP,

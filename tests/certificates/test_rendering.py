@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pypdf
@@ -108,3 +109,39 @@ def test_templates_can_read_the_shipped_fonts_and_nothing_else_on_disk_or_networ
     for url in ("file:///etc/passwd", (FONTS / ".." / "rendering.py").as_uri(), "http://127.0.0.1:9/x.png"):
         with pytest.raises(ValueError):
             fetcher.fetch(url)
+
+
+def test_render_processes_do_not_outlive_a_killed_worker(tmp_path: Any) -> None:
+    """A worker killed outright (SIGKILL, OOM) takes its render pool with it: no orphans."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = (
+        "import asyncio, sys\n"
+        "from services.certificates.rendering import Renderer\n"
+        "async def main():\n"
+        "    renderer = Renderer(2)\n"
+        "    await renderer.start()\n"
+        "    print('started', flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == b"started"
+        children = psutil.Process(worker.pid).children(recursive=True)
+        renderers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        assert len(renderers) == 2
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        _, alive = psutil.wait_procs(renderers, timeout=15)
+        assert alive == [], "render processes outlived their worker"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        for child in psutil.Process().children(recursive=True):
+            if "spawn_main" in " ".join(child.cmdline()):
+                child.kill()
