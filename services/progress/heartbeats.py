@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from services.progress import domain, store
+from shared import db
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,9 @@ class HeartbeatBuffer:
                 e.pending_time = 0.0
                 e.dirty = False
             try:
-                await store.flush_heartbeats(self._pool, rows)
+                # The statement also updates the analytics aggregates, which completions
+                # update too: PostgreSQL may abort it as a deadlock; it rolled back whole.
+                await db.retrying(lambda: store.flush_heartbeats(self._pool, rows))
             except BaseException:
                 for row in rows:
                     self.give_back(row)
