@@ -13,14 +13,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from shared.process import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 # Below Linux's ephemeral range (32768-60999): a port picked here cannot be taken by some
@@ -49,11 +50,13 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
+def wait_until(predicate: Callable[[], T | None], timeout: float, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll until ``predicate`` returns something truthy, and return it; TimeoutError at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 

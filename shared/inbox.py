@@ -122,7 +122,7 @@ def subscribe(
 
     The handler's signature names the event model, so FastStream parses the message and
     its AsyncAPI document shows the payload; a message that does not parse is
-    dead-lettered by ``InvalidMessages`` (installed on the broker by ``shared.bus``).
+    dead-lettered by ``InvalidMessages`` (installed on the broker by ``shared.service``).
     """
     service = settings.service_name
     topic_label = sub.topic.value

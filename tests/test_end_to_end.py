@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email
 import io
-import time
 from collections.abc import Callable, Iterator
 from email.message import Message
 from email.policy import default as default_policy
@@ -43,14 +42,7 @@ def auth(user_id: str, name: str = "", email_address: str = "", roles: list[str]
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float = 60, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return infra.wait_until(probe, timeout, interval=0.2, what=what)
 
 
 def mails_to(mail_dir: Path, address: str) -> list[Message]:

@@ -7,7 +7,6 @@ import importlib
 import re
 import signal
 import smtplib
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 
@@ -139,11 +138,8 @@ def test_mail_sent_to_the_sink_is_kept_on_disk(dev_stack: DevStack) -> None:
     with smtplib.SMTP("127.0.0.1", dev_stack.smtp_port, timeout=10) as smtp:
         smtp.send_message(message)
     mail_dir = dev_stack.var_dir / "mail"
-    deadline = time.monotonic() + 10
-    while not list(mail_dir.glob("*.eml")):
-        assert time.monotonic() < deadline, "no .eml file appeared"
-        time.sleep(0.05)
-    stored = next(mail_dir.glob("*.eml")).read_text()
+    [stored_file] = infra.wait_until(lambda: list(mail_dir.glob("*.eml")), 10, interval=0.05, what="an .eml file")
+    stored = stored_file.read_text()
     assert "Subject: Hello from the sink test" in stored and "X-Envelope-To: ada@example.com" in stored
 
 
