@@ -42,26 +42,15 @@ LESSONS = 20
 # A 10-minute video with a heartbeat every 5 s gives 120; fewer makes the bench harsher.
 HEARTBEATS_PER_LESSON = 50
 
-# The single-row form of services/progress/store.py FLUSH_SQL: what one request would run
-# if every heartbeat were written on its own.
+# The single-row form of services/progress/store.py FLUSH_SQL (same merge clause): what
+# one request would run if every heartbeat were written on its own.
 PGBENCH_SCRIPT = r"""
 \set u random(1, :users)
 \set l random(1, 20)
 \set pos random(0, 3600)
 INSERT INTO lesson_progress AS p
     (user_id, course_id, lesson_id, video_progress, last_position, position_at, time_spent_seconds, updated_at)
-VALUES ('pg' || :u, 1, :l, :pos, :pos, now(), 5, now())
-ON CONFLICT (user_id, lesson_id) DO UPDATE SET
-    video_progress = CASE WHEN p.position_at IS NULL OR excluded.position_at IS NULL
-                            OR excluded.position_at >= p.position_at
-                          THEN excluded.video_progress ELSE p.video_progress END,
-    last_position = CASE WHEN p.position_at IS NULL OR excluded.position_at IS NULL
-                           OR excluded.position_at >= p.position_at
-                         THEN excluded.last_position ELSE p.last_position END,
-    position_at = GREATEST(p.position_at, excluded.position_at),
-    time_spent_seconds = p.time_spent_seconds + excluded.time_spent_seconds,
-    updated_at = GREATEST(p.updated_at, excluded.updated_at);
-"""
+VALUES ('pg' || :u, 1, :l, :pos, :pos, now(), 5, now())""" + store.FLUSH_ON_CONFLICT.rstrip() + ";\n"
 
 
 def pgbench_binary() -> str:

@@ -90,11 +90,8 @@ async def ensure_progress(conn: Executor, user_id: str, course_id: int, lesson_i
 # Positions follow the merge rule of domain.merge_heartbeat: a batch stamped earlier than
 # the stored position (client timestamps) leaves it alone; time spent only ever adds.
 # Completion columns are never written here, so a heartbeat cannot undo a completion.
-FLUSH_SQL = """
-INSERT INTO lesson_progress AS p
-    (user_id, course_id, lesson_id, video_progress, last_position, position_at, time_spent_seconds, updated_at)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[],
-                     $6::timestamptz[], $7::float8[], $8::timestamptz[])
+# The merge, shared with bench/progress_ingest.py (its single-row pgbench form).
+FLUSH_ON_CONFLICT = """
 ON CONFLICT (user_id, lesson_id) DO UPDATE SET
     video_progress = CASE WHEN p.position_at IS NULL OR excluded.position_at IS NULL
                             OR excluded.position_at >= p.position_at
@@ -106,6 +103,12 @@ ON CONFLICT (user_id, lesson_id) DO UPDATE SET
     time_spent_seconds = p.time_spent_seconds + excluded.time_spent_seconds,
     updated_at = GREATEST(p.updated_at, excluded.updated_at)
 """
+FLUSH_SQL = """
+INSERT INTO lesson_progress AS p
+    (user_id, course_id, lesson_id, video_progress, last_position, position_at, time_spent_seconds, updated_at)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[],
+                     $6::timestamptz[], $7::float8[], $8::timestamptz[])
+""" + FLUSH_ON_CONFLICT
 
 
 async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> None:
