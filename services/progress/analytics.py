@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from services.progress.analytics_store import LearnerFigures, LessonFigures, Population
+from services.progress.analytics_histogram import LessonFigures
+from services.progress.analytics_store import LearnerFigures
 from services.progress.domain import ordered
 from shared.events import CatalogLesson, CourseCatalogEntry
 
@@ -38,13 +39,6 @@ class ReportQuery:
     @property
     def inactive_before(self) -> datetime:
         return self.now - timedelta(days=self.inactive_days)
-
-
-def subtract_outsiders(figures: Population) -> bool:
-    """Lesson figures from the maintained histogram minus the learners outside the
-    population when they are fewer than those inside; otherwise from the insiders' records."""
-    outside = figures.enrollment_rows - figures.enrolled
-    return outside < figures.enrolled
 
 
 def rate(part: int, whole: int) -> float | None:

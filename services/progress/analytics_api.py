@@ -9,11 +9,13 @@ from typing import Annotated, Literal
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from services.progress import analytics, analytics_store
-from services.progress.analytics_store import LearnerFigures, LessonFigures
+from services.progress import analytics, analytics_histogram, analytics_store
+from services.progress.analytics_histogram import LessonFigures
+from services.progress.analytics_store import LearnerFigures
 from services.progress.api import Id, json
 from services.progress.tracking import Tracker
 from shared.auth import CurrentUser
+from shared.db import Connection
 from shared.errors import bad_request, forbidden
 from shared.events import CourseCatalogEntry
 from shared.service import DbPool
@@ -64,27 +66,43 @@ async def course_analytics(
     return json({"data": report})
 
 
+async def lesson_figures(
+    conn: Connection, course: CourseCatalogEntry, query: analytics.ReportQuery
+) -> dict[int, LessonFigures]:
+    """Three reads on one snapshot (``conn`` in a repeatable-read transaction): the course's
+    cohort span, the buckets of the blocks that tile the range, then the whole seconds of
+    the few buckets the figures must open."""
+    first, last = query.enrolled_from, query.enrolled_to
+    span = await analytics_store.cohort_span(conn, course.course_id)
+    blocks = analytics_histogram.plan(
+        (analytics_histogram.day_number(span[0]), analytics_histogram.day_number(span[1])) if span else None,
+        analytics_histogram.day_number(first) if first else None,
+        analytics_histogram.day_number(last) if last else None,
+    )
+    lessons = analytics_histogram.by_lesson(
+        await analytics_store.buckets(conn, course.course_id, blocks, first, last)
+    )
+    durations = dict(analytics.durations(course))
+    wanted = analytics_histogram.buckets_to_open(lessons, durations)
+    opened = await analytics_store.seconds(conn, course.course_id, blocks, first, last, wanted) if wanted else {}
+    return analytics_histogram.lesson_figures(lessons, opened, durations)
+
+
 async def compute(pool: asyncpg.Pool, course: CourseCatalogEntry, query: analytics.ReportQuery) -> dict[str, object]:
-    """A cheap count decides how the lesson figures are summed; then the three independent
-    parts run at once, each on its own connection."""
+    """The three independent parts run at once, each on its own connection."""
     start, end = query.start, query.end
-    async with analytics_store.session(pool) as conn:
-        population = await analytics_store.population(conn, course.course_id, start, end)
 
     async def learners() -> LearnerFigures:
         async with analytics_store.session(pool) as conn:
             return await analytics_store.learner_figures(conn, course.course_id, start, end)
 
     async def lessons() -> dict[int, LessonFigures]:
-        async with analytics_store.session(pool) as conn:
-            return await analytics_store.lesson_figures(
-                conn, course.course_id, start, end, analytics.durations(course),
-                subtract=analytics.subtract_outsiders(population),
-            )
+        async with analytics_store.session(pool, one_snapshot=True) as conn:
+            return await lesson_figures(conn, course, query)
 
     async def drop_off() -> dict[int | None, int]:
         async with analytics_store.session(pool) as conn:
             return await analytics_store.drop_off(conn, course.course_id, start, end, query.inactive_before)
 
-    learner_figures, lesson_figures, stopped = await asyncio.gather(learners(), lessons(), drop_off())
-    return analytics.build_report(course, query, learner_figures, lesson_figures, stopped)
+    learner_figures, lesson_figures_, stopped = await asyncio.gather(learners(), lessons(), drop_off())
+    return analytics.build_report(course, query, learner_figures, lesson_figures_, stopped)

@@ -1,21 +1,23 @@
 """SQL of the progress analytics (see docs/progress.md, "Analytics").
 
 The population of a report is the course's enrollment replica rows with status active or
-completed and, when a range is given, ``enrolled_at`` inside it. Lesson figures come from
-the trigger-maintained watch-time histogram (migration 002) corrected by the learners
-outside the population, or straight from the records of the learners inside it, whichever
-set is smaller; per-learner figures come from the enrollment and completion rows.
+completed and, when a range is given, ``enrolled_at`` inside it. Per-learner figures come
+from the enrollment, completion and learner rows; lesson figures from the cohort
+histograms of migration 003 plus the deltas not folded into them yet, read in one
+snapshot (see analytics_histogram for the arithmetic).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from typing import Literal
 
 import asyncpg
 
+from services.progress.analytics_histogram import BUCKET_S, Block, Bucket, LessonFigures
 from services.progress.store import Executor
 from shared.db import Connection
 
@@ -29,32 +31,15 @@ _STARTED = "(p.completed OR p.video_progress > 0 OR p.last_position > 0)"
 
 
 @contextlib.asynccontextmanager
-async def session(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+async def session(pool: asyncpg.Pool, *, one_snapshot: bool = False) -> AsyncIterator[Connection]:
     """A read-only transaction tuned for these queries: JIT compilation costs more than it
-    saves on them (about 70 ms of a 100 ms query), and a larger work_mem keeps the
-    histogram sorts in memory. SET LOCAL ends with the transaction."""
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
+    saves on them (about 70 ms of a 100 ms query), and a larger work_mem keeps the sorts in
+    memory. ``one_snapshot``: every statement sees the same snapshot (REPEATABLE READ), for
+    reads that must agree with each other. SET LOCAL ends with the transaction."""
+    isolation: Literal["repeatable_read", "read_committed"] = "repeatable_read" if one_snapshot else "read_committed"
+    async with pool.acquire() as conn, conn.transaction(readonly=True, isolation=isolation):
         await conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '32MB'")
         yield conn
-
-
-@dataclass(frozen=True, slots=True)
-class Population:
-    enrollment_rows: int  # every enrollment replica row of the course, any status or date
-    enrolled: int  # the rows in the population
-
-
-POPULATION_SQL = f"""
-SELECT count(*) AS enrollment_rows, count(*) FILTER (WHERE {_IN_POPULATION}) AS enrolled
-FROM enrollments e WHERE e.course_id = $1
-"""
-
-
-async def population(conn: Executor, course_id: int, start: datetime | None, end: datetime | None) -> Population:
-    """An index-only scan of the course's enrollments: decides how the lesson figures are summed."""
-    r = await conn.fetchrow(POPULATION_SQL, course_id, start, end)
-    assert r is not None
-    return Population(r["enrollment_rows"], r["enrolled"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +50,6 @@ class LearnerFigures:
     completed: int
     median_completion_s: float | None
     p90_completion_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class LessonFigures:
-    lesson_id: int
-    started: int
-    completed: int
-    watch_sum_s: int
-    fraction_sum: float | None  # None when the lesson has no duration
-    median_watch_s: float
 
 
 LEARNER_FIGURES_SQL = f"""
@@ -123,10 +98,165 @@ async def drop_off(
     return {r["last_lesson_id"]: r["learners"] for r in rows}
 
 
-# The watch-time histogram of the population, then every lesson figure from it. The
-# median is percentile_cont(0.5) over whole seconds: the mean of the values at 0-based
-# positions floor((n-1)/2) and n/2, each found as the smallest watch_s whose running
-# count exceeds the position.
+# ---------------------------------------------------------------- lesson figures
+
+async def cohort_span(conn: Executor, course_id: int) -> tuple[date, date] | None:
+    """The first and last cohort day of the course's learners (two index probes)."""
+    r = await conn.fetchrow(
+        "SELECT min(cohort_day) AS first, max(cohort_day) AS last FROM analytics_learners WHERE course_id = $1",
+        course_id,
+    )
+    return (r["first"], r["last"]) if r is not None and r["first"] is not None else None
+
+
+# The blocks come as three arrays (level, block, sign); pending deltas are taken by their
+# own cohort day, $5..$6 (NULL: unbounded), as they have not been split into blocks yet.
+_BLOCKS = "unnest($2::smallint[], $3::integer[], $4::integer[]) AS b (level, block, sign)"
+_PENDING_IN_RANGE = (
+    "d.course_id = $1 AND ($5::date IS NULL OR d.cohort_day >= $5) AND ($6::date IS NULL OR d.cohort_day <= $6)"
+)
+
+BUCKETS_SQL = f"""
+WITH rows AS (
+    SELECT k.lesson_id, k.bucket, k.learners * b.sign AS n, k.completed * b.sign AS c,
+           k.watch_sum * b.sign AS w
+    FROM {_BLOCKS}
+    JOIN analytics_watch_coarse k ON k.course_id = $1 AND k.level = b.level AND k.block = b.block
+    UNION ALL
+    SELECT d.lesson_id, analytics_bucket(d.watch_s), d.n, d.c, d.n::bigint * d.watch_s
+    FROM analytics_deltas d WHERE {_PENDING_IN_RANGE}
+)
+SELECT lesson_id, bucket, sum(n)::bigint AS learners, sum(c)::bigint AS completed, sum(w)::bigint AS watch_sum
+FROM rows GROUP BY lesson_id, bucket HAVING sum(n) <> 0 OR sum(c) <> 0
+"""
+
+# The whole seconds of the wanted (lesson, bucket) pairs, $7 lessons and $8 buckets: one
+# index range per pair and block.
+SECONDS_SQL = f"""
+WITH wanted AS (
+    SELECT * FROM unnest($7::bigint[], $8::integer[]) AS w (lesson_id, bucket)
+), rows AS (
+    SELECT w.lesson_id, w.bucket, f.watch_s, f.learners * b.sign AS n
+    FROM wanted w CROSS JOIN {_BLOCKS}
+    JOIN analytics_watch_fine f
+      ON f.course_id = $1 AND f.level = b.level AND f.block = b.block AND f.lesson_id = w.lesson_id
+     AND f.watch_s >= w.bucket * {BUCKET_S} AND f.watch_s < (w.bucket + 1) * {BUCKET_S}
+    UNION ALL
+    SELECT w.lesson_id, w.bucket, d.watch_s, d.n
+    FROM analytics_deltas d
+    JOIN wanted w ON w.lesson_id = d.lesson_id AND w.bucket = analytics_bucket(d.watch_s)
+    WHERE {_PENDING_IN_RANGE}
+)
+SELECT lesson_id, bucket, watch_s, sum(n)::bigint AS learners
+FROM rows GROUP BY lesson_id, bucket, watch_s HAVING sum(n) <> 0
+ORDER BY lesson_id, bucket, watch_s
+"""
+
+
+def _block_args(blocks: Sequence[Block]) -> tuple[list[int], list[int], list[int]]:
+    return [b[0] for b in blocks], [b[1] for b in blocks], [b[2] for b in blocks]
+
+
+async def buckets(
+    conn: Executor, course_id: int, blocks: Sequence[Block], first: date | None, last: date | None
+) -> list[Bucket]:
+    """The course's 32-second buckets summed over ``blocks`` and the pending deltas of the
+    cohort days first..last."""
+    rows = await conn.fetch(BUCKETS_SQL, course_id, *_block_args(blocks), first, last)
+    return [Bucket(r["lesson_id"], r["bucket"], r["learners"], r["completed"], r["watch_sum"]) for r in rows]
+
+
+async def seconds(
+    conn: Executor, course_id: int, blocks: Sequence[Block], first: date | None, last: date | None,
+    wanted: Collection[tuple[int, int]],
+) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """(watch_s, learners) in watch-time order for each wanted (lesson, bucket)."""
+    pairs = sorted(wanted)
+    rows = await conn.fetch(
+        SECONDS_SQL, course_id, *_block_args(blocks), first, last, [p[0] for p in pairs], [p[1] for p in pairs]
+    )
+    opened: dict[tuple[int, int], list[tuple[int, int]]] = {pair: [] for pair in pairs}
+    for r in rows:
+        opened[(r["lesson_id"], r["bucket"])].append((r["watch_s"], r["learners"]))
+    return opened
+
+
+# ---------------------------------------------------------------- folding
+
+# Moves up to $1 deltas into both histograms at every level, in one statement. Keys are
+# upserted in sorted order. Returns how many deltas it moved and the keys it brought to
+# zero, which fold() then deletes: cells a record passed through do not pile up.
+FOLD_SQL = """
+WITH batch AS (
+    DELETE FROM analytics_deltas WHERE id IN (SELECT id FROM analytics_deltas ORDER BY id LIMIT $1)
+    RETURNING course_id, lesson_id, cohort_day, watch_s, n, c
+), leveled AS (
+    SELECT d.course_id, b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::integer AS n, sum(d.c)::integer AS c
+    FROM batch d CROSS JOIN LATERAL analytics_blocks(d.cohort_day) b
+    GROUP BY 1, 2, 3, 4, 5
+), fine AS (
+    INSERT INTO analytics_watch_fine AS f (course_id, level, block, lesson_id, watch_s, learners)
+    SELECT course_id, level, block, lesson_id, watch_s, n FROM leveled WHERE n <> 0
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (course_id, level, block, lesson_id, watch_s) DO UPDATE SET learners = f.learners + excluded.learners
+    RETURNING f.course_id, f.level, f.block, f.lesson_id, f.watch_s, f.learners
+), coarse AS (
+    INSERT INTO analytics_watch_coarse AS k (course_id, level, block, lesson_id, bucket, learners, completed, watch_sum)
+    SELECT course_id, level, block, lesson_id, analytics_bucket(watch_s), sum(n), sum(c), sum(n::bigint * watch_s)
+    FROM leveled GROUP BY 1, 2, 3, 4, 5
+    HAVING sum(n) <> 0 OR sum(c) <> 0 OR sum(n::bigint * watch_s) <> 0
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (course_id, level, block, lesson_id, bucket) DO UPDATE SET learners = k.learners + excluded.learners,
+        completed = k.completed + excluded.completed, watch_sum = k.watch_sum + excluded.watch_sum
+    RETURNING k.course_id, k.level, k.block, k.lesson_id, k.bucket, k.learners, k.completed, k.watch_sum
+)
+SELECT (SELECT count(*) FROM batch) AS folded,
+       (SELECT array_agg(ARRAY[course_id, level, block, lesson_id, watch_s]) FROM fine
+        WHERE learners = 0) AS fine_zeros,
+       (SELECT array_agg(ARRAY[course_id, level, block, lesson_id, bucket]) FROM coarse
+        WHERE learners = 0 AND completed = 0 AND watch_sum = 0) AS coarse_zeros
+"""
+
+_DELETE_ZEROS = """
+DELETE FROM {table} t USING unnest($1::bigint[], $2::smallint[], $3::integer[], $4::bigint[], $5::integer[])
+    AS z (course_id, level, block, lesson_id, key)
+WHERE t.course_id = z.course_id AND t.level = z.level AND t.block = z.block AND t.lesson_id = z.lesson_id
+  AND t.{key} = z.key AND {zero}
+"""
+DELETE_FINE_ZEROS_SQL = _DELETE_ZEROS.format(table="analytics_watch_fine", key="watch_s", zero="t.learners = 0")
+DELETE_COARSE_ZEROS_SQL = _DELETE_ZEROS.format(
+    table="analytics_watch_coarse", key="bucket", zero="t.learners = 0 AND t.completed = 0 AND t.watch_sum = 0"
+)
+
+# One folder at a time across replicas: folds of the same keys would only queue on each other.
+FOLD_LOCK = 0x616E616C79746963  # "analytic"
+
+
+async def fold(conn: Connection, limit: int) -> int | None:
+    """Fold up to ``limit`` pending deltas, in one transaction; None when another
+    connection is folding."""
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK):
+            return None
+        r = await conn.fetchrow(FOLD_SQL, limit)
+        assert r is not None
+        for sql, zeros in ((DELETE_FINE_ZEROS_SQL, r["fine_zeros"]), (DELETE_COARSE_ZEROS_SQL, r["coarse_zeros"])):
+            if zeros:
+                await conn.execute(sql, *(list(column) for column in zip(*zeros, strict=True)))
+        folded: int = r["folded"]
+        return folded
+
+
+async def pending_deltas(conn: Executor) -> int:
+    count: int = await conn.fetchval("SELECT count(*) FROM analytics_deltas")
+    return count
+
+
+# ---------------------------------------------------------------- from scratch (checks)
+
+# Each lesson's figures straight from the records of the population's learners, in SQL:
+# the reference the histograms are checked against (tests, bench). The median is
+# percentile_cont(0.5) over whole seconds, found by a running count over the seconds.
 _LESSON_SUMMARY = """
 , h AS (
     SELECT lesson_id, watch_s, sum(n)::bigint AS n, sum(c)::bigint AS c
@@ -147,8 +277,8 @@ JOIN unnest($4::bigint[], $5::float8[]) AS d(lesson_id, duration) ON d.lesson_id
 GROUP BY r.lesson_id
 """
 
-# Histogram straight from the records of the population's learners.
-DIRECT_SQL = f"""
+# Straight from the records of the population's learners.
+LESSONS_FROM_SCRATCH_SQL = f"""
 WITH histogram AS (
     SELECT p.lesson_id, round(p.time_spent_seconds)::integer AS watch_s, count(*) AS n,
            count(*) FILTER (WHERE p.completed) AS c
@@ -160,41 +290,15 @@ WITH histogram AS (
 {_LESSON_SUMMARY}
 """
 
-# The maintained histogram of every record of the course, minus the records of the
-# learners outside the population (unenrolled, or enrolled outside the range). Every
-# record has an enrollment replica row: the service checks (and stores) the enrollment
-# before it writes any record, and never deletes replica rows.
-SUBTRACT_SQL = f"""
-WITH histogram AS (
-    SELECT lesson_id, watch_s, learners::bigint AS n, completed::bigint AS c
-    FROM analytics_lesson_watch WHERE course_id = $1
-    UNION ALL
-    SELECT p.lesson_id, round(p.time_spent_seconds)::integer, -count(*), -count(*) FILTER (WHERE p.completed)
-    FROM enrollments e
-    JOIN lesson_progress p ON p.user_id = e.user_id AND p.course_id = e.course_id
-    WHERE e.course_id = $1 AND NOT ({_IN_POPULATION}) AND {_STARTED}
-    GROUP BY 1, 2
-)
-{_LESSON_SUMMARY}
-"""
 
 
-async def lesson_figures(
-    conn: Executor,
-    course_id: int,
-    start: datetime | None,
-    end: datetime | None,
+async def lesson_figures_from_scratch(
+    conn: Executor, course_id: int, start: datetime | None, end: datetime | None,
     durations: Sequence[tuple[int, float | None]],
-    *,
-    subtract: bool,
 ) -> dict[int, LessonFigures]:
-    """Figures of the catalog lessons in ``durations`` (lesson id, video seconds) that have
-    at least one started record in the population."""
     rows = await conn.fetch(
-        SUBTRACT_SQL if subtract else DIRECT_SQL,
-        course_id, start, end,
-        [lesson_id for lesson_id, _ in durations],
-        [duration for _, duration in durations],
+        LESSONS_FROM_SCRATCH_SQL, course_id, start, end,
+        [lesson_id for lesson_id, _ in durations], [duration for _, duration in durations],
     )
     return {
         r["lesson_id"]: LessonFigures(
@@ -204,27 +308,69 @@ async def lesson_figures(
     }
 
 
-# ---------------------------------------------------------------- from scratch (checks)
+Fine = dict[tuple[int, int, int, int], int]  # (level, block, lesson, watch_s) -> learners
+Coarse = dict[tuple[int, int, int, int], tuple[int, int, int]]  # (level, block, lesson, bucket) -> n, c, sum
 
-async def histogram_from_scratch(conn: Executor, course_id: int) -> dict[tuple[int, int], tuple[int, int]]:
+
+def _rolled_up(seconds: dict[tuple[int, int, int, int], tuple[int, int]]) -> tuple[Fine, Coarse]:
+    fine: Fine = {}
+    coarse: dict[tuple[int, int, int, int], list[int]] = {}
+    for (level, block, lesson, watch_s), (n, c) in seconds.items():
+        if n:
+            fine[(level, block, lesson, watch_s)] = fine.get((level, block, lesson, watch_s), 0) + n
+        totals = coarse.setdefault((level, block, lesson, watch_s // BUCKET_S), [0, 0, 0])
+        totals[0] += n
+        totals[1] += c
+        totals[2] += n * watch_s
+    return ({k: v for k, v in fine.items() if v},
+            {k: (v[0], v[1], v[2]) for k, v in coarse.items() if any(v)})
+
+
+async def histograms_from_scratch(conn: Executor, course_id: int) -> tuple[Fine, Coarse]:
+    """Both histograms at every level, from the records and the enrollment replica alone."""
     rows = await conn.fetch(
         f"""
-        SELECT p.lesson_id, round(p.time_spent_seconds)::integer AS watch_s, count(*) AS n,
-               count(*) FILTER (WHERE p.completed) AS c
-        FROM lesson_progress p WHERE p.course_id = $1 AND {_STARTED} GROUP BY 1, 2
+        WITH days AS (
+            SELECT analytics_cohort(e.status, e.enrolled_at) AS day, p.lesson_id,
+                   round(p.time_spent_seconds)::integer AS watch_s, count(*) AS n,
+                   count(*) FILTER (WHERE p.completed) AS c
+            FROM lesson_progress p JOIN enrollments e ON e.user_id = p.user_id AND e.course_id = p.course_id
+            WHERE p.course_id = $1 AND {_STARTED} AND analytics_cohort(e.status, e.enrolled_at) IS NOT NULL
+            GROUP BY 1, 2, 3
+        )
+        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c
+        FROM days d CROSS JOIN LATERAL analytics_blocks(d.day) b GROUP BY 1, 2, 3, 4
         """,
         course_id,
     )
-    return {(r["lesson_id"], r["watch_s"]): (r["n"], r["c"]) for r in rows}
+    return _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"]) for r in rows})
 
 
-async def histogram_maintained(conn: Executor, course_id: int) -> dict[tuple[int, int], tuple[int, int]]:
-    rows = await conn.fetch(
-        "SELECT lesson_id, watch_s, learners, completed FROM analytics_lesson_watch "
-        "WHERE course_id = $1 AND (learners <> 0 OR completed <> 0)",
+async def histograms_maintained(conn: Executor, course_id: int) -> tuple[Fine, Coarse]:
+    """Both histograms as a report sees them: the folded rows plus the pending deltas."""
+    pending = await conn.fetch(
+        """
+        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c
+        FROM analytics_deltas d CROSS JOIN LATERAL analytics_blocks(d.cohort_day) b
+        WHERE d.course_id = $1 GROUP BY 1, 2, 3, 4
+        """,
         course_id,
     )
-    return {(r["lesson_id"], r["watch_s"]): (r["learners"], r["completed"]) for r in rows}
+    fine, coarse = _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"])
+                               for r in pending})
+    for r in await conn.fetch(
+        "SELECT level, block, lesson_id, watch_s, learners FROM analytics_watch_fine WHERE course_id = $1", course_id
+    ):
+        key = (r["level"], r["block"], r["lesson_id"], r["watch_s"])
+        fine[key] = fine.get(key, 0) + r["learners"]
+    for r in await conn.fetch(
+        "SELECT level, block, lesson_id, bucket, learners, completed, watch_sum FROM analytics_watch_coarse "
+        "WHERE course_id = $1", course_id,
+    ):
+        key = (r["level"], r["block"], r["lesson_id"], r["bucket"])
+        n, c, w = coarse.get(key, (0, 0, 0))
+        coarse[key] = (n + r["learners"], c + r["completed"], w + r["watch_sum"])
+    return ({k: v for k, v in fine.items() if v}, {k: v for k, v in coarse.items() if any(v)})
 
 
 async def activity_from_scratch(conn: Executor, course_id: int) -> dict[str, tuple[datetime, int]]:
@@ -238,6 +384,7 @@ async def activity_from_scratch(conn: Executor, course_id: int) -> dict[str, tup
 
 async def activity_maintained(conn: Executor, course_id: int) -> dict[str, tuple[datetime, int]]:
     rows = await conn.fetch(
-        "SELECT user_id, last_activity_at, last_lesson_id FROM analytics_learners WHERE course_id = $1", course_id
+        "SELECT user_id, last_activity_at, last_lesson_id FROM analytics_learners "
+        "WHERE course_id = $1 AND last_activity_at IS NOT NULL", course_id
     )
     return {r["user_id"]: (r["last_activity_at"], r["last_lesson_id"]) for r in rows}

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
 from services.progress.analytics_api import router as analytics_router
+from services.progress.analytics_folder import AnalyticsFolder
 from services.progress.api import heartbeat_route, internal_router, router
 from services.progress.handlers import Handlers
 from services.progress.heartbeats import HeartbeatBuffer
@@ -33,6 +34,12 @@ class ProgressSettings(ServiceSettings):
     replica_cache_ttl_s: float = Field(
         5.0, ge=0, validation_alias=AliasChoices("REPLICA_CACHE_TTL_S", "replica_cache_ttl_s")
     )
+    # How often pending analytics deltas are folded into the cohort histograms. Reports
+    # are exact either way; folding keeps them fast.
+    analytics_fold_interval_s: float = Field(
+        1.0, gt=0, le=300,
+        validation_alias=AliasChoices("ANALYTICS_FOLD_INTERVAL_S", "analytics_fold_interval_s"),
+    )
 
 
 def build_app(settings: ProgressSettings | None = None) -> FastAPI:
@@ -45,9 +52,11 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         replicas = Replicas(runtime.pool, client, settings.replica_cache_ttl_s)
         buffer = HeartbeatBuffer(runtime.pool, settings.heartbeat_flush_interval_s)
         buffer.start()
+        folder = AnalyticsFolder(runtime.pool, settings.analytics_fold_interval_s)
+        folder.start()
         handlers.replicas = replicas
         runtime.extras.update(
-            enrollment_client=client, replicas=replicas, heartbeats=buffer,
+            enrollment_client=client, replicas=replicas, heartbeats=buffer, analytics_folder=folder,
             tracker=Tracker(runtime.pool, replicas, buffer),
         )
 
@@ -55,6 +64,9 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         buffer: HeartbeatBuffer | None = runtime.extras.get("heartbeats")
         if buffer is not None:
             await buffer.stop()
+        folder: AnalyticsFolder | None = runtime.extras.get("analytics_folder")
+        if folder is not None:
+            await folder.stop()
         client = runtime.extras.get("enrollment_client")
         if client is not None:
             await client.aclose()

@@ -206,8 +206,8 @@ class HeartbeatBuffer:
                 e.pending_time = 0.0
                 e.dirty = False
             try:
-                # The statement also updates the analytics aggregates, which completions
-                # update too: PostgreSQL may abort it as a deadlock; it rolled back whole.
+                # The statement's analytics trigger locks learner rows, which completions lock
+                # too: should PostgreSQL abort it as a deadlock, it rolled back whole.
                 await db.retrying(lambda: store.flush_heartbeats(self._pool, rows))
             except BaseException:
                 for row in rows:

@@ -171,8 +171,9 @@ class Tracker:
     ) -> Completion:
         pending = self.buffer.take_pending(user.id, lesson_id) if take_playback else None
         try:
-            # Writes to the same analytics aggregate rows as concurrent flushes: PostgreSQL may
-            # abort one of two such transactions as a deadlock; it rolled back whole, so run it again.
+            # Locks the learner's analytics row (migration 003) as concurrent flushes do: should
+            # PostgreSQL abort one of two such transactions as a deadlock, it rolled back whole,
+            # so run it again.
             return await db.retrying(lambda: self._complete_tx(user, course, enrollment, lesson_id, pending))
         except BaseException:
             self.buffer.give_back(pending)
