@@ -1,7 +1,8 @@
-"""The trigger-maintained analytics aggregates stay equal to a computation from scratch
-under concurrent progress writes: heartbeats through the service (coalesced flushes),
-completions and reopenings, direct multi-row flushes from other connections (as other
-replicas would), and writes that roll back."""
+"""The cohort histograms (folded rows plus pending deltas) stay equal to a computation
+from scratch under concurrent progress writes: heartbeats through the service (coalesced
+flushes), completions and reopenings, direct multi-row flushes from other connections (as
+other replicas would), writes that roll back, enrolment changes that move learners between
+cohorts or out of the reports, and folds running all the while."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from services.progress import analytics_store, store
+from services.progress.analytics_folder import AnalyticsFolder
+from services.progress.analytics_histogram import ALL
 from shared import db
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged
 from tests.progress.conftest import Stack
@@ -18,6 +21,7 @@ from tests.progress.conftest import Stack
 COURSE = 80
 LESSONS = [801, 802, 803, 804]
 USERS = [f"w{i}" for i in range(8)]
+CHURN = [f"x{i}" for i in range(4)]  # their enrolments change under the writes
 
 
 class Rollback(Exception):
@@ -31,10 +35,10 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
         lessons=[CatalogLesson(id=lid, title=f"L{lid}", order=i + 1, duration_seconds=120)
                  for i, lid in enumerate(LESSONS)],
     ))
-    for n, user in enumerate(USERS):
+    for n, user in enumerate(USERS + CHURN):
         await store.save_enrollment(pool, EnrollmentChanged(
             user_id=user, course_id=COURSE, enrollment_id=900 + n, status="active", revision=1,
-            enrolled_at=datetime(2025, 5, 1, tzinfo=UTC),
+            enrolled_at=datetime(2025, 5, 1 + n, tzinfo=UTC),
         ))
 
     async def http_learner(user: str, seed: int) -> None:
@@ -61,7 +65,7 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
         """Multi-row flushes of overlapping keys from another connection, some rolled back."""
         rng = random.Random(seed)
         for _ in range(30):
-            keys = sorted({(rng.choice(USERS), rng.choice(LESSONS)) for _ in range(6)})
+            keys = sorted({(rng.choice(USERS + CHURN), rng.choice(LESSONS)) for _ in range(6)})
             now = datetime.now(UTC) + timedelta(milliseconds=rng.randrange(1000))
             rows = [store.FlushRow(u, COURSE, lid, rng.uniform(0, 100), rng.uniform(0, 100), now,
                                    rng.choice([0.0, 0.4, 0.6, 7.5]), now) for u, lid in keys]
@@ -77,26 +81,72 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
                 # As the service's own flush does: a deadlock victim runs again.
                 await db.retrying(flush)
 
+    async def enrollment_churn(seed: int) -> None:
+        """Unenrolments, enrolments again on other days, completions of the course: each
+        moves the learner's records between cohorts, or out of the reports and back."""
+        rng = random.Random(seed)
+        for revision in range(2, 40):
+            n = rng.randrange(len(CHURN))
+            change = EnrollmentChanged(
+                user_id=CHURN[n], course_id=COURSE, enrollment_id=900 + len(USERS) + n,
+                status=rng.choice(["active", "unenrolled", "completed"]), revision=revision,
+                enrolled_at=datetime(2025, 5, 1, tzinfo=UTC) + timedelta(days=rng.randrange(70)),
+            )
+
+            async def save(change: EnrollmentChanged = change) -> bool:
+                return await store.save_enrollment(pool, change)
+
+            await db.retrying(save)
+            await asyncio.sleep(0)
+
+    folder: AnalyticsFolder = stack.runtime.extras["analytics_folder"]
+    running = True
+
+    async def folding() -> None:
+        folds = 0
+        while running or folds == 0:
+            await folder.fold()
+            folds += 1
+            await asyncio.sleep(0.01)
+
+    fold_task = asyncio.create_task(folding())
     await asyncio.gather(
         *(http_learner(user, n) for n, user in enumerate(USERS)),
         *(other_replica(100 + n) for n in range(3)),
+        enrollment_churn(7),
     )
+    running = False
+    await fold_task
     await stack.buffer.flush()
 
     async with pool.acquire() as conn:
-        scratch = await analytics_store.histogram_from_scratch(conn, COURSE)
-        maintained = await analytics_store.histogram_maintained(conn, COURSE)
-        assert maintained == scratch
-        assert sum(n for n, _ in scratch.values()) > 10 and sum(c for _, c in scratch.values()) > 0
+        scratch = await analytics_store.histograms_from_scratch(conn, COURSE)
+        fine, coarse = scratch
+        assert sum(n for (level, *_), n in fine.items() if level == ALL) > 10
+        assert sum(c for (level, *_), (_, c, _) in coarse.items() if level == ALL) > 0
+        assert await analytics_store.pending_deltas(conn) > 0  # the last flush is not folded yet
+        assert await analytics_store.histograms_maintained(conn, COURSE) == scratch
+        await folder.fold()
+        assert await analytics_store.pending_deltas(conn) == 0
+        assert await analytics_store.histograms_maintained(conn, COURSE) == scratch
         assert await analytics_store.activity_maintained(conn, COURSE) == \
             await analytics_store.activity_from_scratch(conn, COURSE)
+        # Nothing that folded to zero is kept.
+        assert not await conn.fetchval("SELECT count(*) FROM analytics_watch_fine WHERE learners = 0")
 
-    # And the report itself: the maintained path (subtraction, nobody outside the
-    # population) equals the direct sum over the records.
-    response = await stack.client.get(f"/api/admin/courses/{COURSE}/analytics", headers=stack.token("r", "admin"))
-    assert response.status_code == 200
-    direct = await analytics_store.lesson_figures(pool, COURSE, None, None, [(lid, 120.0) for lid in LESSONS],
-                                                  subtract=False)
-    for row in response.json()["data"]["lesson_difficulty"]:
-        figures = direct.get(row["lesson_id"])
-        assert (row["started"], row["completed"]) == ((figures.started, figures.completed) if figures else (0, 0))
+    # And the report itself, over ranges that cut through the churned cohorts.
+    durations = [(lid, 120.0) for lid in LESSONS]
+    for bounds in [(None, None), ("2025-05-03", "2025-05-20"), ("2025-05-10", None), (None, "2025-06-15")]:
+        params = {k: v for k, v in zip(("from", "to"), bounds, strict=True) if v}
+        response = await stack.client.get(f"/api/admin/courses/{COURSE}/analytics", params=params,
+                                          headers=stack.token("r", "admin"))
+        assert response.status_code == 200
+        start, end = (datetime.fromisoformat(b).replace(tzinfo=UTC) if b else None for b in bounds)
+        direct = await analytics_store.lesson_figures_from_scratch(
+            pool, COURSE, start, end + timedelta(days=1) if end else None, durations)
+        data = response.json()["data"]
+        for row, engagement in zip(sorted(data["lesson_difficulty"], key=lambda r: r["lesson_id"]),
+                                   sorted(data["engagement"], key=lambda r: r["lesson_id"]), strict=True):
+            figures = direct.get(row["lesson_id"])
+            assert (row["started"], row["completed"]) == ((figures.started, figures.completed) if figures else (0, 0))
+            assert engagement["median_watch_seconds"] == (figures.median_watch_s if figures else None)
