@@ -2,14 +2,15 @@
 
 It creates a throw-away database on 127.0.0.1:5432 with the progress migrations, fills it
 with COPY (asyncpg's copy_records_to_table, in chunks, through the analytics triggers),
-then prints:
-  (1) each analytics query, timed a few times, for: all enrolments; the last 30 days of
-      enrolments; the first half of the enrolment year (the costliest range: as many
-      learners outside it as inside);
+folds the deltas the triggers wrote into the cohort histograms, then prints:
+  (1) each part of the report, timed a few times, for: all enrolments; the last 30 days
+      of enrolments; the first half of the enrolment year; and the lesson figures
+      checked equal to a computation from the records (timed too, for comparison);
   (2) the whole endpoint, GET /api/admin/courses/1/analytics (JSON and CSV) on the real
       service run by uvicorn, for the same ranges;
   (3) the heartbeat write path: the flush upsert of 1,000 rows with the analytics
-      triggers enabled and disabled.
+      triggers enabled and disabled, the fold of what they wrote, and the lesson figures
+      while 20 such flushes wait unfolded.
 With --explain it also prints EXPLAIN (ANALYZE, BUFFERS) of each query.
 
     python bench/analytics.py [--learners 100000] [--repeat 5] [--keep] [--explain]
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lessonstream.infra import free_port  # noqa: E402
-from services.progress import analytics, analytics_store, store  # noqa: E402
+from services.progress import analytics, analytics_api, analytics_histogram, analytics_store, store  # noqa: E402
+from services.progress.analytics_folder import AnalyticsFolder  # noqa: E402
 from services.progress.app import ProgressSettings  # noqa: E402
 from shared.auth import issue_token  # noqa: E402
 from shared.db import migrate_service, with_database  # noqa: E402
@@ -128,7 +130,7 @@ async def fill(url: str, total: int) -> None:
             say(f"reusing the filled database ({total} learners)")
             return
         await conn.execute("TRUNCATE lesson_progress, enrollments, courses, course_completions, "
-                           "analytics_lesson_watch, analytics_learners")
+                           "analytics_deltas, analytics_watch_coarse, analytics_watch_fine, analytics_learners")
         await store.save_course(conn, catalog())
         rng = random.Random(7)
         now = datetime.now(UTC)
@@ -148,9 +150,18 @@ async def fill(url: str, total: int) -> None:
                 "course_completions", records=completions,
                 columns=["user_id", "course_id", "enrollment_id", "completed_at", "event"])
             records += len(progress)
+        filled = time.perf_counter() - started
+        started = time.perf_counter()
+        folded = await AnalyticsFolder(conn_pool := await asyncpg.create_pool(url, min_size=1, max_size=1),
+                                       interval_s=1, batch=200_000).fold()
+        await conn_pool.close()
+        folding = time.perf_counter() - started
         await conn.execute("VACUUM ANALYZE")
-        say(f"filled {total} learners, {records} progress records in {time.perf_counter() - started:.1f} s "
-              "(COPY through the analytics triggers, then VACUUM ANALYZE)")
+        say(f"filled {total} learners, {records} progress records in {filled:.1f} s (COPY through the analytics "
+            f"triggers); folded their {folded} deltas in {folding:.1f} s; then VACUUM ANALYZE")
+        sizes = await conn.fetch(
+            "SELECT relname, n_live_tup FROM pg_stat_user_tables WHERE relname LIKE 'analytics%' ORDER BY relname")
+        say("  rows: " + ", ".join(f"{r['relname']} {r['n_live_tup']}" for r in sizes))
     finally:
         await conn.close()
 
@@ -183,7 +194,7 @@ async def bench_queries(url: str, repeat: int, explain: bool) -> None:
     course = catalog()
     durations = analytics.durations(course)
     now = datetime.now(UTC)
-    say("\n(1) queries, timed directly (asyncpg, prepared)")
+    say("\n(1) each part of the report, timed directly (asyncpg, prepared)")
     for name, q in ranges(now):
         await bench_range(pool, name, q, durations, repeat, explain)
     await pool.close()
@@ -200,35 +211,57 @@ async def bench_range(
 ) -> None:
     start, end = q.start, q.end
     store_ = analytics_store
-    pt, population = await timed(partial(in_session, pool, store_.population, COURSE_ID, start, end), repeat)
-    subtract = analytics.subtract_outsiders(population)
-    say(f"  {name}: {population.enrolled} enrolled of {population.enrollment_rows}; "
-        f"lesson figures by {'subtraction' if subtract else 'direct sum'}")
-    say(f"    population count                                  {figures(pt)}")
-    lt, _ = await timed(partial(in_session, pool, store_.learner_figures, COURSE_ID, start, end), repeat)
-    say(f"    learner figures (completion, time to completion)  {figures(lt)}")
+    say(f"  {name}:")
+    lt, learner_figures = await timed(partial(in_session, pool, store_.learner_figures, COURSE_ID, start, end), repeat)
+    say(f"    learner figures (completion, time to completion)  {figures(lt)}  ({learner_figures.enrolled} enrolled)")
     dt, _ = await timed(partial(in_session, pool, store_.drop_off, COURSE_ID, start, end, q.inactive_before), repeat)
     say(f"    drop-off funnel                                   {figures(dt)}")
-    for mode in (subtract, not subtract):
-        label = "lesson figures, subtraction" if mode else "lesson figures, direct sum "
-        chosen = " (chosen)" if mode == subtract else ""
-        lessons = partial(in_session, pool, store_.lesson_figures, COURSE_ID, start, end, durations, subtract=mode)
-        st, _ = await timed(lessons, repeat)
-        say(f"    {label}                       {figures(st)}{chosen}")
+
+    async def lessons() -> Any:
+        async with analytics_store.session(pool, one_snapshot=True) as conn:
+            return await analytics_api.lesson_figures(conn, catalog(), q)
+
+    st, maintained = await timed(lessons, repeat)
+    say(f"    lesson figures (cohort histograms)                {figures(st)}")
+    rt, scratch = await timed(partial(in_session, pool, store_.lesson_figures_from_scratch, COURSE_ID, start, end,
+                                      durations), 1)
+    same = same_figures(maintained, scratch)
+    say(f"    lesson figures from the records, for comparison   {figures(rt)}  (equal: {same})")
+    if not same:
+        raise SystemExit("the cohort histograms disagree with the records")
     if explain:
-        await print_explains(pool, q, durations, subtract)
+        await print_explains(pool, q)
 
 
-async def print_explains(pool: asyncpg.Pool, q: analytics.ReportQuery, durations: Any, subtract: bool) -> None:
-    learner_sql = analytics_store.LEARNER_FIGURES_SQL
-    lesson_sql = analytics_store.SUBTRACT_SQL if subtract else analytics_store.DIRECT_SQL
-    args = (COURSE_ID, q.start, q.end, [d[0] for d in durations], [d[1] for d in durations])
-    async with analytics_store.session(pool) as conn:
+def same_figures(a: dict[int, Any], b: dict[int, Any]) -> bool:
+    """Equal figures; the watched fractions are float sums in another order, so to 1e-6."""
+    return a.keys() == b.keys() and all(
+        (x.started, x.completed, x.watch_sum_s, x.median_watch_s) == (y.started, y.completed, y.watch_sum_s,
+                                                                      y.median_watch_s)
+        and (x.fraction_sum is None) == (y.fraction_sum is None)
+        and abs((x.fraction_sum or 0.0) - (y.fraction_sum or 0.0)) < 1e-6
+        for x, y in ((a[k], b[k]) for k in a)
+    )
+
+
+async def print_explains(pool: asyncpg.Pool, q: analytics.ReportQuery) -> None:
+    async with analytics_store.session(pool, one_snapshot=True) as conn:
+        span = await analytics_store.cohort_span(conn, COURSE_ID)
+        assert span is not None
+        first, last = q.enrolled_from, q.enrolled_to
+        day = analytics_histogram.day_number
+        blocks = analytics_histogram.plan((day(span[0]), day(span[1])), day(first) if first else None,
+                                          day(last) if last else None)
+        say(f"    blocks summed: {len(blocks)} {blocks}")
+        block_args = ([b[0] for b in blocks], [b[1] for b in blocks], [b[2] for b in blocks])
+        lessons = analytics_histogram.by_lesson(await analytics_store.buckets(conn, COURSE_ID, blocks, first, last))
+        wanted = sorted(analytics_histogram.buckets_to_open(lessons, dict(analytics.durations(catalog()))))
         for name, sql, params in [
-            ("population", analytics_store.POPULATION_SQL, (COURSE_ID, q.start, q.end)),
-            ("learner figures", learner_sql, (COURSE_ID, q.start, q.end)),
+            ("learner figures", analytics_store.LEARNER_FIGURES_SQL, (COURSE_ID, q.start, q.end)),
             ("drop-off", analytics_store.DROP_OFF_SQL, (COURSE_ID, q.start, q.end, q.inactive_before)),
-            ("lesson figures", lesson_sql, args),
+            ("buckets", analytics_store.BUCKETS_SQL, (COURSE_ID, *block_args, first, last)),
+            ("seconds", analytics_store.SECONDS_SQL,
+             (COURSE_ID, *block_args, first, last, [w[0] for w in wanted], [w[1] for w in wanted])),
         ]:
             plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *params)
             say(f"    -- EXPLAIN {name}")
@@ -283,30 +316,64 @@ async def bench_endpoint(url: str, repeat: int) -> None:
 
 async def bench_write_path(url: str, repeat: int) -> None:
     """The heartbeat flush (store.FLUSH_SQL) of 1,000 existing learner-lessons, with the
-    analytics triggers and without, alternating, on the filled table."""
+    analytics triggers and without, alternating, on the filled table; the fold of what each
+    flush with triggers wrote; then the lesson figures with 20 flushes waiting unfolded."""
     conn = await connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    assert pool is not None
+    folder = AnalyticsFolder(pool, interval_s=1)
     rng = random.Random(11)
     keys = await conn.fetch(
         "SELECT user_id, lesson_id FROM lesson_progress TABLESAMPLE SYSTEM (1) LIMIT 20000")
+
+    async def flush(keep: bool = True) -> float:
+        """One flush; ``keep=False`` rolls it back (written with the triggers off, it would
+        leave the histograms behind the records)."""
+        batch = sorted(rng.sample(list(keys), 1000), key=lambda r: (r["user_id"], r["lesson_id"]))
+        now = datetime.now(UTC)
+        rows = [store.FlushRow(r["user_id"], COURSE_ID, r["lesson_id"], 100.0, 100.0, now, 5.0, now) for r in batch]
+        tx = conn.transaction()
+        await tx.start()
+        t = time.perf_counter()
+        await store.flush_heartbeats(conn, rows)
+        elapsed = (time.perf_counter() - t) * 1000
+        await (tx.commit() if keep else tx.rollback())
+        return elapsed
+
     results: dict[bool, list[float]] = {True: [], False: []}
+    folds: list[float] = []
     say("\n(3) heartbeat flush of 1,000 rows (store.FLUSH_SQL), analytics triggers on / off")
     try:
         for i in range(repeat * 4):
             enabled = i % 2 == 0
             await conn.execute(f"ALTER TABLE lesson_progress {'ENABLE' if enabled else 'DISABLE'} TRIGGER USER")
-            batch = sorted(rng.sample(list(keys), 1000), key=lambda r: (r["user_id"], r["lesson_id"]))
-            now = datetime.now(UTC)
-            rows = [store.FlushRow(r["user_id"], COURSE_ID, r["lesson_id"], 100.0, 100.0, now, 5.0, now)
-                    for r in batch]
-            t = time.perf_counter()
-            async with conn.transaction():
-                await store.flush_heartbeats(conn, rows)
-            results[enabled].append((time.perf_counter() - t) * 1000)
+            results[enabled].append(await flush(keep=enabled))
+            if enabled:
+                t = time.perf_counter()
+                await folder.fold()
+                folds.append((time.perf_counter() - t) * 1000)
+        await conn.execute("ALTER TABLE lesson_progress ENABLE TRIGGER USER")
+        say(f"  triggers on   {figures(results[True])}")
+        say(f"  triggers off  {figures(results[False])}")
+        say(f"  fold of one flush's deltas  {figures(folds)}")
+
+        for _ in range(20):
+            await flush()
+        pending = await analytics_store.pending_deltas(conn)
+        say(f"  lesson figures with {pending} deltas pending (20 flushes unfolded):")
+        for name, q in ranges(datetime.now(UTC)):
+            async def lessons(q: analytics.ReportQuery = q) -> Any:
+                async with analytics_store.session(pool, one_snapshot=True) as c:
+                    return await analytics_api.lesson_figures(c, catalog(), q)
+            times, _ = await timed(lessons, repeat)
+            say(f"    {name:16} {figures(times)}")
+        t = time.perf_counter()
+        await folder.fold()
+        say(f"  folding them: {(time.perf_counter() - t) * 1000:.0f} ms")
     finally:
         await conn.execute("ALTER TABLE lesson_progress ENABLE TRIGGER USER")
         await conn.close()
-    say(f"  triggers on   {figures(results[True])}")
-    say(f"  triggers off  {figures(results[False])}")
+        await pool.close()
 
 
 async def main() -> None:
