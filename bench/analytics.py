@@ -246,12 +246,8 @@ def same_figures(a: dict[int, Any], b: dict[int, Any]) -> bool:
 
 async def print_explains(pool: asyncpg.Pool, q: analytics.ReportQuery) -> None:
     async with analytics_store.session(pool, one_snapshot=True) as conn:
-        span = await analytics_store.cohort_span(conn, COURSE_ID)
-        assert span is not None
         first, last = q.enrolled_from, q.enrolled_to
-        day = analytics_histogram.day_number
-        blocks = analytics_histogram.plan((day(span[0]), day(span[1])), day(first) if first else None,
-                                          day(last) if last else None)
+        blocks = analytics_histogram.plan_dates(await analytics_store.cohort_span(conn, COURSE_ID), first, last)
         say(f"    blocks summed: {len(blocks)} {blocks}")
         block_args = ([b[0] for b in blocks], [b[1] for b in blocks], [b[2] for b in blocks])
         lessons = analytics_histogram.by_lesson(await analytics_store.buckets(conn, COURSE_ID, blocks, first, last))

@@ -74,11 +74,7 @@ async def lesson_figures(
     the few buckets the figures must open."""
     first, last = query.enrolled_from, query.enrolled_to
     span = await analytics_store.cohort_span(conn, course.course_id)
-    blocks = analytics_histogram.plan(
-        (analytics_histogram.day_number(span[0]), analytics_histogram.day_number(span[1])) if span else None,
-        analytics_histogram.day_number(first) if first else None,
-        analytics_histogram.day_number(last) if last else None,
-    )
+    blocks = analytics_histogram.plan_dates(span, first, last)
     lessons = analytics_histogram.by_lesson(
         await analytics_store.buckets(conn, course.course_id, blocks, first, last)
     )
@@ -104,5 +100,5 @@ async def compute(pool: asyncpg.Pool, course: CourseCatalogEntry, query: analyti
         async with analytics_store.session(pool) as conn:
             return await analytics_store.drop_off(conn, course.course_id, start, end, query.inactive_before)
 
-    learner_figures, lesson_figures_, stopped = await asyncio.gather(learners(), lessons(), drop_off())
-    return analytics.build_report(course, query, learner_figures, lesson_figures_, stopped)
+    per_learner, per_lesson, stopped = await asyncio.gather(learners(), lessons(), drop_off())
+    return analytics.build_report(course, query, per_learner, per_lesson, stopped)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 import asyncpg
 from prometheus_client import Counter
 
 from services.progress import analytics_store
-
-log = logging.getLogger(__name__)
+from services.progress.periodic import every
 
 FOLDED = Counter("lessonstream_analytics_deltas_folded_total", "Analytics deltas folded into the histograms")
 
@@ -43,20 +41,11 @@ class AnalyticsFolder:
                     return total
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="analytics-fold")
+        # A failed fold leaves its deltas pending; reports stay exact.
+        self._task = asyncio.create_task(every(self.interval_s, self.fold, "analytics fold"), name="analytics-fold")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.fold()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the deltas stay pending; reports stay exact
-                log.warning("analytics fold failed, retrying next tick: %r", exc)

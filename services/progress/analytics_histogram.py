@@ -65,6 +65,15 @@ def plan(span: tuple[int, int] | None, first: int | None, last: int | None) -> l
     return direct
 
 
+def plan_dates(span: tuple[date, date] | None, first: date | None, last: date | None) -> list[Block]:
+    """``plan`` for a span and a range given as days."""
+    return plan(
+        (day_number(span[0]), day_number(span[1])) if span else None,
+        day_number(first) if first else None,
+        day_number(last) if last else None,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
     """A 32-second bucket of one lesson's histogram, summed over a report's blocks."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,9 +25,8 @@ from typing import Any
 import asyncpg
 
 from services.progress import domain, store
+from services.progress.periodic import every
 from shared import db
-
-log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (user_id, lesson_id): the upsert key of the progress API
 
@@ -171,7 +169,8 @@ class HeartbeatBuffer:
 
     # ------------------------------------------------------------ flushing
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="heartbeat-flush")
+        self._task = asyncio.create_task(every(self.flush_interval_s, self._tick, "heartbeat flush"),
+                                         name="heartbeat-flush")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -182,16 +181,9 @@ class HeartbeatBuffer:
         with contextlib.suppress(Exception):
             await self.flush()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval_s)
-            try:
-                await self.flush()
-                self._evict_idle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("heartbeat flush failed, retrying next tick: %r", exc)
+    async def _tick(self) -> None:
+        await self.flush()
+        self._evict_idle()
 
     async def flush(self) -> int:
         async with self._flush_lock:

@@ -27,13 +27,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN status IN ('active', 'completed') THEN (enrolled_at AT TIME ZONE 'UTC')::date END
 $$;
 
--- The coarse histogram's bucket of a watch time (services/progress/analytics.py BUCKET_S).
+-- The coarse histogram's bucket of a watch time (analytics_histogram.BUCKET_S).
 CREATE FUNCTION analytics_bucket(watch_s integer) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT watch_s / 32 $$;
 
 -- The blocks a cohort day counts in: level L < 4 is the aligned run of 8^L days numbered
 -- (days since 1970-01-01) >> 3L; level 4 is the whole course (block 0). The report's
--- range decomposition (analytics.cohort_blocks) uses the same numbering.
+-- range decomposition (analytics_histogram.plan) uses the same numbering.
 CREATE FUNCTION analytics_blocks(day date) RETURNS TABLE (level smallint, block integer)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT l::smallint, CASE WHEN l = 4 THEN 0 ELSE (day - DATE '1970-01-01') >> (3 * l) END
