@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,6 +31,20 @@ def create_broker(settings: ServiceSettings, middlewares: Sequence[Any] = ()) ->
     )
 
 
+@contextlib.asynccontextmanager
+async def admin_client(settings: ServiceSettings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.service_name}-admin",
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: ServiceSettings, topics: list[Topic] | None = None) -> list[str]:
     """Create every topic with its final partition count; existing topics are left alone.
 
@@ -38,14 +52,8 @@ async def ensure_topics(settings: ServiceSettings, topics: list[Topic] | None = 
     before anything publishes (auto-creation would pick another partition count).
     """
     wanted = topics or list(TOPIC_PARTITIONS)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"{settings.service_name}-admin",
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-    )
-    await admin.start()
     created: list[str] = []
-    try:
+    async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         for topic in wanted:
             name = settings.topic(topic.value)
@@ -57,8 +65,13 @@ async def ensure_topics(settings: ServiceSettings, topics: list[Topic] | None = 
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([new])
                 created.append(name)
-    finally:
-        await admin.close()
     if created:
         log.info("created topics %s", ", ".join(created))
     return created
+
+
+async def create_marker_topic(settings: ServiceSettings, name: str) -> None:
+    """A one-partition topic that holds nothing: its existence is the information."""
+    async with admin_client(settings) as admin:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])

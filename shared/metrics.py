@@ -17,6 +17,11 @@ OUTBOX_PUBLISHED = Counter(
 OUTBOX_PENDING = Gauge(
     "lessonstream_outbox_pending", "Outbox rows seen waiting by the relay (up to one batch)", ["service"]
 )
+OUTBOX_REPUBLISHED = Counter(
+    "lessonstream_outbox_republished_total",
+    "Retained outbox rows queued again for a broker that had not received them",
+    ["service"],
+)
 EVENTS_CONSUMED = Counter(
     "lessonstream_events_consumed_total",
     "Events handled by consumers, by outcome (applied, duplicate, dead_lettered, retried)",

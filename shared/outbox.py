@@ -2,12 +2,28 @@
 
 ``add`` writes the event into the caller's transaction, so the state change and its
 event commit or roll back together. ``OutboxRelay`` publishes pending rows to Kafka in
-id order (``acks=all``) and deletes them once the broker has acknowledged them.
+id order (``acks=all``) and marks them published once the broker has acknowledged them.
 
-Ordering: exactly one relay per database publishes at a time (a session advisory lock),
-and a batch is deleted only up to its first failure, so rows of one key are never
-published out of order. A failure retries the same rows after a backoff; a row may then
-be published twice, which idempotent consumers absorb.
+Ordering per key is the outbox's own guarantee. Ids are assigned at insert, but
+transactions commit in any order, so id order alone is not commit order: a row with a
+lower id may become visible after the relay has published a higher one. ``add`` therefore
+takes a transaction-scoped advisory lock on the event's key before inserting: a second
+transaction writing an event of the same key waits until the first has committed (or
+rolled back), so its row gets a higher id *and* becomes visible later. Rows of one key
+are thus committed in id order, and the relay, reading in id order, publishes them in
+that order. Exactly one relay per database publishes at a time (a session advisory
+lock), and a batch is marked published only up to its first failure; a failure retries
+the same rows after a backoff, so a row may be published twice, which idempotent
+consumers absorb.
+
+Durability across a broker that forgets: published rows are kept for
+``outbox_retention_hours``. Each database's relay owns a marker topic on the broker
+(``lessonstream-relay.<relay_id>``, created after its first successful look at the
+broker). A broker without the marker has not received this database's events (a new
+broker, or the in-memory one restarted): the relay creates the topics, queues every
+retained row again, and only then creates the marker, so a crash in between queues them
+again rather than losing them. On a broker that keeps its topics (Apache Kafka) the marker
+stays, and a service restart publishes nothing twice.
 """
 
 from __future__ import annotations
@@ -15,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from shared import metrics
+from shared import bus, metrics
 from shared.db import Connection
 from shared.events import Event
 from shared.settings import ServiceSettings
@@ -28,31 +46,51 @@ from shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 _RELAY_LOCK_KEY = 7_305_114_002
+# The first half of the two-key advisory locks taken per event key (the second is the
+# key's hash): a namespace of its own, apart from the single-key locks used elsewhere.
+_KEY_LOCK_SPACE = 73_051_140
 BATCH_SIZE = 500
 # Fallback poll for a notification lost while the listening connection was down.
 IDLE_POLL_S = 2.0
 MAX_BACKOFF_S = 5.0
+# How often the relay looks for its marker on the broker while the producer is unchanged.
+MARKER_CHECK_S = 5.0
+PRUNE_EVERY_S = 60.0
+PRUNE_BATCH = 10_000
+
+# The key lock is taken by the statement that inserts the row, before the row (and so
+# its id) is formed: the id is drawn only once the same key's earlier writer has ended.
+_INSERT = """
+    INSERT INTO outbox (topic, key, event_id, event_type, payload)
+    SELECT $1, $2, $3, $4, $5 FROM (SELECT pg_advisory_xact_lock($6::int, hashtext($2))) AS key_lock
+"""
+
+
+def _row(event: Event) -> tuple[Any, ...]:
+    return (event.topic.value, event.key(), event.event_id, event.type, event.model_dump_json().encode(),
+            _KEY_LOCK_SPACE)
 
 
 async def add(conn: Connection, event: Event) -> None:
-    """Queue ``event`` in the caller's transaction (the trigger wakes the relay at commit)."""
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, event_id, event_type, payload) VALUES ($1, $2, $3, $4, $5)",
-        event.topic.value,
-        event.key(),
-        event.event_id,
-        event.type,
-        event.model_dump_json().encode(),
-    )
+    """Queue ``event`` in the caller's transaction (the trigger wakes the relay at commit).
+
+    Waits while another open transaction holds an event of the same key: see the module
+    docstring for why that makes per-key order the outbox's guarantee.
+    """
+    await conn.execute(_INSERT, *_row(event))
 
 
 async def add_many(conn: Connection, events: list[Event]) -> None:
     if not events:
         return
-    await conn.executemany(
-        "INSERT INTO outbox (topic, key, event_id, event_type, payload) VALUES ($1, $2, $3, $4, $5)",
-        [(e.topic.value, e.key(), e.event_id, e.type, e.model_dump_json().encode()) for e in events],
-    )
+    # Keys locked in one order (a stable sort keeps each key's own events in order), so
+    # two transactions writing events of the same keys cannot wait on each other.
+    ordered = sorted(events, key=lambda e: e.key())
+    await conn.executemany(_INSERT, [_row(e) for e in ordered])
+
+
+def marker_topic(settings: ServiceSettings, relay_id: UUID) -> str:
+    return settings.topic(f"lessonstream-relay.{relay_id}")
 
 
 def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
@@ -75,8 +113,13 @@ class OutboxRelay:
         self._producer_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._generation = 0  # bumped for every new producer: a new connection to the broker
+        self._checked_generation = -1
+        self._checked_at = 0.0
+        self._pruned_at = 0.0
         self.active = False  # holds the relay lock for this database
         self.last_error: str | None = None
+        self.republished = 0  # retained rows queued again for a broker that lacked them
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -89,9 +132,6 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._close_producer()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def broker_reachable(self, timeout: float = 2.0) -> bool:
         try:
@@ -118,6 +158,7 @@ class OutboxRelay:
                         await producer.stop()
                     raise
                 self._producer = producer
+                self._generation += 1
             return self._producer
 
     async def _run(self) -> None:
@@ -143,12 +184,17 @@ class OutboxRelay:
                 self.active = False
                 await asyncio.sleep(IDLE_POLL_S)
             self.active = True
+            relay_id: UUID = await conn.fetchval("SELECT relay_id FROM outbox_relay")
+            self._checked_generation = -1  # a new holder looks at the broker first
             await conn.add_listener("outbox", self._on_notify)
             backoff = 0.1
             while not self._stopping:
                 self._wake.clear()
+                await self._meet_broker(conn, relay_id)
+                await self._prune(conn)
                 rows = await conn.fetch(
-                    "SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1", BATCH_SIZE
+                    "SELECT id, topic, key, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+                    BATCH_SIZE,
                 )
                 metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(len(rows))
                 if not rows:
@@ -157,7 +203,11 @@ class OutboxRelay:
                     continue
                 sent, error = await self._publish(rows)
                 if sent:
-                    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", sent)
+                    await conn.execute(
+                        "UPDATE outbox SET published_at = now(), publish_count = publish_count + 1 "
+                        "WHERE id = ANY($1::bigint[])",
+                        sent,
+                    )
                     metrics.OUTBOX_PUBLISHED.labels(self._settings.service_name).inc(len(sent))
                 if error is not None:
                     failed_id = rows[len(sent)]["id"]
@@ -176,6 +226,58 @@ class OutboxRelay:
             self.active = False
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
+
+    async def _meet_broker(self, conn: asyncpg.Connection, relay_id: UUID) -> None:
+        """Queue every retained row again if the broker has not seen this relay's marker.
+
+        Looked at whenever a new producer connected and every ``MARKER_CHECK_S``: a broker
+        restarted under a live producer is found without a failed send. The broker being
+        unreachable is not an answer: the publish that follows fails and is retried.
+        """
+        now = time.monotonic()
+        if self._checked_generation == self._generation and now - self._checked_at < MARKER_CHECK_S:
+            return
+        settings = self._settings
+        marker = marker_topic(settings, relay_id)
+        try:
+            producer = await self._ensure_producer()
+            generation = self._generation
+            metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 10)
+            if marker in metadata.topics():
+                self._checked_generation, self._checked_at = generation, now
+                return
+            # Order matters: topics first (publishing must not auto-create them with other
+            # partition counts), the rows queued again durably, and the marker last.
+            await bus.ensure_topics(settings)
+            requeued = int((await conn.execute(
+                "UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL"
+            )).split()[-1])
+            await bus.create_marker_topic(settings, marker)
+        except Exception as exc:
+            log.info("could not look for the relay marker on the broker: %r", exc)
+            return
+        if requeued:
+            self.republished += requeued
+            metrics.OUTBOX_REPUBLISHED.labels(settings.service_name).inc(requeued)
+            log.warning("the broker has not received this database's events: publishing %d retained rows again",
+                        requeued)
+        self._checked_generation, self._checked_at = generation, now
+
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        """Forget published rows past the retention window (a few thousand at a time)."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        hours = self._settings.outbox_retention_hours
+        while True:
+            status = await conn.execute(
+                "DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM outbox "
+                "WHERE published_at < now() - make_interval(secs => $1) LIMIT $2))",
+                hours * 3600, PRUNE_BATCH,
+            )
+            if int(status.split()[-1]) < PRUNE_BATCH:
+                return
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()

@@ -89,17 +89,22 @@ class Runtime:
         return self._pool
 
     async def start(self) -> None:
+        """Database, relay, the service's own start hooks, then (in the background) subscribers.
+
+        Hooks run before any subscriber can deliver an event, so handlers always find what
+        the hooks set up; ``stop`` undoes it in the reverse order.
+        """
         s = self.settings
         component = self.spec.migration_component or self.spec.name
         await db.migrate_service(s.database_url, component, self.spec.migrations)
         self._pool = await db.create_pool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         await self.relay.start()
+        for hook in self.spec.on_startup:
+            await hook(self)
         # Kafka may come up after us: subscribers start in the background, the API serves now.
         self._broker_task = asyncio.create_task(self._start_broker(), name="broker-start")
         if self.spec.subscriptions:
             self._prune_task = asyncio.create_task(self._prune_inbox(), name="inbox-prune")
-        for hook in self.spec.on_startup:
-            await hook(self)
 
     async def _start_broker(self) -> None:
         backoff = 0.2
@@ -130,9 +135,8 @@ class Runtime:
             await asyncio.sleep(3600)
 
     async def stop(self) -> None:
-        for hook in reversed(self.spec.on_shutdown):
-            with contextlib.suppress(Exception):
-                await hook(self)
+        """Subscribers first (no event arrives at a half-stopped service), then the hooks,
+        the relay (which may still publish what the hooks wrote), and the pool."""
         for task in (self._broker_task, self._prune_task):
             if task is not None:
                 task.cancel()
@@ -140,6 +144,11 @@ class Runtime:
                     await task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.broker.stop(), 10)
+        for hook in reversed(self.spec.on_shutdown):
+            try:
+                await hook(self)
+            except Exception:
+                log.exception("a stop hook failed")
         await self.relay.stop()
         if self._pool is not None:
             with contextlib.suppress(Exception):

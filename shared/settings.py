@@ -58,6 +58,11 @@ class ServiceSettings(BaseSettings):
     inbox_retention_days: int = Field(
         30, ge=1, validation_alias=AliasChoices("INBOX_RETENTION_DAYS", "inbox_retention_days")
     )
+    # Published outbox rows are kept this long, to be sent again to a broker that lost
+    # them. Never longer than the inbox retention: consumers must still recognise them.
+    outbox_retention_hours: float = Field(
+        168, gt=0, validation_alias=AliasChoices("OUTBOX_RETENTION_HOURS", "outbox_retention_hours")
+    )
 
     jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias=AliasChoices("JWT_SECRET", "jwt_secret"))
     jwt_jwks_url: str | None = Field(None, validation_alias=AliasChoices("JWT_JWKS_URL", "jwt_jwks_url"))
@@ -89,6 +94,15 @@ class ServiceSettings(BaseSettings):
     def _default_database(self) -> Self:
         if not self.database_url:
             self.database_url = f"postgresql://postgres@127.0.0.1:5432/{self.DEFAULT_DATABASE}"
+        return self
+
+    @model_validator(mode="after")
+    def _outbox_within_inbox_retention(self) -> Self:
+        if self.outbox_retention_hours > self.inbox_retention_days * 24:
+            raise ValueError(
+                "OUTBOX_RETENTION_HOURS must not exceed INBOX_RETENTION_DAYS: a re-published event "
+                "must still find its consumers' markers"
+            )
         return self
 
     @model_validator(mode="after")

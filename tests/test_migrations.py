@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db import MigrationError, load_migrations, migrate_service
+from shared.db import SHARED_MIGRATIONS, MigrationError, load_migrations, migrate_service
 from tests.helpers import TestEnv
 
 
@@ -33,7 +33,7 @@ async def test_replicas_starting_at_once_apply_each_migration_once(db_url: str, 
         assert await conn.fetchval("SELECT count(*) FROM things") == 1
         recorded = await conn.fetch("SELECT component, version FROM schema_migrations ORDER BY component, version")
         assert [(r["component"], r["version"]) for r in recorded] == [
-            ("shared", 1), ("shared", 2), ("svc", 1), ("svc", 2)
+            ("shared", 1), ("shared", 2), ("shared", 3), ("svc", 1), ("svc", 2)
         ]
     finally:
         await conn.close()
@@ -75,6 +75,8 @@ async def test_the_database_is_created_when_missing(test_env: TestEnv) -> None:
     await migrate_service(url, "svc", Path("/nonexistent-empty-folder"))
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 2
+        # Only the shared migrations: the service has none.
+        shared_count = len(list(SHARED_MIGRATIONS.glob("*.sql")))
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == shared_count
     finally:
         await conn.close()
