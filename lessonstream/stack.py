@@ -1,14 +1,21 @@
-"""The whole system as local processes: every service, the certificate worker, the gateway.
+"""The whole system as local, supervised processes: broker, SMTP sink, every service (with
+replicas), the certificate workers and the gateway.
 
-``lessonstream dev`` runs it on embedded defaults; the end-to-end tests run the same
-thing against the test broker and database.
+``lessonstream dev`` runs it on embedded defaults; the end-to-end and fault tests run the
+same thing. A crash is one process's problem: ``Stack.supervise`` restarts whatever exited,
+with a backoff per process, and only ``Stack.stop`` ends the stack. A restarted broker has
+lost everything it held (the embedded broker keeps nothing), and Kafka clients do not
+recover from that, so every process that talks to it is restarted after it; their outbox
+relays then give the new broker every retained event again (``shared.outbox``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +44,12 @@ PROCESSES: list[ProcessSpec] = [
 ]
 SERVICES = [p.name for p in PROCESSES if p.routed]
 
+# Restart backoff per process: doubled at each exit, back to the first step once the
+# process has stayed up for STABLE_S.
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+STABLE_S = 60.0
+
 
 @dataclass
 class StackConfig:
@@ -49,11 +62,39 @@ class StackConfig:
     db_prefix: str = "lessonstream_"
     topic_prefix: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    progress_replicas: int = 1
+    certificate_workers: int = 1
+    # When set, the stack runs and supervises these too (``lessonstream dev`` does; tests
+    # may bring their own broker and mail server instead).
+    own_broker: bool = False
+    own_smtp_sink: bool = False
+
+    def count(self, spec: ProcessSpec) -> int:
+        if spec.name == "progress":
+            return self.progress_replicas
+        if spec.name == "certificates-worker":
+            return self.certificate_workers
+        return 1
+
+    def instances(self) -> list[tuple[str, ProcessSpec]]:
+        """Every service process as (instance name, spec): ``progress`` alone, or ``progress-1``, ..."""
+        found = []
+        for spec in PROCESSES:
+            n = self.count(spec)
+            found += [(spec.name if n == 1 else f"{spec.name}-{i}", spec) for i in range(1, n + 1)]
+        return found
+
+    def instances_of(self, kind: str) -> list[str]:
+        return [name for name, spec in self.instances() if spec.name == kind]
 
     def port(self, name: str) -> int:
         if name not in self.ports:
             self.ports[name] = infra.free_port()
         return self.ports[name]
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap.rsplit(":", 1)[1])
 
     @property
     def gateway_url(self) -> str:
@@ -63,6 +104,8 @@ class StackConfig:
         return with_database(self.postgres_url, f"{self.db_prefix}{service}")
 
     def env_for(self, spec: ProcessSpec) -> dict[str, str]:
+        # Internal reads may go to any progress replica: they read the shared database.
+        progress = self.instances_of("progress")[0]
         return {
             "SERVICE_NAME": spec.name,
             "DATABASE_URL": self.database_url(spec.database),
@@ -70,68 +113,133 @@ class StackConfig:
             "KAFKA_TOPIC_PREFIX": self.topic_prefix,
             "PUBLIC_BASE_URL": self.gateway_url,
             "ENROLLMENT_INTERNAL_URL": f"http://127.0.0.1:{self.port('enrollment')}",
-            "PROGRESS_INTERNAL_URL": f"http://127.0.0.1:{self.port('progress')}",
+            "PROGRESS_INTERNAL_URL": f"http://127.0.0.1:{self.port(progress)}",
+            "CERTIFICATES_INTERNAL_URL": f"http://127.0.0.1:{self.port('certificates')}",
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp_port),
             "SMTP_TLS": "none",
             **self.extra_env,
         }
 
+    def upstreams(self, kind: str) -> str:
+        """Caddy upstreams of a service: several are balanced (the Caddyfile says how)."""
+        return " ".join(f"127.0.0.1:{self.port(name)}" for name in self.instances_of(kind))
+
     def gateway_env(self) -> dict[str, str]:
         return {
             "GATEWAY_PORT": str(self.gateway_port),
-            "PROGRESS_UPSTREAM": f"127.0.0.1:{self.port('progress')}",
-            "ENROLLMENT_UPSTREAM": f"127.0.0.1:{self.port('enrollment')}",
-            "CERTIFICATES_UPSTREAM": f"127.0.0.1:{self.port('certificates')}",
-            "NOTIFICATIONS_UPSTREAM": f"127.0.0.1:{self.port('notifications')}",
+            "PROGRESS_UPSTREAM": self.upstreams("progress"),
+            "ENROLLMENT_UPSTREAM": self.upstreams("enrollment"),
+            "CERTIFICATES_UPSTREAM": self.upstreams("certificates"),
+            "NOTIFICATIONS_UPSTREAM": self.upstreams("notifications"),
             "XDG_DATA_HOME": str(self.var_dir / "caddy"),
             "XDG_CONFIG_HOME": str(self.var_dir / "caddy"),
         }
 
 
+@dataclass
+class Child:
+    """One supervised process: how to start it, and its restart state."""
+
+    name: str
+    launch: Callable[[], infra.Process]
+    uses_broker: bool
+    proc: infra.Process | None = None
+    restarts: int = 0
+    backoff: float = FIRST_BACKOFF_S
+    restart_at: float | None = None  # monotonic time of a scheduled restart
+    up_since: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.popen.pid if self.proc is not None else None
+
+
 class Stack:
-    """Starts the service processes and the gateway; stops them in reverse order."""
+    """Starts the processes, keeps them running, and stops them in reverse order."""
 
-    def __init__(self, config: StackConfig) -> None:
+    def __init__(self, config: StackConfig, log: Callable[[str], None] | None = None) -> None:
         self.config = config
-        self.processes: dict[str, infra.Process] = {}
+        self.children: dict[str, Child] = {}
+        self._log = log or (lambda message: None)
+        self._run_dir = config.var_dir / "run"
 
+    # ------------------------------------------------------------ start
     def start(self, ready_timeout: float = 120.0) -> None:
         cfg = self.config
         logs = cfg.var_dir / "logs"
-        asyncio.run(
-            ensure_topics(
-                ServiceSettings(kafka_bootstrap_servers=cfg.kafka_bootstrap, topic_prefix=cfg.topic_prefix)
-            )
-        )
         try:
-            for spec in PROCESSES:
-                self.processes[spec.name] = infra.spawn(
-                    spec.name,
-                    [sys.executable, "-m", "uvicorn", "--factory", spec.factory,
-                     "--host", "127.0.0.1", "--port", str(cfg.port(spec.name)),
-                     "--no-access-log", "--timeout-graceful-shutdown", "10"],
-                    log_path=logs / f"{spec.name}.log",
-                    env=cfg.env_for(spec),
-                )
-            self.processes["gateway"] = infra.start_caddy(cfg.gateway_env(), logs / "gateway.log")
+            if cfg.own_broker:
+                self._add(Child("broker", lambda: infra.start_tansu(cfg.kafka_port, logs / "tansu.log"), False))
+            if cfg.own_smtp_sink:
+                self._add(Child(
+                    "smtp-sink",
+                    lambda: infra.start_smtp_sink(cfg.smtp_port, cfg.var_dir / "mail", logs / "smtp.log"),
+                    False,
+                ))
+            self._create_topics()
+            for name, spec in cfg.instances():
+                self._add(Child(name, self._service_launcher(name, spec), True))
+            self._add(Child("gateway", lambda: infra.start_caddy(cfg.gateway_env(), logs / "gateway.log"), False))
             self.wait_ready(ready_timeout)
         except BaseException:
             self.stop()
             raise
 
+    def _create_topics(self) -> None:
+        cfg = self.config
+        settings = ServiceSettings(kafka_bootstrap_servers=cfg.kafka_bootstrap, topic_prefix=cfg.topic_prefix)
+        asyncio.run(ensure_topics(settings))
+
+    def _service_launcher(self, name: str, spec: ProcessSpec) -> Callable[[], infra.Process]:
+        cfg = self.config
+
+        def launch() -> infra.Process:
+            return infra.spawn(
+                name,
+                [sys.executable, "-m", "uvicorn", "--factory", spec.factory,
+                 "--host", "127.0.0.1", "--port", str(cfg.port(name)),
+                 "--no-access-log", "--timeout-graceful-shutdown", "10"],
+                log_path=cfg.var_dir / "logs" / f"{name}.log",
+                env=cfg.env_for(spec),
+            )
+
+        return launch
+
+    def _add(self, child: Child) -> None:
+        self.children[child.name] = child
+        self._launch(child)
+
+    def _launch(self, child: Child) -> None:
+        child.proc = child.launch()
+        child.up_since = time.monotonic()
+        child.restart_at = None
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        """``var/run/processes.json``: who is running as which pid (for operators and fault tests)."""
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        pids = {name: c.pid for name, c in self.children.items() if c.alive}
+        tmp = self._run_dir / "processes.json.tmp"
+        tmp.write_text(json.dumps(pids, indent=2))
+        tmp.replace(self._run_dir / "processes.json")
+
     def wait_ready(self, timeout: float) -> None:
         cfg = self.config
-        targets = {spec.name: f"http://127.0.0.1:{cfg.port(spec.name)}/ready" for spec in PROCESSES}
+        targets = {name: f"http://127.0.0.1:{cfg.port(name)}/ready" for name, _ in cfg.instances()}
         targets.update({f"gateway:{s}": f"{cfg.gateway_url}/ready/{s}" for s in SERVICES})
         pending = dict(targets)
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=3.0) as client:
             while pending and time.monotonic() < deadline:
                 for name, url in list(pending.items()):
-                    proc = self.processes.get(name.split(":")[0] if ":" not in name else "gateway")
-                    if proc is not None and not proc.alive:
-                        raise RuntimeError(f"{proc.name} exited while starting:\n{proc.log_tail()}")
+                    child = self.children.get(name.split(":")[0] if ":" not in name else "gateway")
+                    if child is not None and child.proc is not None and not child.proc.alive:
+                        raise RuntimeError(f"{name} exited while starting:\n{child.proc.log_tail()}")
                     try:
                         if client.get(url).status_code == 200:
                             del pending[name]
@@ -140,13 +248,74 @@ class Stack:
                 if pending:
                     time.sleep(0.25)
         if pending:
-            details = "\n".join(f"--- {n}\n{p.log_tail(15)}" for n, p in self.processes.items())
+            details = "\n".join(
+                f"--- {n}\n{c.proc.log_tail(15)}" for n, c in self.children.items() if c.proc is not None
+            )
             raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(pending)}\n{details}")
 
-    def dead(self) -> list[infra.Process]:
-        return [p for p in self.processes.values() if not p.alive]
+    # ------------------------------------------------------------ supervision
+    def supervise(self) -> None:
+        """One round: note what exited, restart what is due. Call it every fraction of a second."""
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.restart_at is None:
+                if child.alive:
+                    if now - child.up_since > STABLE_S:
+                        child.backoff = FIRST_BACKOFF_S
+                    continue
+                status = child.proc.popen.returncode if child.proc is not None else None
+                tail = child.proc.log_tail(5) if child.proc is not None else ""
+                if child.proc is not None:
+                    child.proc.stop()  # closes its log file
+                child.restart_at = now + child.backoff
+                self._log(f"{child.name} exited (status {status}); restarting in {child.backoff:.1f}s"
+                          + (f"\n{tail}" if tail else ""))
+                child.backoff = min(child.backoff * 2, MAX_BACKOFF_S)
+            elif now >= child.restart_at:
+                self._restart(child)
 
+    def _restart(self, child: Child) -> None:
+        try:
+            self._launch(child)
+        except Exception as exc:
+            child.restart_at = time.monotonic() + child.backoff
+            self._log(f"{child.name} did not start: {exc}; next try in {child.backoff:.1f}s")
+            child.backoff = min(child.backoff * 2, MAX_BACKOFF_S)
+            return
+        child.restarts += 1
+        self._log(f"{child.name} restarted (restart {child.restarts}, pid {child.pid})")
+        if child.name == "broker":
+            self._after_broker_restart()
+
+    def _after_broker_restart(self) -> None:
+        """The new broker has no topics and no offsets, and Kafka clients connected to the old
+        one do not recover: create the topics, then restart every process that uses it."""
+        try:
+            self._create_topics()
+        except Exception as exc:
+            self._log(f"could not create the topics on the new broker: {exc!r} (the services will)")
+        clients = [c for c in self.children.values() if c.uses_broker and c.proc is not None]
+        self._log(f"restarting {len(clients)} broker clients after the broker restart")
+        infra.stop_all([c.proc for c in clients if c.proc is not None])
+        for child in clients:
+            self._launch(child)
+            child.restarts += 1
+
+    def child(self, name: str) -> Child:
+        return self.children[name]
+
+    def dead(self) -> list[str]:
+        return [name for name, c in self.children.items() if not c.alive]
+
+    # ------------------------------------------------------------ stop
     def stop(self) -> None:
-        for proc in reversed(list(self.processes.values())):
-            proc.stop()
-        self.processes.clear()
+        """Gateway first, then every service at once (each finishes its requests and flushes),
+        then the mail sink and the broker."""
+        order = list(self.children.values())
+        gateway = [c for c in order if c.name == "gateway"]
+        services = [c for c in order if c.uses_broker]
+        rest = [c for c in reversed(order) if c not in gateway and c not in services]
+        for group in (gateway, services, rest):
+            infra.stop_all([c.proc for c in group if c.proc is not None])
+        self.children.clear()
+        (self._run_dir / "processes.json").unlink(missing_ok=True)

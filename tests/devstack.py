@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lessonstream import infra
-from lessonstream.stack import PROCESSES
+from lessonstream.stack import StackConfig
 from tests.conftest import RUN_ID
 
 
@@ -27,6 +28,19 @@ class DevStack:
     ports: dict[str, int]
     process: subprocess.Popen[bytes]
     output: Path
+    kafka_port: int = 0
+
+    def pids(self) -> dict[str, int]:
+        """The runner's own record of its children (``var/run/processes.json``)."""
+        path = self.var_dir / "run" / "processes.json"
+        try:
+            found: dict[str, int] = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return found
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
 
 
 def _free_block(count: int) -> int:
@@ -38,30 +52,55 @@ def _free_block(count: int) -> int:
 
 
 @contextlib.contextmanager
-def running_dev_stack(postgres_url: str, var_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[DevStack]:
-    gateway, kafka, smtp = infra.free_port(), infra.free_port(), infra.free_port()
-    base = _free_block(len(PROCESSES))
+def running_dev_stack(
+    postgres_url: str,
+    var_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    progress_replicas: int = 1,
+    certificate_workers: int = 1,
+    ports: tuple[int, int, int, int] | None = None,
+) -> Iterator[DevStack]:
+    """``lessonstream dev`` in a subprocess until the block ends (then Ctrl-C).
+
+    ``ports`` (gateway, broker, SMTP, first service port) lets a test start a runner
+    again on the addresses of one it killed; by default they are free ones.
+    """
+    shape = StackConfig(var_dir, "", "", 0, progress_replicas=progress_replicas,
+                        certificate_workers=certificate_workers)
+    instances = [name for name, _ in shape.instances()]
+    if ports is None:
+        ports = (infra.free_port(), infra.free_port(), infra.free_port(), _free_block(len(instances)))
+    gateway, kafka, smtp, base = ports
     output = var_dir / "dev-output.log"
     cmd = [
         sys.executable, "-m", "lessonstream.cli", "dev",
         "--gateway-port", str(gateway), "--kafka-port", str(kafka), "--smtp-port", str(smtp),
         "--base-port", str(base), "--var-dir", str(var_dir), "--db-prefix", f"t{RUN_ID}_{var_dir.name}_",
+        "--progress-replicas", str(progress_replicas), "--certificate-workers", str(certificate_workers),
     ]
-    with open(output, "wb") as out:
+    started_at = output.stat().st_size if output.exists() else 0
+    with open(output, "ab") as out:
         process = subprocess.Popen(
             cmd, cwd=infra.ROOT, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "DATABASE_URL": postgres_url, **(extra_env or {})},
         )
+
+    def said() -> str:
+        with open(output, "rb") as f:
+            f.seek(started_at)
+            return f.read().decode(errors="replace")
+
     deadline = time.monotonic() + 180
-    while "Lessonstream is ready at http" not in output.read_text(errors="replace"):
+    while "Lessonstream is ready at http" not in said():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"lessonstream dev did not become ready:\n{output.read_text(errors='replace')[-6000:]}")
+            pytest.fail(f"lessonstream dev did not become ready:\n{said()[-6000:]}")
         time.sleep(0.2)
     try:
         yield DevStack(
             f"http://127.0.0.1:{gateway}", smtp, var_dir,
-            {p.name: base + i for i, p in enumerate(PROCESSES)}, process, output,
+            {name: base + i for i, name in enumerate(instances)}, process, output, kafka,
         )
     finally:
         if process.poll() is None:
