@@ -48,7 +48,7 @@ class FaultEnv:
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultEnv]:
     root = tmp_path_factory.mktemp("faults")
-    postgres = infra.start_embedded_postgres(root / "postgres", keep=False)
+    postgres = infra.start_embedded_postgres(root / "postgres" / "data", keep=False)
     var_dir = root / "var"
     var_dir.mkdir()
     with contextlib.ExitStack() as exits:
