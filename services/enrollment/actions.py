@@ -30,8 +30,8 @@ def slug_taken(slug: str) -> ApiError:
 async def _publish_course(conn: Connection, course_id: int) -> Course:
     course = await store.get_course(conn, course_id)
     assert course is not None
-    # Inserted while the course row is locked: outbox ids, and so publication order,
-    # follow revision order for each course.
+    # The course row is locked, so revisions follow one another; the outbox publishes
+    # events of one key (the course) in commit order, so revision order too.
     await outbox.add(conn, domain.catalog_entry(course))
     return course
 
