@@ -1,0 +1,30 @@
+"""Field types for request models and parameters: values PostgreSQL can store.
+
+A client's value that the database would refuse (a NUL character in text, an integer
+beyond 64 bits) must be a 400 naming the field at the edge, before anything is looked up,
+buffered or half written. ``shared.errors`` maps the database's own refusals to 400 as
+a safety net; these types are the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+MAX_BIGINT = 2**63 - 1  # PostgreSQL bigint; also the most asyncpg will encode as int8
+MAX_PAGE = 1_000_000  # with at most a few hundred per page, an offset well inside bigint
+
+
+def no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000 ("invalid byte sequence for encoding UTF8: 0x00").
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# Any string a request may carry into the database.
+Text = Annotated[str, AfterValidator(no_nul)]
+# Ids of bigint columns (and of integer ones, whose routes bound them lower themselves).
+BigId = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
+Page = Annotated[int, Field(ge=1, le=MAX_PAGE)]
