@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from shared.errors import ApiError, forbidden, unauthorized
 from shared.settings import ServiceSettings
+from shared.validation import storable
 
 Role = Literal["learner", "instructor", "admin"]
 # Verified tokens are remembered briefly: a client sends the same token with every
@@ -106,12 +107,12 @@ _CLAIM_LIMITS = {"sub": 255, "name": 1000, "email": 320, "preferred_username": 2
 
 def _claim(claims: dict[str, Any], name: str) -> str | None:
     """A string claim, or None if absent/null. Anything else a client could not have been
-    given by a sound issuer: not a string, NUL characters (PostgreSQL cannot store them),
-    over the length limit. Refused as 401 before anything is looked up or buffered."""
+    given by a sound issuer: not a string, over the length limit, NUL characters or lone
+    surrogates (PostgreSQL cannot store them). Refused as 401 before anything is looked up or buffered."""
     value = claims.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or "\x00" in value or len(value) > _CLAIM_LIMITS[name]:
+    if not isinstance(value, str) or len(value) > _CLAIM_LIMITS[name] or not storable(value):
         raise unauthorized(f"Invalid token: claim {name!r}")
     return value
 

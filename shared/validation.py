@@ -16,15 +16,26 @@ MAX_BIGINT = 2**63 - 1  # PostgreSQL bigint; also the most asyncpg will encode a
 MAX_PAGE = 1_000_000  # with at most a few hundred per page, an offset well inside bigint
 
 
-def no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold U+0000 ("invalid byte sequence for encoding UTF8: 0x00").
+def storable(value: str) -> bool:
+    """Whether PostgreSQL can store ``value`` as text: no U+0000 ("invalid byte sequence
+    for encoding UTF8: 0x00") and no lone surrogate (JSON's "\\ud800", not UTF-8 at all)."""
     if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_text(value: str) -> str:
+    if not storable(value):
+        raise ValueError("must not contain NUL characters or invalid Unicode")
     return value
 
 
 # Any string a request may carry into the database.
-Text = Annotated[str, AfterValidator(no_nul)]
+Text = Annotated[str, AfterValidator(storable_text)]
 # Ids of bigint columns (and of integer ones, whose routes bound them lower themselves).
 BigId = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 Page = Annotated[int, Field(ge=1, le=MAX_PAGE)]

@@ -40,6 +40,10 @@ async def test_nul_in_json_body_strings_is_400(test_env: TestEnv) -> None:
             ({"title": "Intro", "slug": "a\u0000"}, "slug"),
         ):
             assert_invalid(await client.post("/api/admin/courses", json=body), field)
+        # A lone surrogate, escaped in the JSON text: valid JSON, but no UTF-8 for it.
+        surrogate = await client.post("/api/admin/courses", content=b'{"title": "Intro \\ud800"}',
+                                      headers={"Content-Type": "application/json"})
+        assert_invalid(surrogate, "title")
         created = await client.post("/api/admin/courses", json={"title": "Intro"})
         assert created.status_code == 201
         course_id = created.json()["data"]["id"]

@@ -41,6 +41,7 @@ async def test_heartbeat_with_bad_token_claims_is_401_and_buffers_nothing(stack:
         {"sub": "u1", "roles": ["learner", 1]},
         {"sub": "u1", "roles": {"admin": True}},
         {"sub": "x" * 256},
+        {"sub": "u\ud8001"},
     ]
     for claims in bad_claims:
         response = await stack.client.post("/api/progress", headers=signed(stack, **claims), json=body)
