@@ -217,7 +217,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif exc.status == 503:  # a peer service away: every 503 says when to try again
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
         return error_response(exc.status, exc.code, exc.message, headers=headers, **exc.data)
 
     @app.exception_handler(RequestValidationError)

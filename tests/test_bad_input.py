@@ -1,10 +1,15 @@
 """Bad input is a 4xx in the error shape, never a 500: NUL characters in bodies, integers
-beyond 64 bits in paths and queries, oversized request headers (in-process and under uvicorn)."""
+beyond 64 bits in paths and queries, oversized request headers (in-process, under uvicorn and
+through the Caddy gateway)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import httpx
 
+from lessonstream import infra
 from services.certificates.app import CertificatesSettings
 from services.certificates.app import build_app as build_certificates
 from services.enrollment.app import EnrollmentSettings
@@ -119,3 +124,38 @@ async def test_request_headers_over_the_limit_are_431_in_the_error_shape(test_en
         for size in (MAX_HEADER_BYTES, 20_000, 200_000):
             response = await client.get("/api/progress", headers={"X-Padding": "a" * size})
             assert response.status_code == 431 and response.json() == expected, size
+
+
+async def test_header_limits_through_the_gateway(test_env: TestEnv) -> None:
+    """Caddy lets headers the services refuse through to them (431 in the error shape);
+    only far larger ones get Caddy's own plain-text 431. An unreachable upstream is a 503
+    with Retry-After in the error shape."""
+    settings = test_env.settings(ProgressSettings, database="progress")
+    token = issue_token(settings, user_id="u1")
+    async with served(build_progress(settings)) as url:
+        upstream = url.removeprefix("http://")
+        port = infra.free_port()
+        env = {**os.environ, "GATEWAY_PORT": str(port), "PROGRESS_UPSTREAM": upstream,
+               "ENROLLMENT_UPSTREAM": upstream, "CERTIFICATES_UPSTREAM": upstream,
+               "NOTIFICATIONS_UPSTREAM": f"127.0.0.1:{infra.free_port()}"}  # nothing listens there
+        caddy = infra.start_caddy(env)
+        try:
+            for _ in range(200):
+                if infra.port_open("127.0.0.1", port) or not caddy.alive:
+                    break
+                await asyncio.sleep(0.05)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                         headers={"Authorization": f"Bearer {token}"}) as client:
+                assert (await client.get("/api/progress")).status_code == 200
+                for size in (MAX_HEADER_BYTES, 30_000, 60_000):
+                    response = await client.get("/api/progress", headers={"X-Padding": "a" * size})
+                    assert response.status_code == 431, size
+                    assert response.json()["code"] == "request_header_fields_too_large", size
+                    assert response.headers["x-lessonstream-service"] == "progress"
+                huge = await client.get("/api/progress", headers={"X-Padding": "a" * 200_000})
+                assert huge.status_code == 431  # Caddy's own, plain text: documented
+                away = await client.get("/api/admin/notifications")
+                assert away.status_code == 503 and away.json()["code"] == "service_unavailable"
+                assert away.headers["retry-after"] == "1"
+        finally:
+            caddy.stop()
