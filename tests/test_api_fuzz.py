@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -45,8 +46,9 @@ log = logging.getLogger(__name__)
 # Schemathesis's own strategies draw from `random`; Hypothesis warns about it on every run.
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 
-# Per operation, per token, per mode. About 35 operations in all: ~2,800 requests.
-EXAMPLES = 10
+# Per operation, per token, per mode: about 1,200 requests in all. A deeper run, by hand:
+# LESSONSTREAM_FUZZ_EXAMPLES=100 pytest tests/test_api_fuzz.py
+EXAMPLES = int(os.environ.get("LESSONSTREAM_FUZZ_EXAMPLES", "10"))
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 
 
