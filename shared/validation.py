@@ -34,8 +34,11 @@ def storable_text(value: str) -> str:
     return value
 
 
-# Any string a request may carry into the database.
-Text = Annotated[str, AfterValidator(storable_text)]
+# Any string a request may carry into the database. With StringConstraints, put STORABLE
+# after them (``Annotated[str, StringConstraints(...), STORABLE]``): a validator before the
+# constraints would make pydantic check lengths before stripping whitespace.
+STORABLE = AfterValidator(storable_text)
+Text = Annotated[str, STORABLE]
 # Ids of bigint columns (and of integer ones, whose routes bound them lower themselves).
 BigId = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 Page = Annotated[int, Field(ge=1, le=MAX_PAGE)]

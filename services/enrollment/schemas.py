@@ -9,14 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from services.enrollment.domain import Course, CourseStatus, Enrollment, LessonKind
 from services.enrollment.store import MyCourseRow, StudentRow
-from shared.validation import BigId, Text
+from shared.validation import STORABLE, BigId
 
 T = TypeVar("T")
 
-Title = Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), STORABLE]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=120)]
-Description = Annotated[Text, StringConstraints(max_length=20_000)]
-UserId = Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=20_000), STORABLE]
+UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), STORABLE]
 Instructors = Annotated[list[UserId], Field(max_length=50)]
 Duration = Annotated[int, Field(ge=0, le=7 * 24 * 3600)]
 Order = Annotated[int, Field(ge=1, le=100_000)]  # a position among a course's lessons
