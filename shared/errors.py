@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 # Total size of the request headers a service accepts (names, values and separators).
-# Below what the HTTP servers in front refuse on their own (Caddy 1 MiB by default,
-# uvicorn's h11 16 KiB), so that a client gets the error shape from us, not their plain text.
+# Well below the gateway's own limit (max_header_size in gateway/Caddyfile, whose 431 is
+# plain text), so that a client gets the error shape from us; uvicorn (httptools or h11)
+# passes larger headers through to the app.
 MAX_HEADER_BYTES = 12 * 1024
 
 
@@ -168,7 +169,7 @@ def classify(exc: BaseException, where: str) -> JSONResponse:
     if is_database_unavailable(exc) or isinstance(exc, ConnectionError):
         # The database (or another peer) restarting or unreachable: the transaction did
         # not commit, so nothing was written and the client may retry.
-        log.warning("database unavailable on %s: %r", where, exc)
+        log.warning("database (or peer) unavailable on %s: %r", where, exc)
         return unavailable_response()
     if is_unstorable_input(exc):
         log.info("value refused by the database on %s: %r", where, exc)
