@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from shared.errors import ApiError, forbidden, unauthorized
 from shared.settings import ServiceSettings
+from shared.validation import storable
 
 Role = Literal["learner", "instructor", "admin"]
 # Verified tokens are remembered briefly: a client sends the same token with every
@@ -94,21 +95,52 @@ class TokenVerifier:
             raise unauthorized("Token has expired") from exc
         except (jwt.PyJWTError, ValueError) as exc:
             raise unauthorized("Invalid token") from exc
-        roles = claims.get("roles") or ["learner"]
-        if isinstance(roles, str):
-            roles = [roles]
-        known = [r for r in roles if r in ("learner", "instructor", "admin")]
-        user = User.model_validate(
-            {
-                "sub": str(claims["sub"]),
-                "name": claims.get("name") or "",
-                "email": claims.get("email") or "",
-                "roles": known or ["learner"],
-                "username": claims.get("preferred_username") or claims.get("username") or "",
-                "avatar": claims.get("picture") or claims.get("avatar"),
-            }
-        )
+        user = user_from_claims(claims)
         return user, float(claims["exp"])
+
+
+# Claim lengths a service accepts: OpenID Connect caps ``sub`` at 255 characters; the
+# others are generous bounds so that a token cannot make rows or index entries too large.
+_CLAIM_LIMITS = {"sub": 255, "name": 1000, "email": 320, "preferred_username": 255, "username": 255,
+                 "picture": 2000, "avatar": 2000}
+
+
+def _claim(claims: dict[str, Any], name: str) -> str | None:
+    """A string claim, or None if absent/null. Anything else a client could not have been
+    given by a sound issuer: not a string, over the length limit, NUL characters or lone
+    surrogates (PostgreSQL cannot store them). Refused as 401 before anything is looked up or buffered."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > _CLAIM_LIMITS[name] or not storable(value):
+        raise unauthorized(f"Invalid token: claim {name!r}")
+    return value
+
+
+def user_from_claims(claims: dict[str, Any]) -> User:
+    """The user of verified claims; a claim of the wrong type or shape is 401, never a 500."""
+    sub = _claim(claims, "sub")
+    if not sub:
+        raise unauthorized("Invalid token: claim 'sub'")
+    roles = claims.get("roles")
+    if roles is None or roles == []:
+        roles = ["learner"]
+    elif isinstance(roles, str):
+        roles = [roles]
+    elif not (isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
+        raise unauthorized("Invalid token: claim 'roles' must be a string or a list of strings")
+    # Unknown role names are ignored (an identity provider may add its own).
+    known = [r for r in roles if r in ("learner", "instructor", "admin")]
+    return User.model_validate(
+        {
+            "sub": sub,
+            "name": _claim(claims, "name") or "",
+            "email": _claim(claims, "email") or "",
+            "roles": known or ["learner"],
+            "username": _claim(claims, "preferred_username") or _claim(claims, "username") or "",
+            "avatar": _claim(claims, "picture") or _claim(claims, "avatar"),
+        }
+    )
 
 
 def issue_token(

@@ -1,21 +1,36 @@
 """One error shape everywhere: ``{"code", "message", "data": {"status", ...}}``.
 
-Validation failures are 400 (not FastAPI's 422) and name every bad field; anything
+Validation failures are 400 (not FastAPI's 422) and name every bad field; a value the
+database cannot store (NUL characters, numbers or dates out of its range) is a 400 too;
+a database that cannot be reached or answered is a 503 with ``Retry-After``; anything
 unexpected is a 500 in the same shape, with no stack trace or SQL in the body.
+
+``RequestGuard`` answers, before any route runs, what no route could: request headers
+over the limit (431) and NUL characters in the path or query string (400).
 """
 
 from __future__ import annotations
 
 import logging
+from types import TracebackType
 from typing import Any
 
 import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+# Total size of the request headers a service accepts (names, values and separators).
+# Well below the gateway's own limit (max_header_size in gateway/Caddyfile, whose 431 is
+# plain text), so that a client gets the error shape from us; uvicorn (httptools or h11)
+# passes larger headers through to the app.
+MAX_HEADER_BYTES = 12 * 1024
 
 
 class ApiError(Exception):
@@ -73,10 +88,141 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or str(loc[0] if loc else "request")
 
 
+# The server's own refusals of a connection or session: shutting down, starting up,
+# too many clients, the connection gone (class 08, 57P0x, 53xxx).
+_UNAVAILABLE_SERVER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+# Errors PostgreSQL raises for a value it cannot store or compute with, which can only
+# come from what a client sent: NUL characters, numbers and dates out of range, strings
+# too long for a column or an index. Not the whole class 22 (division by zero is a bug).
+UNSTORABLE_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+    asyncpg.exceptions.NumericValueOutOfRangeError,
+    asyncpg.exceptions.DatetimeFieldOverflowError,
+    asyncpg.exceptions.InvalidDatetimeFormatError,
+    asyncpg.exceptions.StringDataRightTruncationError,
+    asyncpg.exceptions.InvalidTextRepresentationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    asyncpg_base.DataError,
+)
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the database cannot be reached or used right now".
+
+    Every way a connection fails: refused, reset, no Unix socket (``FileNotFoundError``),
+    the server shutting down or starting up, a connection that no longer exists, a pool
+    acquire or command timeout. ``OSError`` and ``TimeoutError`` count only when raised
+    inside asyncpg, so that the same classes raised by our own code stay bugs (500).
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_database_unavailable(e) for e in exc.exceptions)
+    if isinstance(exc, _UNAVAILABLE_SERVER_ERRORS):
+        return True
+    if type(exc) is asyncpg.InterfaceError:
+        # Plain InterfaceError is also "another operation is in progress" (a bug); only
+        # "connection is closed" / "pool is closing" mean the database went away.
+        return "clos" in str(exc)
+    if isinstance(exc, OSError | TimeoutError):  # TimeoutError is asyncio's too
+        return _raised_in_asyncpg(exc)
+    return False
+
+
+def is_unstorable_input(exc: BaseException) -> bool:
+    """Whether the database refused a value of the request (a 400, not a 500)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_unstorable_input(e) for e in exc.exceptions)
+    if isinstance(exc, UNSTORABLE_INPUT_ERRORS):
+        return True
+    # Plain DataError (no subclass): asyncpg refused to encode an argument, "invalid input
+    # for query argument $1: ... (value out of int64 range)".
+    if type(exc) is asyncpg.exceptions.DataError:
+        return True
+    # A value PostgreSQL computed from the request that Python cannot hold (a date after
+    # 9999-12-31): asyncpg fails to decode it.
+    return isinstance(exc, ValueError | OverflowError) and _raised_in_asyncpg(exc)
+
+
+def unavailable_response() -> JSONResponse:
+    return error_response(
+        503, "service_unavailable", "Temporarily unavailable, try again",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def classify(exc: BaseException, where: str) -> JSONResponse:
+    """The response for an exception no route turned into an ``ApiError``."""
+    if is_database_unavailable(exc) or isinstance(exc, ConnectionError):
+        # The database (or another peer) restarting or unreachable: the transaction did
+        # not commit, so nothing was written and the client may retry.
+        log.warning("database (or peer) unavailable on %s: %r", where, exc)
+        return unavailable_response()
+    if is_unstorable_input(exc):
+        log.info("value refused by the database on %s: %r", where, exc)
+        return error_response(400, "invalid_request", "A value in the request cannot be stored or is out of range")
+    log.error("unhandled error on %s", where, exc_info=exc)
+    return error_response(500, "internal_error", "Internal server error")
+
+
+def _has_nul(scope: Scope) -> bool:
+    # The path arrives percent-decoded; the query string raw, so look for its encoding.
+    qs: bytes = scope.get("query_string", b"")
+    return "\x00" in scope.get("path", "") or b"%00" in qs or b"\x00" in qs
+
+
+class RequestGuard:
+    """Refuses, in the error shape, requests no route should see: headers over
+    ``MAX_HEADER_BYTES`` (431) and NUL characters in the path or query string (400), which
+    PostgreSQL cannot store and no identifier contains. Pure ASGI: on the heartbeat path."""
+
+    def __init__(self, app: ASGIApp, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_header_bytes:
+                response = error_response(
+                    431, "request_header_fields_too_large",
+                    f"Request headers are larger than {self.max_header_bytes} bytes",
+                )
+                await response(scope, receive, send)
+                return
+            if _has_nul(scope):
+                response = error_response(
+                    400, "invalid_request", "NUL characters are not allowed in the path or query string"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The exception handlers of the error shape, and the ``RequestGuard`` in front of the routes."""
+    app.add_middleware(RequestGuard)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif exc.status == 503:  # a peer service away: every 503 says when to try again
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
         return error_response(exc.status, exc.code, exc.message, headers=headers, **exc.data)
 
     @app.exception_handler(RequestValidationError)
@@ -96,17 +242,17 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(asyncpg.PostgresConnectionError)
+    # Database errors, OS-level and timeout errors and exception groups are classified
+    # here (503, 400 or 500) rather than by the catch-all below, which Starlette runs in
+    # its outermost middleware and then re-raises to the server as a crash.
+    @app.exception_handler(asyncpg.PostgresError)
     @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
-    @app.exception_handler(asyncpg.exceptions.InsufficientResourcesError)
-    @app.exception_handler(ConnectionError)
-    async def _database_away(request: Request, exc: Exception) -> JSONResponse:
-        # The database restarting or unreachable: nothing was written; the client may retry.
-        log.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
-        return error_response(
-            503, "service_unavailable", "Temporarily unavailable, try again", headers={"Retry-After": "1"}
-        )
+    @app.exception_handler(OSError)
+    @app.exception_handler(ValueError)
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(ExceptionGroup)
+    async def _classified(request: Request, exc: Exception) -> JSONResponse:
+        return classify(exc, f"{request.method} {request.url.path}")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.errors import ApiError, install_error_handlers
+from shared.errors import MAX_HEADER_BYTES, ApiError, install_error_handlers
 from shared.settings import DEV_JWT_SECRET, ServiceSettings
 
 
@@ -31,6 +31,10 @@ def make_app() -> FastAPI:
     @router.get("/db-away")
     async def db_away() -> None:
         raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+    @router.get("/peer-away")
+    async def peer_away() -> None:
+        raise ApiError(503, "progress_unavailable", "Course progress cannot be checked right now")
 
     @router.get("/teapot")
     async def teapot() -> None:
@@ -88,6 +92,27 @@ async def test_a_database_restart_is_503_try_again(client: httpx.AsyncClient) ->
     assert response.json() == {
         "code": "service_unavailable", "message": "Temporarily unavailable, try again", "data": {"status": 503}
     }
+
+
+async def test_every_503_says_when_to_retry(client: httpx.AsyncClient) -> None:
+    response = await client.get("/peer-away")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["code"] == "progress_unavailable"
+
+
+async def test_nul_in_path_or_query_and_oversized_headers_are_refused(client: httpx.AsyncClient) -> None:
+    for url in ("/teapot%00", "/teapot?x=a%00b", "/things%00?limit=1"):
+        response = await client.get(url)
+        assert response.status_code == 400, url
+        assert response.json()["code"] == "invalid_request" and response.json()["data"] == {"status": 400}
+    big = await client.get("/teapot", headers={"X-Padding": "a" * MAX_HEADER_BYTES})
+    assert big.status_code == 431
+    assert big.json() == {
+        "code": "request_header_fields_too_large",
+        "message": f"Request headers are larger than {MAX_HEADER_BYTES} bytes",
+        "data": {"status": 431},
+    }
+    assert (await client.get("/teapot", headers={"X-Padding": "a" * 8000})).status_code == 403
 
 
 def test_production_refuses_the_development_secrets() -> None:

@@ -21,6 +21,7 @@ from shared.auth import AdminUser, CurrentUser
 from shared.errors import ApiError, bad_request, not_found
 from shared.events import CertificateRequested
 from shared.service import DbPool, runtime_of
+from shared.validation import MAX_BIGINT, Text
 
 router = APIRouter(tags=["certificates"])
 public_router = APIRouter(tags=["verification"])
@@ -171,7 +172,7 @@ async def verify(code: str, request: Request, pool: DbPool, settings: Settings) 
 # -- admin: templates, regeneration, listing --------------------------------------------------
 
 class TemplateBody(BaseModel):
-    template: str = Field(min_length=1, description="Jinja2 HTML template (see docs/certificates.md)")
+    template: Text = Field(min_length=1, description="Jinja2 HTML template (see docs/certificates.md)")
 
 
 @admin_router.get("/template")
@@ -223,7 +224,7 @@ async def regenerate(course_id: CourseId, admin: AdminUser, pool: DbPool) -> dic
 
 @admin_router.get("/regenerations/{regeneration_id}")
 async def regeneration_status(
-    course_id: CourseId, regeneration_id: Annotated[int, Path(ge=1)], admin: AdminUser, pool: DbPool
+    course_id: CourseId, regeneration_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)], admin: AdminUser, pool: DbPool
 ) -> dict[str, Any]:
     row = await store.regeneration_status(pool, course_id, regeneration_id)
     if row is None:

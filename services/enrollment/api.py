@@ -26,10 +26,11 @@ from services.enrollment.schemas import (
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import not_found
 from shared.service import DbPool
+from shared.validation import MAX_BIGINT, MAX_PAGE
 
-CourseId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-LessonId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-Page = Annotated[int, Query(ge=1, le=1_000_000)]
+CourseId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
+LessonId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PerPage = Annotated[int, Query(ge=1, description="capped at 100")]
 
 admin = APIRouter(prefix="/api/admin/courses", tags=["catalog admin"])

@@ -9,16 +9,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from services.enrollment.domain import Course, CourseStatus, Enrollment, LessonKind
 from services.enrollment.store import MyCourseRow, StudentRow
+from shared.validation import STORABLE, BigId
 
 T = TypeVar("T")
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), STORABLE]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=120)]
-Description = Annotated[str, StringConstraints(max_length=20_000)]
-UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=20_000), STORABLE]
+UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), STORABLE]
 Instructors = Annotated[list[UserId], Field(max_length=50)]
 Duration = Annotated[int, Field(ge=0, le=7 * 24 * 3600)]
-Order = Annotated[int, Field(ge=1)]
+Order = Annotated[int, Field(ge=1, le=100_000)]  # a position among a course's lessons
 
 
 class _Patch(BaseModel):
@@ -83,7 +84,7 @@ class LessonUpdate(_Patch):
 class LessonOrder(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lesson_ids: Annotated[list[int], Field(min_length=1, max_length=1000)]
+    lesson_ids: Annotated[list[BigId], Field(min_length=1, max_length=1000)]
 
 
 class LessonOut(BaseModel):

@@ -14,6 +14,7 @@ from services.notifications.domain import MailKind, MailStatus
 from shared.auth import AdminUser
 from shared.errors import not_found
 from shared.service import DbPool
+from shared.validation import MAX_BIGINT, MAX_PAGE
 
 router = APIRouter(prefix="/api/admin/notifications", tags=["notifications"])
 
@@ -59,11 +60,11 @@ async def list_notifications(
     pool: DbPool,
     _: AdminUser,
     user_id: Annotated[str | None, Query(max_length=200)] = None,
-    course_id: Annotated[int | None, Query(ge=1)] = None,
+    course_id: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,  # an integer column
     event_id: UUID | None = None,
     status: MailStatus | None = None,
     kind: MailKind | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> MailPage:
     rows, total = await store.list_mail(
@@ -80,7 +81,7 @@ async def list_notifications(
 
 @router.get("/{mail_id}", response_model=dict[str, MailDetailOut])
 async def get_notification(
-    pool: DbPool, _: AdminUser, mail_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
+    pool: DbPool, _: AdminUser, mail_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)]
 ) -> dict[str, MailDetailOut]:
     row = await store.get_mail(pool, mail_id)
     if row is None:

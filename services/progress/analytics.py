@@ -33,8 +33,12 @@ class ReportQuery:
 
     @property
     def end(self) -> datetime | None:
-        """Upper bound of enrolled_at (exclusive): the start of the day after the last, UTC."""
-        return datetime.combine(self.enrolled_to + timedelta(days=1), time(), UTC) if self.enrolled_to else None
+        """Upper bound of enrolled_at (exclusive): the start of the day after the last, UTC.
+        None (no bound) for no ``to`` and for the last day a date can name (9999-12-31,
+        a common "open-ended"), which has no day after it and nothing enrolled later."""
+        if self.enrolled_to is None or self.enrolled_to == date.max:
+            return None
+        return datetime.combine(self.enrolled_to + timedelta(days=1), time(), UTC)
 
     @property
     def inactive_before(self) -> datetime:

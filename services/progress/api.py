@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from services.progress.domain import MAX_POSITION_SECONDS
 from services.progress.tracking import Tracker
 from shared.auth import CurrentUser, InternalCaller, current_user
 from shared.service import BareRoute
+from shared.validation import MAX_BIGINT
 
 Position = Annotated[float, Field(ge=0, le=MAX_POSITION_SECONDS, allow_inf_nan=False)]
-Id = Annotated[int, Field(gt=0, le=2**63 - 1)]
+
+
+def _representable(value: datetime) -> datetime:
+    # The buffer keeps the reading as a POSIX timestamp and turns it back into a UTC datetime
+    # when it flushes: refuse here what would fail there (years 0 or 10000 once in UTC).
+    try:
+        datetime.fromtimestamp(value.timestamp(), UTC)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ValueError("out of range") from exc
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_representable)]
+Id = Annotated[int, Field(gt=0, le=MAX_BIGINT)]
 
 
 class ProgressIn(BaseModel):
@@ -31,7 +45,7 @@ class ProgressIn(BaseModel):
     video_progress: Position | None = None
     last_position: Position | None = None
     # When the client took this reading: an older reading never overwrites a newer position.
-    client_timestamp: datetime | None = None
+    client_timestamp: Timestamp | None = None
 
 
 async def _tracker(request: Request) -> Tracker:

@@ -1,0 +1,161 @@
+"""Every service's OpenAPI, fuzzed with schemathesis: no input gives a 5xx.
+
+Each service runs in this process under uvicorn with its lifespan (migrations, relay,
+subscribers) on the test run's PostgreSQL and broker, with stand-ins for the internal
+APIs of the services it asks (so that a 503 "peer unavailable" cannot hide a bug).
+Schemathesis generates cases from the app's own OpenAPI document, valid ones and ones
+that break the schema, and sends them over HTTP from a worker thread, once as an admin
+and once as a learner. Hypothesis runs derandomized with bounded examples, so the module
+takes about a minute and fails the same way every time. The bare ``POST /api/progress``
+route is not in the document; tests/progress/test_bad_input.py covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from hypothesis import HealthCheck, Phase
+from hypothesis.errors import Unsatisfiable
+
+from services.certificates.app import CertificatesSettings
+from services.certificates.app import build_app as build_certificates
+from services.enrollment.app import EnrollmentSettings
+from services.enrollment.app import build_app as build_enrollment
+from services.notifications.app import NotificationsSettings
+from services.notifications.app import build_app as build_notifications
+from services.progress.app import ProgressSettings
+from services.progress.app import build_app as build_progress
+from shared.auth import issue_token
+from shared.settings import ServiceSettings
+from tests.helpers import TestEnv, served
+from tests.progress.conftest import EnrollmentStandIn, course, enrollment
+
+log = logging.getLogger(__name__)
+# Schemathesis's own strategies draw from `random`; Hypothesis warns about it on every run.
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+
+# Per operation, per token, per mode: about 1,200 requests in all. A deeper run, by hand:
+# LESSONSTREAM_FUZZ_EXAMPLES=100 pytest tests/test_api_fuzz.py
+EXAMPLES = int(os.environ.get("LESSONSTREAM_FUZZ_EXAMPLES", "10"))
+MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+
+
+def progress_stand_in() -> FastAPI:
+    """Progress's internal completion API as certificates asks it: nobody is enrolled."""
+    app = FastAPI()
+
+    @app.get("/internal/courses/{course_id}/learners/{user_id}/completion")
+    async def completion(course_id: int, user_id: str) -> JSONResponse:
+        return JSONResponse({"code": "not_enrolled"}, status_code=404)
+
+    return app
+
+
+@asynccontextmanager
+async def progress(env: TestEnv) -> AsyncIterator[tuple[FastAPI, ServiceSettings]]:
+    stand_in = EnrollmentStandIn()
+    stand_in.courses[1] = course(1, [(1, True), (2, False)], instructors=["learner-1"])
+    stand_in.enrollments[("learner-1", 1)] = enrollment("learner-1", 1)
+    async with served(stand_in.app()) as url:
+        settings = env.settings(ProgressSettings, database="progress", enrollment_internal_url=url)
+        yield build_progress(settings), settings
+
+
+@asynccontextmanager
+async def enrollment_service(env: TestEnv) -> AsyncIterator[tuple[FastAPI, ServiceSettings]]:
+    settings = env.settings(EnrollmentSettings, database="enrollment")
+    yield build_enrollment(settings), settings
+
+
+@asynccontextmanager
+async def certificates(env: TestEnv) -> AsyncIterator[tuple[FastAPI, ServiceSettings]]:
+    async with served(progress_stand_in()) as url:
+        settings = env.settings(CertificatesSettings, database="certificates", progress_internal_url=url)
+        yield build_certificates(settings), settings
+
+
+@asynccontextmanager
+async def notifications(env: TestEnv) -> AsyncIterator[tuple[FastAPI, ServiceSettings]]:
+    settings = env.settings(NotificationsSettings, database="notifications")
+    yield build_notifications(settings), settings
+
+
+SERVICES: dict[str, Callable[[TestEnv], Any]] = {
+    "progress": progress,
+    "enrollment": enrollment_service,
+    "certificates": certificates,
+    "notifications": notifications,
+}
+
+
+def fuzz_operation(
+    operation: Any, mode: schemathesis.GenerationMode, who: str, headers: dict[str, str], base_url: str,
+    session: requests.Session, failures: list[str],
+) -> int:
+    """Send ``EXAMPLES`` generated cases of one operation; 5xx answers go to ``failures``."""
+    sent = 0
+
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.settings(
+        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+        phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+    )
+    def check(case: schemathesis.Case[Any]) -> None:
+        nonlocal sent
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=30)
+        sent += 1
+        if response.status_code >= 500:
+            failures.append(
+                f"{who} {mode.value}: {case.method} {response.request.url} -> "
+                f"{response.status_code} {response.text[:300]}\n  {case.as_curl_command(headers)}"
+            )
+
+    try:
+        check()
+    except Unsatisfiable:  # nothing negative to generate for this operation
+        log.info("no %s cases for %s", mode.value, operation.label)
+    return sent
+
+
+def fuzz(schema: Any, base_url: str, tokens: dict[str, str]) -> tuple[list[str], int]:
+    """Every operation in both modes with each token; returns the 5xx seen and the count sent."""
+    failures: list[str] = []
+    sent = 0
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            for who, token in tokens.items():
+                headers = {"Authorization": f"Bearer {token}"}
+                for mode in MODES:
+                    sent += fuzz_operation(operation, mode, who, headers, base_url, session, failures)
+    return failures, sent
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+async def test_no_input_gives_a_server_error(test_env: TestEnv, service: str) -> None:
+    async with AsyncExitStack() as stack:
+        app, settings = await stack.enter_async_context(SERVICES[service](test_env))
+        url = await stack.enter_async_context(served(app))
+        schema = schemathesis.openapi.from_dict(app.openapi())
+        tokens = {
+            "admin": issue_token(settings, user_id="admin-1", name="Ada Admin", email="ada@example.com",
+                                 roles=["admin"]),
+            "learner": issue_token(settings, user_id="learner-1", name="Lee Learner", email="lee@example.com"),
+        }
+        started = time.monotonic()
+        failures, sent = await asyncio.to_thread(fuzz, schema, url, tokens)
+        log.info("%s: %d requests in %.1fs", service, sent, time.monotonic() - started)
+        assert sent > 0
+        assert not failures, f"{len(failures)} server errors:\n" + "\n".join(failures[:20])
