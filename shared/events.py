@@ -206,7 +206,9 @@ class DeadLetter(Event):
     attempts: int
 
     def key(self) -> str:
-        return self.message_key or f"{self.source_topic}:{self.partition}"
+        # The failed message's key may hold what made it fail (a NUL character, which no
+        # PostgreSQL text column stores): the dead letter must still be writable.
+        return (self.message_key or f"{self.source_topic}:{self.partition}").replace("\x00", "\ufffd")
 
 
 AnyEvent = Annotated[

@@ -167,6 +167,8 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
             # (c) malformed: not JSON at all, and JSON that is not a lesson-completed event.
             await produce_raw(test_env.kafka_bootstrap, topic, b"\x00not json{", b"bad:1")
             await produce_raw(test_env.kafka_bootstrap, topic, orjson.dumps({"type": "x"}), b"bad:1")
+            # A key no PostgreSQL text column can store: the dead letter is still written.
+            await produce_raw(test_env.kafka_bootstrap, topic, b"{", b"nul\x00key")
             # A well-formed event whose handler keeps failing.
             await record_completion(sender.pool, "poison", 13)
             # Good messages after all of them.
@@ -179,13 +181,14 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
 
             await eventually(good_applied, what="good events after the bad ones")
 
-            async def three_dead() -> bool:
-                return len(dead.messages) >= 3
+            async def four_dead() -> bool:
+                return len(dead.messages) >= 4
 
-            await eventually(three_dead, what="three dead letters")
+            await eventually(four_dead, what="four dead letters")
             letters = [DeadLetter.model_validate_json(m.value) for m in dead.messages]
             assert {letter.source_topic for letter in letters} == {"lesson-completed"}
             assert any("invalid event" in letter.error and "not json" in letter.value for letter in letters)
+            assert any(letter.message_key == "nul\x00key" for letter in letters)
             poison = [letter for letter in letters if "cannot be applied" in letter.error]
             assert len(poison) == 1 and poison[0].attempts == 3
             assert receiver.calls >= 3 + 5
