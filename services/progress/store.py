@@ -313,3 +313,59 @@ async def certificate_url(conn: Executor, user_id: str, course_id: int) -> str |
         "SELECT certificate_url FROM certificates WHERE user_id = $1 AND course_id = $2", user_id, course_id
     )
     return str(url) if url is not None else None
+
+
+# ---------------------------------------------------------------- pending confirmations
+
+async def add_pending_confirmation(conn: Connection, user_id: str, course_id: int, name: str, email: str) -> None:
+    """A course-completed decision to take once the owner confirms the data (see tracking)."""
+    await conn.execute(
+        "INSERT INTO pending_confirmations (user_id, course_id, user_name, user_email) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (user_id, course_id) DO UPDATE SET user_name = excluded.user_name, "
+        "user_email = excluded.user_email",
+        user_id, course_id, name, email,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingConfirmation:
+    user_id: str
+    course_id: int
+    user_name: str
+    user_email: str
+    attempts: int
+
+
+async def claim_pending_confirmations(
+    conn: Executor, limit: int, backoff_s: float, max_backoff_s: float
+) -> list[PendingConfirmation]:
+    """Up to ``limit`` due rows, each pushed ``backoff_s * 2**attempts`` (at most
+    ``max_backoff_s``) into the future in the same statement: a lease against other
+    processes (rows locked by a concurrent claim are skipped) and the retry backoff if the
+    re-check fails. A re-check that succeeds deletes its row."""
+    rows = await conn.fetch(
+        """
+        UPDATE pending_confirmations p
+        SET attempts = p.attempts + 1,
+            due_at = now() + make_interval(secs => least($2 * power(2, p.attempts), $3))
+        FROM (SELECT user_id, course_id FROM pending_confirmations WHERE due_at <= now()
+              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+        WHERE p.user_id = due.user_id AND p.course_id = due.course_id
+        RETURNING p.user_id, p.course_id, p.user_name, p.user_email, p.attempts
+        """,
+        limit, backoff_s, max_backoff_s,
+    )
+    return [
+        PendingConfirmation(r["user_id"], r["course_id"], r["user_name"], r["user_email"], r["attempts"]) for r in rows
+    ]
+
+
+async def pending_confirmation_failed(conn: Executor, user_id: str, course_id: int, error: str) -> None:
+    await conn.execute(
+        "UPDATE pending_confirmations SET last_error = $3 WHERE user_id = $1 AND course_id = $2",
+        user_id, course_id, error[:500],
+    )
+
+
+async def delete_pending_confirmation(conn: Connection, user_id: str, course_id: int) -> None:
+    await conn.execute("DELETE FROM pending_confirmations WHERE user_id = $1 AND course_id = $2", user_id, course_id)
