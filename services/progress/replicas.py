@@ -84,6 +84,13 @@ class Replicas:
         # A newer revision may already be stored (an event won the race): read it back.
         return await store.get_course(self._pool, course_id) or entry
 
+    async def refresh_course(self, course_id: int) -> CourseCatalogEntry | None:
+        """The owner's current entry (stored, remembered), whatever the replica holds."""
+        entry = await self._fetch_course(course_id)
+        if entry is not None:
+            self._remember_course(entry)
+        return entry
+
     def on_course(self, entry: CourseCatalogEntry) -> None:
         cached = self._courses.get(entry.course_id)
         if cached is None or cached[1].revision <= entry.revision:

@@ -149,6 +149,9 @@ class Tracker:
     ) -> dict[str, Any]:
         course = await self.course(course_id)
         if domain.find_lesson(course, lesson_id) is None:
+            # The replica may be behind (a lesson added a moment ago): the owner decides.
+            course = await self.replicas.refresh_course(course_id) or course
+        if domain.find_lesson(course, lesson_id) is None:
             raise bad_request(
                 "invalid_request", "Invalid or missing fields: lesson_id",
                 params={"lesson_id": f"lesson {lesson_id} is not in course {course_id}"},
