@@ -317,22 +317,46 @@ async def certificate_url(conn: Executor, user_id: str, course_id: int) -> str |
 
 # ---------------------------------------------------------------- pending confirmations
 
-async def add_pending_confirmation(conn: Connection, user_id: str, course_id: int, name: str, email: str) -> None:
-    """A course-completed decision to take once the owner confirms the data (see tracking)."""
+async def add_pending_confirmation(
+    conn: Connection, user_id: str, course_id: int, name: str, email: str, lesson_id: int | None
+) -> None:
+    """A completion to confirm with the owner later (see tracking); ``lesson_id``: a lesson
+    whose lesson-completed event waits for it."""
     await conn.execute(
-        "INSERT INTO pending_confirmations (user_id, course_id, user_name, user_email) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (user_id, course_id) DO UPDATE SET user_name = excluded.user_name, "
-        "user_email = excluded.user_email",
-        user_id, course_id, name, email,
+        """
+        INSERT INTO pending_confirmations AS p (user_id, course_id, user_name, user_email, lesson_ids)
+        VALUES ($1, $2, $3, $4, CASE WHEN $5::bigint IS NULL THEN '{}' ELSE ARRAY[$5::bigint] END)
+        ON CONFLICT (user_id, course_id) DO UPDATE SET
+            user_name = COALESCE(NULLIF(excluded.user_name, ''), p.user_name),
+            user_email = COALESCE(NULLIF(excluded.user_email, ''), p.user_email),
+            lesson_ids = CASE WHEN $5::bigint IS NULL OR $5::bigint = ANY(p.lesson_ids) THEN p.lesson_ids
+                              ELSE p.lesson_ids || $5::bigint END
+        """,
+        user_id, course_id, name, email, lesson_id,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCompletion:
+    user_name: str
+    user_email: str
+    lesson_ids: list[int]
+
+
+async def lock_pending_confirmation(conn: Connection, user_id: str, course_id: int) -> PendingCompletion | None:
+    """The pending row, locked (take the learner's enrollment lock first, as completions do)."""
+    r = await conn.fetchrow(
+        "SELECT user_name, user_email, lesson_ids FROM pending_confirmations "
+        "WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
+        user_id, course_id,
+    )
+    return PendingCompletion(r["user_name"], r["user_email"], list(r["lesson_ids"])) if r else None
 
 
 @dataclass(frozen=True, slots=True)
 class PendingConfirmation:
     user_id: str
     course_id: int
-    user_name: str
-    user_email: str
     attempts: int
 
 
@@ -351,13 +375,11 @@ async def claim_pending_confirmations(
         FROM (SELECT user_id, course_id FROM pending_confirmations WHERE due_at <= now()
               ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
         WHERE p.user_id = due.user_id AND p.course_id = due.course_id
-        RETURNING p.user_id, p.course_id, p.user_name, p.user_email, p.attempts
+        RETURNING p.user_id, p.course_id, p.attempts
         """,
         limit, backoff_s, max_backoff_s,
     )
-    return [
-        PendingConfirmation(r["user_id"], r["course_id"], r["user_name"], r["user_email"], r["attempts"]) for r in rows
-    ]
+    return [PendingConfirmation(r["user_id"], r["course_id"], r["attempts"]) for r in rows]
 
 
 async def pending_confirmation_failed(conn: Executor, user_id: str, course_id: int, error: str) -> None:

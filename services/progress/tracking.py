@@ -63,6 +63,16 @@ def not_enrolled(own: bool = True) -> ApiError:
     return ApiError(403, "not_enrolled", message)
 
 
+def lesson_completed(
+    user_id: str, course_id: int, lesson_id: int, completed_at: datetime, standing: domain.CourseStanding
+) -> LessonCompleted:
+    return LessonCompleted(
+        user_id=user_id, course_id=course_id, lesson_id=lesson_id, completed_at=completed_at,
+        progress_percentage=standing.progress_percentage, completed_lessons=standing.completed_required,
+        total_lessons=standing.total_required,
+    )
+
+
 def lesson_locked(blocker: CatalogLesson) -> ApiError:
     return ApiError(
         403, "lesson_locked",
@@ -265,7 +275,7 @@ class Tracker:
             ids = await store.completed_lesson_ids(conn, user.id, course_id)
             if before is not None and before.completed and pending is None:
                 standing = domain.standing(course, ids)
-                await self._decide_course(conn, user, course, enrollment, standing, confirmed)
+                await self._decide(conn, user, course, enrollment, standing, confirmed, None)
                 return Completion(before, False, standing, confirmed)
             if before is None or not before.completed:
                 # Checked under the lock: a concurrent reopen cannot slip in between.
@@ -277,16 +287,13 @@ class Tracker:
             newly = before is None or not before.completed
             ids.add(lesson_id)
             standing = domain.standing(course, ids)
-            if newly:
-                await outbox.add(conn, LessonCompleted(
-                    user_id=user.id, course_id=course_id, lesson_id=lesson_id,
-                    completed_at=row.completed_at or now, progress_percentage=standing.progress_percentage,
-                    completed_lessons=standing.completed_required, total_lessons=standing.total_required,
-                ))
-            await self._decide_course(conn, user, course, enrollment, standing, confirmed)
+            if newly and confirmed:
+                completed_at = row.completed_at or now
+                await outbox.add(conn, lesson_completed(user.id, course_id, lesson_id, completed_at, standing))
+            await self._decide(conn, user, course, enrollment, standing, confirmed, lesson_id if newly else None)
             return Completion(row, newly, standing, confirmed)
 
-    async def _decide_course(
+    async def _decide(
         self,
         conn: Connection,
         user: User,
@@ -294,14 +301,16 @@ class Tracker:
         enrollment: EnrollmentChanged,
         standing: domain.CourseStanding,
         confirmed: bool,
+        newly_completed: int | None,
     ) -> None:
-        if not standing.all_required_done:
-            return
-        if confirmed:
+        if not confirmed:
+            # Nothing that depends on the catalog leaves on unconfirmed data: the lesson's
+            # lesson-completed (its figures) and the course decision wait for the re-check.
+            await store.add_pending_confirmation(
+                conn, user.id, course.course_id, user.name, user.email, newly_completed
+            )
+        elif standing.all_required_done:
             await self._course_completed(conn, user.id, user.name, user.email, course, enrollment)
-        elif await store.get_completion(conn, user.id, course.course_id, enrollment.enrollment_id) is None:
-            # Never decided on unconfirmed data: the background re-check asks the owner.
-            await store.add_pending_confirmation(conn, user.id, course.course_id, user.name, user.email)
 
     async def _course_completed(
         self, conn: Connection, user_id: str, name: str, email: str, course: CourseCatalogEntry,
@@ -350,23 +359,31 @@ class Tracker:
     async def _recheck(self, item: store.PendingConfirmation) -> None:
         known = await store.get_course(self.pool, item.course_id)
         answer = await self.replicas.confirm(item.user_id, item.course_id, known.revision if known else 0)
+        user_id, course_id = item.user_id, item.course_id
 
         async def decide() -> None:
             async with self.pool.acquire() as conn, conn.transaction():
-                locked = await store.lock_enrollment(conn, item.user_id, item.course_id)
-                course = await store.get_course(conn, item.course_id)
+                # The learner's lock first, as completions take it (they append to the row).
+                locked = await store.lock_enrollment(conn, user_id, course_id)
+                held = await store.lock_pending_confirmation(conn, user_id, course_id)
+                if held is None:
+                    return  # settled by another process meanwhile
+                course = await store.get_course(conn, course_id)
                 if (
                     answer is not None and locked is not None and locked.status in ACTIVE
                     and course is not None and course.status == "published"
                 ):
-                    standing = domain.standing(course, await store.completed_lesson_ids(
-                        conn, item.user_id, item.course_id))
+                    standing = domain.standing(course, await store.completed_lesson_ids(conn, user_id, course_id))
+                    for lesson_id in held.lesson_ids:  # appended in completion order
+                        row = await store.get_progress(conn, user_id, lesson_id)
+                        if row is None or row.completed_at is None or domain.find_lesson(course, lesson_id) is None:
+                            continue  # reopened since (its event said so), or not in the course any more
+                        await outbox.add(conn, lesson_completed(user_id, course_id, lesson_id, row.completed_at,
+                                                                standing))
                     if standing.all_required_done:
-                        await self._course_completed(
-                            conn, item.user_id, item.user_name, item.user_email, course, locked
-                        )
-                # Decided (or nothing to decide: unenrolled, unpublished, not all done after all).
-                await store.delete_pending_confirmation(conn, item.user_id, item.course_id)
+                        await self._course_completed(conn, user_id, held.user_name, held.user_email, course, locked)
+                # Else nothing to publish: the learner has left, or the course is not published.
+                await store.delete_pending_confirmation(conn, user_id, course_id)
 
         await db.retrying(decide)
 

@@ -10,7 +10,7 @@ from typing import Any
 from services.progress import store
 from services.progress.replicas import Replicas
 from services.progress.tracking import Tracker
-from shared.events import CourseCompleted, Topic
+from shared.events import CourseCompleted, LessonCompleted, Topic
 from tests.helpers import TopicReader, eventually
 from tests.progress.conftest import Stack, course, enrollment
 
@@ -153,6 +153,7 @@ async def test_owner_unreachable_defers_course_completed_until_it_confirms(stack
 async def test_concurrent_rechecks_decide_each_deferral_once_on_the_owners_data(stack: Stack) -> None:
     tracker: Tracker = stack.runtime.extras["tracker"]
     await tracker.stop_rechecks()  # this test drives the re-checks itself
+    lessons_topic = stack.settings.topic(Topic.LESSON_COMPLETED.value)
     # s5: the replica's course has one lesson, the owner's has two: deferred, then refuted.
     await stack.catalog(course(84, [(841, True)]))
     stack.enrollment_api.courses[84] = course(84, [(841, True), (842, True)], revision=2)
@@ -160,24 +161,37 @@ async def test_concurrent_rechecks_decide_each_deferral_once_on_the_owners_data(
     # s6: replica and owner agree.
     await stack.catalog(course(85, [(851, True)]))
     await stack.enroll(enrollment("s6", 85))
-    stack.enrollment_api.down = True
-    try:
-        for user, course_id, lesson_id in (("s5", 84, 841), ("s6", 85, 851)):
-            response = await complete(stack, stack.token(user), course_id, lesson_id)
-            assert response.status_code == 200 and response.json()["data"]["confirmation_pending"] is True
-    finally:
-        stack.enrollment_api.down = False
-    assert await pending(stack, "s5") is not None and await pending(stack, "s6") is not None
+    async with TopicReader(stack.env.kafka_bootstrap, lessons_topic) as lessons:
+        stack.enrollment_api.down = True
+        try:
+            for user, course_id, lesson_id in (("s5", 84, 841), ("s6", 85, 851)):
+                response = await complete(stack, stack.token(user), course_id, lesson_id)
+                assert response.status_code == 200 and response.json()["data"]["confirmation_pending"] is True
+        finally:
+            stack.enrollment_api.down = False
+        assert await pending(stack, "s5") is not None and await pending(stack, "s6") is not None
+        # Their lesson-completed events (figures from the catalog) wait for the owner too.
+        assert int(await stack.runtime.pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE event_type = 'lesson-completed'")) == 0
 
-    # Three re-checkers at once (another process's tracker among them), on the same rows.
-    pool = stack.runtime.pool
-    other = Tracker(pool, Replicas(pool, stack.runtime.extras["enrollment_client"], 0), stack.buffer)
-    settled = await asyncio.gather(tracker.recheck_pending(), tracker.recheck_pending(), other.recheck_pending())
-    assert sum(settled) == 2
-    assert await pending(stack, "s5") is None and await pending(stack, "s6") is None
-    assert await completions(stack, "s5") == 0  # the owner's revision has a lesson still to do
-    assert await completions(stack, "s6") == 1
-    assert await stack.runtime.pool.fetchval("SELECT revision FROM courses WHERE course_id = 84") == 2
-    last = (await complete(stack, stack.token("s5"), 84, 842)).json()["data"]
-    assert last["progress_percentage"] == 100 and "confirmation_pending" not in last
-    assert await completions(stack, "s5") == 1
+        # Three re-checkers at once (another process's tracker among them), on the same rows.
+        pool = stack.runtime.pool
+        other = Tracker(pool, Replicas(pool, stack.runtime.extras["enrollment_client"], 0), stack.buffer)
+        settled = await asyncio.gather(tracker.recheck_pending(), tracker.recheck_pending(), other.recheck_pending())
+        assert sum(settled) == 2
+        assert await pending(stack, "s5") is None and await pending(stack, "s6") is None
+        assert await completions(stack, "s5") == 0  # the owner's revision has a lesson still to do
+        assert await completions(stack, "s6") == 1
+        assert await stack.runtime.pool.fetchval("SELECT revision FROM courses WHERE course_id = 84") == 2
+        last = (await complete(stack, stack.token("s5"), 84, 842)).json()["data"]
+        assert last["progress_percentage"] == 100 and "confirmation_pending" not in last
+        assert await completions(stack, "s5") == 1
+
+        async def three() -> bool:
+            return len(lessons.messages) >= 3
+
+        await eventually(three, what="the lesson-completed events")
+        figures = sorted((e.user_id, e.lesson_id, e.progress_percentage, e.total_lessons) for e in (
+            LessonCompleted.model_validate_json(m.value) for m in lessons.messages))
+        # s5's first completion is published with the owner's figures (1 of 2), not the replica's.
+        assert figures == [("s5", 841, 50, 2), ("s5", 842, 100, 2), ("s6", 851, 100, 1)]
