@@ -155,8 +155,12 @@ class Replicas:
             log.warning("confirmation of course %s r%s came without the entry", course_id, answer.revision)
             raise OwnerUnavailable()
         if answer.enrollment is not None:
-            await store.save_enrollment(self._pool, answer.enrollment)
-            self.on_enrollment(answer.enrollment)
+            held = self._enrollments.get((user_id, course_id))
+            owned = answer.enrollment
+            # What this process remembers was stored first: the row is at least that new.
+            if held is None or held[1].enrollment_id != owned.enrollment_id or held[1].revision < owned.revision:
+                await store.save_enrollment(self._pool, owned)
+                self.on_enrollment(owned)
         else:
             self._enrollments.pop((user_id, course_id), None)
         return answer
