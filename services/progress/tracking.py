@@ -258,8 +258,9 @@ class Tracker:
     ) -> Completion:
         """Decide under the learner's lock, on the newest catalog row the replica holds: after
         a confirmation, at least the owner's revision. Unconfirmed (the owner could not be
-        asked), the lesson is still recorded, but course-completed is left to the re-check,
-        and anything the replica says against the request is 503, not 403/404."""
+        asked), the lesson is still recorded, but its lesson-completed and the course decision
+        are left to the re-check, and a course not published or a lesson unknown in the
+        replica is 503 (it may only be behind), not 404."""
         async with self.pool.acquire() as conn, conn.transaction():
             course_id = course.course_id
             locked = await store.lock_enrollment(conn, user.id, course_id)
@@ -275,7 +276,8 @@ class Tracker:
             ids = await store.completed_lesson_ids(conn, user.id, course_id)
             if before is not None and before.completed and pending is None:
                 standing = domain.standing(course, ids)
-                await self._decide(conn, user, course, enrollment, standing, confirmed, None)
+                if confirmed:  # e.g. a retry after a deferred completion: decide now
+                    await self._decide(conn, user, course, enrollment, standing, True, None)
                 return Completion(before, False, standing, confirmed)
             if before is None or not before.completed:
                 # Checked under the lock: a concurrent reopen cannot slip in between.
@@ -338,23 +340,29 @@ class Tracker:
 
     # ------------------------------------------------------------ deferred decisions
     async def recheck_pending(self, limit: int = 100) -> int:
-        """Take the course-completed decisions deferred while the owner was unreachable: ask
-        it, then decide as a confirmed completion would. Rows are claimed with a lease (see
-        store.claim_pending_confirmations), so several processes share the work; a failed
-        re-check keeps its row, due again after the backoff. Returns how many were settled."""
-        claimed = await store.claim_pending_confirmations(
-            self.pool, limit, self.recheck_backoff_s, self.recheck_max_backoff_s
-        )
+        """Settle the completions deferred while the owner was unreachable: ask it, then
+        publish and decide as a confirmed completion would. Rows are claimed in batches with
+        a lease (see store.claim_pending_confirmations), so several processes share the work;
+        a failed re-check keeps its row, due again after its backoff, and the first
+        ``OwnerUnavailable`` ends the round (the rest of the batch keeps its backoff too).
+        Returns how many were settled."""
         settled = 0
-        for item in claimed:
-            try:
-                await self._recheck(item)
-                settled += 1
-            except Exception as exc:
-                log.warning("re-check of %s:%s failed (attempt %s): %r", item.user_id, item.course_id,
-                            item.attempts, exc)
-                await store.pending_confirmation_failed(self.pool, item.user_id, item.course_id, repr(exc))
-        return settled
+        while True:
+            claimed = await store.claim_pending_confirmations(
+                self.pool, limit, self.recheck_backoff_s, self.recheck_max_backoff_s
+            )
+            for item in claimed:
+                try:
+                    await self._recheck(item)
+                    settled += 1
+                except Exception as exc:
+                    log.warning("re-check of %s:%s failed (attempt %s): %r", item.user_id, item.course_id,
+                                item.attempts, exc)
+                    await store.pending_confirmation_failed(self.pool, item.user_id, item.course_id, repr(exc))
+                    if isinstance(exc, OwnerUnavailable):
+                        return settled
+            if len(claimed) < limit:
+                return settled
 
     async def _recheck(self, item: store.PendingConfirmation) -> None:
         known = await store.get_course(self.pool, item.course_id)

@@ -195,3 +195,28 @@ async def test_concurrent_rechecks_decide_each_deferral_once_on_the_owners_data(
             LessonCompleted.model_validate_json(m.value) for m in lessons.messages))
         # s5's first completion is published with the owner's figures (1 of 2), not the replica's.
         assert figures == [("s5", 841, 50, 2), ("s5", 842, 100, 2), ("s6", 851, 100, 1)]
+
+
+async def test_a_heartbeat_completes_a_lesson_only_the_owner_knows_and_a_stale_draft_is_503(stack: Stack) -> None:
+    await stack.catalog(course(86, [(861, True)]))
+    await stack.enroll(enrollment("s7", 86))
+    stack.enrollment_api.courses[86] = course(86, [(861, True), (862, True)], revision=2)
+    me = stack.token("s7")
+    beat = await stack.client.post("/api/progress", headers=me, json={
+        "course_id": 86, "lesson_id": 862, "video_progress": 12, "completed": True})
+    assert beat.status_code == 200, beat.text
+    assert beat.json()["completed"] is True
+    shown = (await stack.client.get("/api/courses/86/progress", headers=me)).json()["data"]
+    assert (shown["progress_percentage"], shown["total_lessons"]) == (50, 2)
+    assert await completions(stack, "s7") == 0
+
+    # The replica holds a draft (it is behind) and the owner cannot be asked: no decision.
+    await stack.catalog(course(87, [(871, True)]).model_copy(update={"status": "draft"}))
+    await stack.enroll(enrollment("s8", 87))
+    stack.enrollment_api.down = True
+    try:
+        refused = await complete(stack, stack.token("s8"), 87, 871)
+        assert refused.status_code == 503 and refused.json()["code"] == "service_unavailable"
+    finally:
+        stack.enrollment_api.down = False
+    assert await store.get_progress(stack.runtime.pool, "s8", 871) is None and await pending(stack, "s8") is None
