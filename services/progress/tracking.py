@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.progress import domain, store
 from services.progress.heartbeats import Entry, HeartbeatBuffer
@@ -37,6 +38,14 @@ from shared.events import (
 )
 
 log = logging.getLogger(__name__)
+
+DEFERRED = Counter(
+    "lessonstream_completions_deferred_total",
+    "Completions recorded while the enrollment service could not confirm them (decision deferred)",
+)
+RECHECKS = Counter(
+    "lessonstream_completion_rechecks_total", "Re-checks of deferred completions, by outcome", ["outcome"]
+)
 
 
 def course_not_found(course_id: int) -> ApiError:
@@ -308,6 +317,7 @@ class Tracker:
         if not confirmed:
             # Nothing that depends on the catalog leaves on unconfirmed data: the lesson's
             # lesson-completed (its figures) and the course decision wait for the re-check.
+            DEFERRED.inc()
             await store.add_pending_confirmation(
                 conn, user.id, course.course_id, user.name, user.email, newly_completed
             )
@@ -355,7 +365,9 @@ class Tracker:
                 try:
                     await self._recheck(item)
                     settled += 1
+                    RECHECKS.labels("settled").inc()
                 except Exception as exc:
+                    RECHECKS.labels("failed").inc()
                     log.warning("re-check of %s:%s failed (attempt %s): %r", item.user_id, item.course_id,
                                 item.attempts, exc)
                     await store.pending_confirmation_failed(self.pool, item.user_id, item.course_id, repr(exc))
