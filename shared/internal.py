@@ -7,7 +7,9 @@ Internal routes live under ``/internal/...`` on each service, require the shared
 from __future__ import annotations
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 
+from shared.events import CourseCatalogEntry, EnrollmentChanged
 from shared.settings import ServiceSettings
 
 INTERNAL_PREFIX = "/internal"
@@ -21,3 +23,22 @@ def internal_client(settings: ServiceSettings, base_url: str, timeout: float = 3
         timeout=httpx.Timeout(timeout, connect=1.0),
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
     )
+
+
+class CourseConfirmation(BaseModel):
+    """The owner's answer to "is my copy of this course current, and is this learner still
+    enrolled?" (enrollment's ``GET /internal/courses/{id}/confirmation``).
+
+    ``revision`` and ``status`` are the course's current ones; ``course`` is the whole
+    current entry only when it is newer than the revision the caller said it holds;
+    ``enrollment`` is the learner's current enrollment in any status (``unenrolled``
+    included), or null if they never enrolled.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    course_id: int
+    revision: int
+    status: str
+    course: CourseCatalogEntry | None = None
+    enrollment: EnrollmentChanged | None = None

@@ -18,6 +18,7 @@ from shared.auth import User
 from shared.db import Connection
 from shared.errors import ApiError, bad_request, forbidden, not_found
 from shared.events import utcnow
+from shared.internal import CourseConfirmation
 
 
 def slug_taken(slug: str) -> ApiError:
@@ -230,3 +231,23 @@ async def current_enrollment(pool: asyncpg.Pool, user_id: str, course_id: int) -
 async def any_course(pool: asyncpg.Pool, course_id: int) -> Course | None:
     async with pool.acquire() as conn:
         return await store.get_course(conn, course_id)
+
+
+async def confirmation(
+    pool: asyncpg.Pool, course_id: int, user_id: str, known_revision: int
+) -> CourseConfirmation | None:
+    """What another service needs to decide an irreversible act on current data: the course's
+    current revision (the whole course only if newer than ``known_revision``) and the
+    learner's current enrollment in any status, read in one snapshot. None: no such course."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        head = await store.course_head(conn, course_id)
+        if head is None:
+            return None
+        revision, status = head
+        course = await store.get_course(conn, course_id) if revision > known_revision else None
+        enrollment = await store.get_enrollment(conn, user_id, course_id)
+    return CourseConfirmation(
+        course_id=course_id, revision=revision, status=status,
+        course=domain.catalog_entry(course) if course is not None else None,
+        enrollment=domain.enrollment_event(enrollment) if enrollment is not None else None,
+    )

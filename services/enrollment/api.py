@@ -174,4 +174,21 @@ async def internal_enrollment(course_id: CourseId, user_id: str, _: InternalCall
     return JSONResponse(domain.enrollment_event(enrollment).model_dump(mode="json"))
 
 
+@internal.get("/courses/{course_id}/confirmation")
+async def internal_confirmation(
+    course_id: CourseId,
+    _: InternalCaller,
+    pool: DbPool,
+    user_id: Annotated[str, Query(min_length=1)],
+    revision: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+) -> JSONResponse:
+    """For progress, before it decides a completion: the course's current revision and status,
+    the whole course if newer than ``revision`` (the one the caller holds), and the learner's
+    current enrollment in any status (null if they never enrolled)."""
+    found = await actions.confirmation(pool, course_id, user_id, revision)
+    if found is None:
+        raise domain.course_not_found()
+    return JSONResponse(found.model_dump(mode="json"))
+
+
 ROUTERS = [admin, public, internal]

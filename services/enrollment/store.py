@@ -57,6 +57,12 @@ async def get_course(conn: Connection, course_id: int, *, lock: bool = False) ->
     return Course(**dict(row), lessons=[Lesson(**dict(r)) for r in lessons])
 
 
+async def course_head(conn: Connection, course_id: int) -> tuple[int, str] | None:
+    """The course's current (revision, status), without its lessons: the cheap confirmation."""
+    row = await conn.fetchrow("SELECT revision, status FROM courses WHERE id = $1", course_id)
+    return (row["revision"], row["status"]) if row is not None else None
+
+
 async def insert_course(
     conn: Connection, fields: dict[str, Any], now: datetime, event_id: UUID
 ) -> int:

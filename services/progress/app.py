@@ -40,6 +40,12 @@ class ProgressSettings(ServiceSettings):
         1.0, gt=0, le=300,
         validation_alias=AliasChoices("ANALYTICS_FOLD_INTERVAL_S", "analytics_fold_interval_s"),
     )
+    # Course-completed decisions deferred while the enrollment service was unreachable are
+    # re-checked this often; a failing one waits this long times 2**attempts (at most 60 s).
+    completion_recheck_interval_s: float = Field(
+        1.0, gt=0, le=60,
+        validation_alias=AliasChoices("COMPLETION_RECHECK_INTERVAL_S", "completion_recheck_interval_s"),
+    )
 
 
 def build_app(settings: ProgressSettings | None = None) -> FastAPI:
@@ -55,15 +61,21 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         folder = AnalyticsFolder(runtime.pool, settings.analytics_fold_interval_s)
         folder.start()
         handlers.replicas = replicas
+        interval = settings.completion_recheck_interval_s
+        tracker = Tracker(runtime.pool, replicas, buffer, recheck_backoff_s=interval)
+        tracker.start_rechecks(interval)
         runtime.extras.update(
             enrollment_client=client, replicas=replicas, heartbeats=buffer, analytics_folder=folder,
-            tracker=Tracker(runtime.pool, replicas, buffer),
+            tracker=tracker,
         )
 
     async def stop(runtime: Runtime) -> None:
         buffer: HeartbeatBuffer | None = runtime.extras.get("heartbeats")
         if buffer is not None:
             await buffer.stop()
+        tracker: Tracker | None = runtime.extras.get("tracker")
+        if tracker is not None:
+            await tracker.stop_rechecks()
         folder: AnalyticsFolder | None = runtime.extras.get("analytics_folder")
         if folder is not None:
             await folder.stop()

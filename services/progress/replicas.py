@@ -7,12 +7,18 @@ enrollment service's internal API is asked, its answer stored and trusted.
 Both are read on every heartbeat, so positive answers are also kept in process memory
 for a few seconds (``replica_cache_ttl_s``). This process's event handlers refresh the
 memory at once; a change consumed by another replica reaches it within the TTL.
+
+Decisions that cannot be undone (a lesson's percentage, course-completed) are not taken on
+the replica alone: ``confirm`` asks the owner for the course's current revision (and the
+whole entry when the replica is behind) and the learner's current enrollment, and brings
+the replica and the memory up to that before the caller decides.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import quote
 
 import asyncpg
 import httpx
@@ -20,14 +26,18 @@ import httpx
 from services.progress import store
 from shared.errors import ApiError
 from shared.events import CourseCatalogEntry, EnrollmentChanged
+from shared.internal import CourseConfirmation
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("active", "completed")
 
 
-def unavailable() -> ApiError:
-    return ApiError(503, "service_unavailable", "Enrollment data is unavailable, try again")
+class OwnerUnavailable(ApiError):
+    """The enrollment service could not be asked (unreachable, timed out, or not 200/404)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "service_unavailable", "Enrollment data is unavailable, try again")
 
 
 class Replicas:
@@ -50,21 +60,36 @@ class Replicas:
             self._remember_course(entry)
         return entry
 
-    async def _fetch_course(self, course_id: int) -> CourseCatalogEntry | None:
+    async def _ask(self, path: str, what: str) -> bytes | None:
+        """GET an internal route of the enrollment service: the body of a 200, None for a 404;
+        anything else (unreachable, timeout, another status) is ``OwnerUnavailable`` (503)."""
         try:
-            response = await self._api.get(f"/internal/courses/{course_id}")
+            response = await self._api.get(path)
         except httpx.HTTPError as exc:
-            log.warning("enrollment internal API unreachable for course %s: %r", course_id, exc)
-            raise unavailable() from exc
+            log.warning("enrollment internal API unreachable for %s: %r", what, exc)
+            raise OwnerUnavailable() from exc
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            log.warning("enrollment internal API answered %s for course %s", response.status_code, course_id)
-            raise unavailable()
-        entry = CourseCatalogEntry.model_validate_json(response.content)
+            log.warning("enrollment internal API answered %s for %s", response.status_code, what)
+            raise OwnerUnavailable()
+        return response.content
+
+    async def _fetch_course(self, course_id: int) -> CourseCatalogEntry | None:
+        body = await self._ask(f"/internal/courses/{course_id}", f"course {course_id}")
+        if body is None:
+            return None
+        entry = CourseCatalogEntry.model_validate_json(body)
         await store.save_course(self._pool, entry)
         # A newer revision may already be stored (an event won the race): read it back.
         return await store.get_course(self._pool, course_id) or entry
+
+    async def refresh_course(self, course_id: int) -> CourseCatalogEntry | None:
+        """The owner's current entry (stored, remembered), whatever the replica holds."""
+        entry = await self._fetch_course(course_id)
+        if entry is not None:
+            self._remember_course(entry)
+        return entry
 
     def on_course(self, entry: CourseCatalogEntry) -> None:
         cached = self._courses.get(entry.course_id)
@@ -91,17 +116,10 @@ class Replicas:
         return None
 
     async def _fetch_enrollment(self, user_id: str, course_id: int) -> EnrollmentChanged | None:
-        try:
-            response = await self._api.get(f"/internal/courses/{course_id}/enrollments/{user_id}")
-        except httpx.HTTPError as exc:
-            log.warning("enrollment internal API unreachable for %s:%s: %r", user_id, course_id, exc)
-            raise unavailable() from exc
-        if response.status_code == 404:
+        body = await self._ask(f"/internal/courses/{course_id}/enrollments/{user_id}", f"{user_id}:{course_id}")
+        if body is None:
             return None
-        if response.status_code != 200:
-            log.warning("enrollment internal API answered %s for %s:%s", response.status_code, user_id, course_id)
-            raise unavailable()
-        enrollment = EnrollmentChanged.model_validate_json(response.content)
+        enrollment = EnrollmentChanged.model_validate_json(body)
         await store.save_enrollment(self._pool, enrollment)
         return enrollment
 
@@ -114,3 +132,35 @@ class Replicas:
             self._enrollments[key] = (time.monotonic() + self._ttl, e)
         else:
             self._enrollments.pop(key, None)
+
+    # ------------------------------------------------------------ confirmation
+    async def confirm(self, user_id: str, course_id: int, known_revision: int) -> CourseConfirmation | None:
+        """Ask the owner for the course's current revision and the learner's enrollment, and
+        bring the replica (rows and memory) up to them. After it returns, the replica's row of
+        the course is at least at the confirmed revision and its enrollment row at least the
+        owner's current one. None: the owner has no such course. ``OwnerUnavailable`` if it
+        cannot be asked."""
+        body = await self._ask(
+            f"/internal/courses/{course_id}/confirmation?user_id={quote(user_id, safe='')}&revision={known_revision}",
+            f"confirmation of {user_id}:{course_id}",
+        )
+        if body is None:
+            return None
+        answer = CourseConfirmation.model_validate_json(body)
+        if answer.course is not None:
+            await store.save_course(self._pool, answer.course)
+            self.on_course(answer.course)
+        elif answer.revision > known_revision:
+            # The owner always sends a newer entry; without one we cannot upgrade.
+            log.warning("confirmation of course %s r%s came without the entry", course_id, answer.revision)
+            raise OwnerUnavailable()
+        if answer.enrollment is not None:
+            held = self._enrollments.get((user_id, course_id))
+            owned = answer.enrollment
+            # What this process remembers was stored first: the row is at least that new.
+            if held is None or held[1].enrollment_id != owned.enrollment_id or held[1].revision < owned.revision:
+                await store.save_enrollment(self._pool, owned)
+                self.on_enrollment(owned)
+        else:
+            self._enrollments.pop((user_id, course_id), None)
+        return answer

@@ -313,3 +313,81 @@ async def certificate_url(conn: Executor, user_id: str, course_id: int) -> str |
         "SELECT certificate_url FROM certificates WHERE user_id = $1 AND course_id = $2", user_id, course_id
     )
     return str(url) if url is not None else None
+
+
+# ---------------------------------------------------------------- pending confirmations
+
+async def add_pending_confirmation(
+    conn: Connection, user_id: str, course_id: int, name: str, email: str, lesson_id: int | None
+) -> None:
+    """A completion to confirm with the owner later (see tracking); ``lesson_id``: a lesson
+    whose lesson-completed event waits for it."""
+    await conn.execute(
+        """
+        INSERT INTO pending_confirmations AS p (user_id, course_id, user_name, user_email, lesson_ids)
+        VALUES ($1, $2, $3, $4, CASE WHEN $5::bigint IS NULL THEN '{}' ELSE ARRAY[$5::bigint] END)
+        ON CONFLICT (user_id, course_id) DO UPDATE SET
+            user_name = COALESCE(NULLIF(excluded.user_name, ''), p.user_name),
+            user_email = COALESCE(NULLIF(excluded.user_email, ''), p.user_email),
+            lesson_ids = CASE WHEN $5::bigint IS NULL OR $5::bigint = ANY(p.lesson_ids) THEN p.lesson_ids
+                              ELSE p.lesson_ids || $5::bigint END
+        """,
+        user_id, course_id, name, email, lesson_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCompletion:
+    user_name: str
+    user_email: str
+    lesson_ids: list[int]
+
+
+async def lock_pending_confirmation(conn: Connection, user_id: str, course_id: int) -> PendingCompletion | None:
+    """The pending row, locked (take the learner's enrollment lock first, as completions do)."""
+    r = await conn.fetchrow(
+        "SELECT user_name, user_email, lesson_ids FROM pending_confirmations "
+        "WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
+        user_id, course_id,
+    )
+    return PendingCompletion(r["user_name"], r["user_email"], list(r["lesson_ids"])) if r else None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingConfirmation:
+    user_id: str
+    course_id: int
+    attempts: int
+
+
+async def claim_pending_confirmations(
+    conn: Executor, limit: int, backoff_s: float, max_backoff_s: float
+) -> list[PendingConfirmation]:
+    """Up to ``limit`` due rows, each pushed ``backoff_s * 2**attempts`` (at most
+    ``max_backoff_s``) into the future in the same statement: a lease against other
+    processes (rows locked by a concurrent claim are skipped) and the retry backoff if the
+    re-check fails. A re-check that succeeds deletes its row."""
+    rows = await conn.fetch(
+        """
+        UPDATE pending_confirmations p
+        SET attempts = p.attempts + 1,
+            due_at = now() + make_interval(secs => least($2 * power(2, p.attempts), $3))
+        FROM (SELECT user_id, course_id FROM pending_confirmations WHERE due_at <= now()
+              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+        WHERE p.user_id = due.user_id AND p.course_id = due.course_id
+        RETURNING p.user_id, p.course_id, p.attempts
+        """,
+        limit, backoff_s, max_backoff_s,
+    )
+    return [PendingConfirmation(r["user_id"], r["course_id"], r["attempts"]) for r in rows]
+
+
+async def pending_confirmation_failed(conn: Executor, user_id: str, course_id: int, error: str) -> None:
+    await conn.execute(
+        "UPDATE pending_confirmations SET last_error = $3 WHERE user_id = $1 AND course_id = $2",
+        user_id, course_id, error[:500],
+    )
+
+
+async def delete_pending_confirmation(conn: Connection, user_id: str, course_id: int) -> None:
+    await conn.execute("DELETE FROM pending_confirmations WHERE user_id = $1 AND course_id = $2", user_id, course_id)

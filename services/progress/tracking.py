@@ -9,15 +9,21 @@ course-completed event (the course_completions key makes a second one impossible
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.progress import domain, store
 from services.progress.heartbeats import Entry, HeartbeatBuffer
-from services.progress.replicas import Replicas
+from services.progress.periodic import every
+from services.progress.replicas import ACTIVE, OwnerUnavailable, Replicas
 from shared import db, outbox
 from shared.auth import User
 from shared.db import Connection
@@ -31,6 +37,16 @@ from shared.events import (
     LessonReopened,
 )
 
+log = logging.getLogger(__name__)
+
+DEFERRED = Counter(
+    "lessonstream_completions_deferred_total",
+    "Completions recorded while the enrollment service could not confirm them (decision deferred)",
+)
+RECHECKS = Counter(
+    "lessonstream_completion_rechecks_total", "Re-checks of deferred completions, by outcome", ["outcome"]
+)
+
 
 def course_not_found(course_id: int) -> ApiError:
     return ApiError(404, "course_not_found", "Course not found", course_id=course_id)
@@ -40,9 +56,30 @@ def lesson_not_found(lesson_id: int) -> ApiError:
     return ApiError(404, "lesson_not_found", "Lesson not found in this course", lesson_id=lesson_id)
 
 
+def course_not_published(course_id: int) -> ApiError:
+    return ApiError(404, "course_not_found", "This course is not published", course_id=course_id)
+
+
+def _not_in_course(lesson_id: int, course_id: int) -> ApiError:
+    return bad_request(
+        "invalid_request", "Invalid or missing fields: lesson_id",
+        params={"lesson_id": f"lesson {lesson_id} is not in course {course_id}"},
+    )
+
+
 def not_enrolled(own: bool = True) -> ApiError:
     message = "You must be enrolled in this course" if own else "This learner is not enrolled in this course"
     return ApiError(403, "not_enrolled", message)
+
+
+def lesson_completed(
+    user_id: str, course_id: int, lesson_id: int, completed_at: datetime, standing: domain.CourseStanding
+) -> LessonCompleted:
+    return LessonCompleted(
+        user_id=user_id, course_id=course_id, lesson_id=lesson_id, completed_at=completed_at,
+        progress_percentage=standing.progress_percentage, completed_lessons=standing.completed_required,
+        total_lessons=standing.total_required,
+    )
 
 
 def lesson_locked(blocker: CatalogLesson) -> ApiError:
@@ -82,13 +119,24 @@ class Completion:
     row: store.ProgressRow
     newly: bool
     standing: domain.CourseStanding
+    confirmed: bool = True  # False: the owner could not be asked; course-completed is deferred
 
 
 class Tracker:
-    def __init__(self, pool: asyncpg.Pool, replicas: Replicas, buffer: HeartbeatBuffer) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        replicas: Replicas,
+        buffer: HeartbeatBuffer,
+        recheck_backoff_s: float = 1.0,
+        recheck_max_backoff_s: float = 60.0,
+    ) -> None:
         self.pool = pool
         self.replicas = replicas
         self.buffer = buffer
+        self.recheck_backoff_s = recheck_backoff_s
+        self.recheck_max_backoff_s = recheck_max_backoff_s
+        self._recheck_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ checks
     async def course(self, course_id: int) -> CourseCatalogEntry:
@@ -120,6 +168,9 @@ class Tracker:
     ) -> dict[str, Any]:
         course = await self.course(course_id)
         if domain.find_lesson(course, lesson_id) is None:
+            # The replica may be behind (a lesson added a moment ago): the owner decides.
+            course = await self.replicas.refresh_course(course_id) or course
+        if domain.find_lesson(course, lesson_id) is None:
             raise bad_request(
                 "invalid_request", "Invalid or missing fields: lesson_id",
                 params={"lesson_id": f"lesson {lesson_id} is not in course {course_id}"},
@@ -137,17 +188,22 @@ class Tracker:
         entry = await self.buffer.heartbeat(user.id, course_id, lesson_id, video_progress, last_position, client_at)
         if completed and not entry.completed:
             # Completions are written at once, with the playback merged just above.
-            done = await self._complete(user, course, enrollment, lesson_id, take_playback=True)
+            done = await self._complete(
+                user, course, enrollment, lesson_id, take_playback=True,
+                missing=lambda: _not_in_course(lesson_id, course_id),
+            )
             entry.adopt(done.row)
         return entry.as_json()
 
     # ------------------------------------------------------------ completion
     async def complete(self, user: User, course_id: int, lesson_id: int) -> tuple[str, dict[str, Any]]:
         course = await self.course(course_id)
-        if domain.find_lesson(course, lesson_id) is None:
-            raise lesson_not_found(lesson_id)
         enrollment = await self.enrollment(user.id, course_id)
-        done = await self._complete(user, course, enrollment, lesson_id, take_playback=True)
+        # The lesson is checked against the confirmed revision (in _complete_tx), not the
+        # replica's: a lesson added a moment ago is found, one removed is 404.
+        done = await self._complete(
+            user, course, enrollment, lesson_id, take_playback=True, missing=lambda: lesson_not_found(lesson_id)
+        )
         entry = self.buffer.peek(user.id, lesson_id)
         if entry is not None:
             entry.adopt(done.row)
@@ -159,7 +215,23 @@ class Tracker:
             "total_lessons": done.standing.total_required,
             "next_lesson": domain.lesson_ref(done.standing.next_lesson),
         }
+        if not done.confirmed:
+            data["confirmation_pending"] = True
         return ("Lesson marked as complete" if done.newly else "Lesson already marked as complete"), data
+
+    async def _confirm(self, user_id: str, course: CourseCatalogEntry) -> bool:
+        """Bring the replica up to the owner's current course revision and the learner's
+        enrollment (see Replicas.confirm). False if the owner cannot be asked; 404 if it has
+        no such course; 403 if the learner is no longer enrolled there."""
+        try:
+            answer = await self.replicas.confirm(user_id, course.course_id, course.revision)
+        except OwnerUnavailable:
+            return False
+        if answer is None:
+            raise course_not_found(course.course_id)
+        if answer.enrollment is None or answer.enrollment.status not in ACTIVE:
+            raise not_enrolled()
+        return True
 
     async def _complete(
         self,
@@ -168,13 +240,17 @@ class Tracker:
         enrollment: EnrollmentChanged,
         lesson_id: int,
         take_playback: bool,
+        missing: Callable[[], ApiError],
     ) -> Completion:
+        confirmed = await self._confirm(user.id, course)
         pending = self.buffer.take_pending(user.id, lesson_id) if take_playback else None
         try:
             # Locks the learner's analytics row (migration 003) as concurrent flushes do: should
             # PostgreSQL abort one of two such transactions as a deadlock, it rolled back whole,
             # so run it again.
-            return await db.retrying(lambda: self._complete_tx(user, course, enrollment, lesson_id, pending))
+            return await db.retrying(
+                lambda: self._complete_tx(user, course, enrollment, lesson_id, pending, confirmed, missing)
+            )
         except BaseException:
             self.buffer.give_back(pending)
             raise
@@ -186,49 +262,84 @@ class Tracker:
         enrollment: EnrollmentChanged,
         lesson_id: int,
         pending: store.FlushRow | None,
+        confirmed: bool,
+        missing: Callable[[], ApiError],
     ) -> Completion:
+        """Decide under the learner's lock, on the newest catalog row the replica holds: after
+        a confirmation, at least the owner's revision. Unconfirmed (the owner could not be
+        asked), the lesson is still recorded, but its lesson-completed and the course decision
+        are left to the re-check, and a course not published or a lesson unknown in the
+        replica is 503 (it may only be behind), not 404."""
         async with self.pool.acquire() as conn, conn.transaction():
-            locked = await store.lock_enrollment(conn, user.id, course.course_id)
+            course_id = course.course_id
+            locked = await store.lock_enrollment(conn, user.id, course_id)
+            if confirmed and (locked is None or locked.status not in ACTIVE):
+                raise not_enrolled()
             enrollment = locked or enrollment
+            course = await store.get_course(conn, course_id) or course
+            if course.status != "published":
+                raise course_not_published(course_id) if confirmed else OwnerUnavailable()
+            if domain.find_lesson(course, lesson_id) is None:
+                raise missing() if confirmed else OwnerUnavailable()
             before = await store.get_progress(conn, user.id, lesson_id)
+            ids = await store.completed_lesson_ids(conn, user.id, course_id)
             if before is not None and before.completed and pending is None:
-                ids = await store.completed_lesson_ids(conn, user.id, course.course_id)
-                return Completion(before, False, domain.standing(course, ids))
-            ids = await store.completed_lesson_ids(conn, user.id, course.course_id)
+                standing = domain.standing(course, ids)
+                if confirmed:  # e.g. a retry after a deferred completion: decide now
+                    await self._decide(conn, user, course, enrollment, standing, True, None)
+                return Completion(before, False, standing, confirmed)
             if before is None or not before.completed:
                 # Checked under the lock: a concurrent reopen cannot slip in between.
                 blocker = domain.lock_blocker(course, lesson_id, ids)
                 if blocker is not None:
                     raise lesson_locked(blocker)
             now = datetime.now(UTC)
-            row = await store.mark_complete(conn, user.id, course.course_id, lesson_id, now, pending)
+            row = await store.mark_complete(conn, user.id, course_id, lesson_id, now, pending)
             newly = before is None or not before.completed
             ids.add(lesson_id)
             standing = domain.standing(course, ids)
-            if newly:
-                await outbox.add(conn, LessonCompleted(
-                    user_id=user.id, course_id=course.course_id, lesson_id=lesson_id,
-                    completed_at=row.completed_at or now, progress_percentage=standing.progress_percentage,
-                    completed_lessons=standing.completed_required, total_lessons=standing.total_required,
-                ))
-                if standing.all_required_done:
-                    await self._course_completed(conn, user, course, enrollment, now)
-            return Completion(row, newly, standing)
+            if newly and confirmed:
+                completed_at = row.completed_at or now
+                await outbox.add(conn, lesson_completed(user.id, course_id, lesson_id, completed_at, standing))
+            await self._decide(conn, user, course, enrollment, standing, confirmed, lesson_id if newly else None)
+            return Completion(row, newly, standing, confirmed)
+
+    async def _decide(
+        self,
+        conn: Connection,
+        user: User,
+        course: CourseCatalogEntry,
+        enrollment: EnrollmentChanged,
+        standing: domain.CourseStanding,
+        confirmed: bool,
+        newly_completed: int | None,
+    ) -> None:
+        if not confirmed:
+            # Nothing that depends on the catalog leaves on unconfirmed data: the lesson's
+            # lesson-completed (its figures) and the course decision wait for the re-check.
+            DEFERRED.inc()
+            await store.add_pending_confirmation(
+                conn, user.id, course.course_id, user.name, user.email, newly_completed
+            )
+        elif standing.all_required_done:
+            await self._course_completed(conn, user.id, user.name, user.email, course, enrollment)
 
     async def _course_completed(
-        self, conn: Connection, user: User, course: CourseCatalogEntry, enrollment: EnrollmentChanged, now: datetime
+        self, conn: Connection, user_id: str, name: str, email: str, course: CourseCatalogEntry,
+        enrollment: EnrollmentChanged,
     ) -> None:
-        """Once per enrollment, whatever is toggled afterwards."""
-        if await store.get_completion(conn, user.id, course.course_id, enrollment.enrollment_id) is not None:
+        """Once per enrollment, whatever is toggled afterwards. ``name``/``email``: the
+        completing request's token claims, if any."""
+        if await store.get_completion(conn, user_id, course.course_id, enrollment.enrollment_id) is not None:
             return
-        own_claims = user.id == enrollment.user_id
+        own_claims = user_id == enrollment.user_id
         event = CourseCompleted(
             user_id=enrollment.user_id,
             course_id=course.course_id,
-            completed_at=now,
-            user_name=(user.name if own_claims and user.name else "") or enrollment.display_name
+            completed_at=datetime.now(UTC),
+            user_name=(name if own_claims and name else "") or enrollment.display_name
             or enrollment.username or enrollment.user_id,
-            user_email=(user.email if own_claims and user.email else "") or enrollment.email,
+            user_email=(email if own_claims and email else "") or enrollment.email,
             course_title=course.title,
             certificate_enabled=course.certificate_enabled,
             enrolled_at=enrollment.enrolled_at,
@@ -237,18 +348,98 @@ class Tracker:
         if await store.add_completion(conn, enrollment.enrollment_id, event):
             await outbox.add(conn, event)
 
+    # ------------------------------------------------------------ deferred decisions
+    async def recheck_pending(self, limit: int = 100) -> int:
+        """Settle the completions deferred while the owner was unreachable: ask it, then
+        publish and decide as a confirmed completion would. Rows are claimed in batches with
+        a lease (see store.claim_pending_confirmations), so several processes share the work;
+        a failed re-check keeps its row, due again after its backoff, and the first
+        ``OwnerUnavailable`` ends the round (the rest of the batch keeps its backoff too).
+        Returns how many were settled."""
+        settled = 0
+        while True:
+            claimed = await store.claim_pending_confirmations(
+                self.pool, limit, self.recheck_backoff_s, self.recheck_max_backoff_s
+            )
+            for item in claimed:
+                try:
+                    await self._recheck(item)
+                    settled += 1
+                    RECHECKS.labels("settled").inc()
+                except Exception as exc:
+                    RECHECKS.labels("failed").inc()
+                    log.warning("re-check of %s:%s failed (attempt %s): %r", item.user_id, item.course_id,
+                                item.attempts, exc)
+                    await store.pending_confirmation_failed(self.pool, item.user_id, item.course_id, repr(exc))
+                    if isinstance(exc, OwnerUnavailable):
+                        return settled
+            if len(claimed) < limit:
+                return settled
+
+    async def _recheck(self, item: store.PendingConfirmation) -> None:
+        known = await store.get_course(self.pool, item.course_id)
+        answer = await self.replicas.confirm(item.user_id, item.course_id, known.revision if known else 0)
+        user_id, course_id = item.user_id, item.course_id
+
+        async def decide() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # The learner's lock first, as completions take it (they append to the row).
+                locked = await store.lock_enrollment(conn, user_id, course_id)
+                held = await store.lock_pending_confirmation(conn, user_id, course_id)
+                if held is None:
+                    return  # settled by another process meanwhile
+                course = await store.get_course(conn, course_id)
+                if (
+                    answer is not None and locked is not None and locked.status in ACTIVE
+                    and course is not None and course.status == "published"
+                ):
+                    standing = domain.standing(course, await store.completed_lesson_ids(conn, user_id, course_id))
+                    for lesson_id in held.lesson_ids:  # appended in completion order
+                        row = await store.get_progress(conn, user_id, lesson_id)
+                        if row is None or row.completed_at is None or domain.find_lesson(course, lesson_id) is None:
+                            continue  # reopened since (its event said so), or not in the course any more
+                        await outbox.add(conn, lesson_completed(user_id, course_id, lesson_id, row.completed_at,
+                                                                standing))
+                    if standing.all_required_done:
+                        await self._course_completed(conn, user_id, held.user_name, held.user_email, course, locked)
+                # Else nothing to publish: the learner has left, or the course is not published.
+                await store.delete_pending_confirmation(conn, user_id, course_id)
+
+        await db.retrying(decide)
+
+    def start_rechecks(self, interval_s: float) -> None:
+        self._recheck_task = asyncio.create_task(
+            every(interval_s, self.recheck_pending, "completion re-check"), name="completion-recheck"
+        )
+
+    async def stop_rechecks(self) -> None:
+        if self._recheck_task is not None:
+            self._recheck_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recheck_task
+
     async def incomplete(self, user: User, course_id: int, lesson_id: int) -> tuple[str, dict[str, Any]]:
         course = await self.course(course_id)
-        if domain.find_lesson(course, lesson_id) is None:
-            raise lesson_not_found(lesson_id)
         await self.enrollment(user.id, course_id)
+        # The percentage returned (and published) comes from a confirmed revision: without the
+        # owner, 503 and nothing changes.
+        if not await self._confirm(user.id, course):
+            raise OwnerUnavailable()
+
         async def reopen() -> tuple[store.ProgressRow | None, domain.CourseStanding]:
             async with self.pool.acquire() as conn, conn.transaction():
-                await store.lock_enrollment(conn, user.id, course_id)
+                locked = await store.lock_enrollment(conn, user.id, course_id)
+                if locked is None or locked.status not in ACTIVE:
+                    raise not_enrolled()
+                current = await store.get_course(conn, course_id) or course
+                if current.status != "published":
+                    raise course_not_published(course_id)
+                if domain.find_lesson(current, lesson_id) is None:
+                    raise lesson_not_found(lesson_id)
                 now = datetime.now(UTC)
                 row = await store.mark_incomplete(conn, user.id, lesson_id, now)
                 ids = await store.completed_lesson_ids(conn, user.id, course_id)
-                standing = domain.standing(course, ids)
+                standing = domain.standing(current, ids)
                 if row is not None:
                     await outbox.add(conn, LessonReopened(
                         user_id=user.id, course_id=course_id, lesson_id=lesson_id, reopened_at=now,

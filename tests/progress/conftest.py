@@ -19,6 +19,7 @@ from services.progress.app import ProgressSettings, build_app
 from services.progress.heartbeats import HeartbeatBuffer
 from shared.auth import issue_token
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged, Event
+from shared.internal import CourseConfirmation
 from shared.service import Runtime
 from tests.helpers import TestEnv, app_client, eventually, produce_raw, served
 
@@ -61,14 +62,46 @@ def enrollment(
 
 @dataclass
 class EnrollmentStandIn:
-    """Answers the enrollment service's internal API contract from two dicts."""
+    """Answers the enrollment service's internal API contract from two dicts (the owner's
+    truth: ``Stack.publish`` records what it publishes here too). ``down`` answers 503."""
 
     courses: dict[int, CourseCatalogEntry] = field(default_factory=dict)
     enrollments: dict[tuple[str, int], EnrollmentChanged] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    down: bool = False
+
+    def own(self, event: Event) -> None:
+        """Hold ``event`` as the owner would, if it is newer than what is held."""
+        if isinstance(event, CourseCatalogEntry):
+            held = self.courses.get(event.course_id)
+            if held is None or held.revision <= event.revision:
+                self.courses[event.course_id] = event
+        elif isinstance(event, EnrollmentChanged):
+            key = (event.user_id, event.course_id)
+            had = self.enrollments.get(key)
+            if had is None or had.enrollment_id != event.enrollment_id or had.revision <= event.revision:
+                self.enrollments[key] = event
 
     def app(self) -> FastAPI:
         app = FastAPI()
+
+        @app.middleware("http")
+        async def outage(request: Any, call_next: Any) -> Any:
+            if self.down:
+                return JSONResponse({"code": "service_unavailable"}, status_code=503)
+            return await call_next(request)
+
+        @app.get("/internal/courses/{course_id}/confirmation")
+        async def confirmation(course_id: int, user_id: str, revision: int = 0) -> Any:
+            self.calls.append(f"confirm:{user_id}:{course_id}:{revision}")
+            found = self.courses.get(course_id)
+            if found is None:
+                return JSONResponse({"code": "course_not_found"}, status_code=404)
+            enrollment = self.enrollments.get((user_id, course_id))
+            return CourseConfirmation(
+                course_id=course_id, revision=found.revision, status=found.status,
+                course=found if found.revision > revision else None, enrollment=enrollment,
+            ).model_dump(mode="json")
 
         @app.get("/internal/courses/{course_id}")
         async def get_course(course_id: int) -> Any:
@@ -115,6 +148,7 @@ class Stack:
         return self.settings.topic(event.topic.value)
 
     async def publish(self, event: Event) -> None:
+        self.enrollment_api.own(event)
         await produce_raw(self.env.kafka_bootstrap, self.topic(event), event.model_dump_json().encode(),
                           event.key().encode())
 

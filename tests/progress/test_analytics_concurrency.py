@@ -30,16 +30,20 @@ class Rollback(Exception):
 
 async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writes(stack: Stack) -> None:
     pool = stack.runtime.pool
-    await store.save_course(pool, CourseCatalogEntry(
+    entry = CourseCatalogEntry(
         course_id=COURSE, revision=1, title="Busy", slug="busy", status="published",
         lessons=[CatalogLesson(id=lid, title=f"L{lid}", order=i + 1, duration_seconds=120)
                  for i, lid in enumerate(LESSONS)],
-    ))
+    )
+    await store.save_course(pool, entry)
+    stack.enrollment_api.own(entry)  # what completions confirm with the owner
     for n, user in enumerate(USERS + CHURN):
-        await store.save_enrollment(pool, EnrollmentChanged(
+        enrolled = EnrollmentChanged(
             user_id=user, course_id=COURSE, enrollment_id=900 + n, status="active", revision=1,
             enrolled_at=datetime(2025, 5, 1 + n, tzinfo=UTC),
-        ))
+        )
+        await store.save_enrollment(pool, enrolled)
+        stack.enrollment_api.own(enrolled)
 
     async def http_learner(user: str, seed: int) -> None:
         rng = random.Random(seed)
