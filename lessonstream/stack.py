@@ -71,6 +71,7 @@ class StackConfig:
             "PUBLIC_BASE_URL": self.gateway_url,
             "ENROLLMENT_INTERNAL_URL": f"http://127.0.0.1:{self.port('enrollment')}",
             "PROGRESS_INTERNAL_URL": f"http://127.0.0.1:{self.port('progress')}",
+            "CERTIFICATES_INTERNAL_URL": f"http://127.0.0.1:{self.port('certificates')}",
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp_port),
             "SMTP_TLS": "none",

@@ -77,6 +77,10 @@ class ServiceSettings(BaseSettings):
         "http://127.0.0.1:8101",
         validation_alias=AliasChoices("PROGRESS_INTERNAL_URL", "progress_internal_url"),
     )
+    certificates_internal_url: str = Field(
+        "http://127.0.0.1:8103",
+        validation_alias=AliasChoices("CERTIFICATES_INTERNAL_URL", "certificates_internal_url"),
+    )
     # Shared secret for service-to-service calls on the internal API.
     internal_token: str = Field(
         "lessonstream-internal-development-token",

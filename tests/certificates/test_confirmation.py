@@ -4,8 +4,10 @@ events are dead-lettered with the reason; progress being unreachable only delays
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from shared.events import DeadLetter, Topic
+from shared.events import CertificateIssued, DeadLetter, Topic
+from shared.internal import IssuedCertificate
 from tests.certificates.support import certificate_stack, completion
 from tests.certificates.test_service import wait_for_certificate
 from tests.helpers import TestEnv, TopicReader, eventually
@@ -51,6 +53,30 @@ async def test_forged_and_altered_completions_are_rejected_and_genuine_ones_issu
         assert await stack.db.fetchval("SELECT count(*) FROM certificate_identities") == 1
         assert await stack.db.fetchval("SELECT last_number FROM certificate_numbers") == 1
         assert len(letters(dead)) == len(forged)
+
+
+async def test_the_internal_api_confirms_an_issued_certificate_and_its_event(test_env: TestEnv) -> None:
+    async with certificate_stack(test_env) as stack, TopicReader(
+        test_env.kafka_bootstrap, stack.settings.topic(Topic.CERTIFICATE_ISSUED.value)
+    ) as reader:
+        await stack.publish_completion(completion("erin", name="Erin Example"))
+        data = await wait_for_certificate(stack, "erin")
+        [message] = await eventually(lambda: _messages(reader), what="certificate-issued")
+        event = CertificateIssued.model_validate_json(message.value)
+        internal = {"X-Internal-Token": stack.progress.token}
+
+        r = await stack.api.get(f"/internal/certificates/{data['certificate_id']}", headers=internal)
+        assert r.status_code == 200
+        record = IssuedCertificate.model_validate(r.json())
+        assert record.issued_event_id == event.event_id
+        assert event.model_copy(update=record.model_dump(exclude={"issued_event_id"})) == event
+        missing = await stack.api.get("/internal/certificates/CERT-1999-001", headers=internal)
+        assert missing.status_code == 404 and missing.json()["code"] == "certificate_not_found"
+        assert (await stack.api.get(f"/internal/certificates/{data['certificate_id']}")).status_code == 403
+
+
+async def _messages(reader: TopicReader) -> list[Any]:
+    return list(reader.messages)
 
 
 async def test_progress_unreachable_delays_the_certificate_and_dead_letters_nothing(test_env: TestEnv) -> None:
