@@ -39,9 +39,10 @@ def internal_client(settings: ServiceSettings, base_url: str, timeout: float = 3
 
 # What a forged course-completed could change to make a certificate or mail go astray.
 COMPLETION_FIELDS = ("user_id", "course_id", "user_email", "user_name", "course_title")
+# The links are not compared but taken from the owner: they derive from its configuration
+# (PUBLIC_BASE_URL), and a mismatch there must not dead-letter genuine mail.
 CERTIFICATE_FIELDS = (
-    "user_id", "course_id", "certificate_id", "verification_code", "student_email", "student_name",
-    "course_title", "certificate_url", "verification_url",
+    "user_id", "course_id", "certificate_id", "verification_code", "student_email", "student_name", "course_title",
 )
 
 

@@ -36,7 +36,9 @@ async def test_forged_and_altered_events_are_dead_lettered_and_mail_nobody(
             "unknown completion": completed("mallory", 999999),
             "another address": real_completion.model_copy(update={"user_email": "mallory@evil.example"}),
             "unknown certificate": certificate("mallory"),
-            "another link": real_certificate.model_copy(update={"certificate_url": "https://evil.example/x.pdf"}),
+            "another address on a certificate": real_certificate.model_copy(
+                update={"student_email": "mallory@evil.example"}
+            ),
             "copy under a new id": issued.model_copy(update={"event_id": uuid4()}),
         }
         for event in forged.values():
@@ -53,14 +55,25 @@ async def test_forged_and_altered_events_are_dead_lettered_and_mail_nobody(
         assert by_case["another address"].error.endswith("in user_email")
         assert by_case["another address"].consumer_group == "notifications-course-completed"
         assert "certificates issued no certificate 'cert-mallory-7'" in by_case["unknown certificate"].error
-        assert by_case["another link"].error.endswith("in certificate_url")
+        assert by_case["another address on a certificate"].error.endswith("in student_email")
         assert by_case["copy under a new id"].error.endswith("in event_id")
+
+        # A real event with only its link changed is mailed as the owner has it: links are
+        # the owner's to give, so the forged one never reaches the learner.
+        genuine = certificate("uma")
+        owners.register(genuine)
+        await produce_forged(test_env, genuine.model_copy(update={"certificate_url": "https://evil.example/x.pdf"}))
+        [mail] = await wait_for(lambda: smtp.to("uma@learners.example"), what="the mail with the owner's link")
+        text = mail.message.get_body(("plain",))
+        assert text is not None
+        assert "evil.example" not in text.get_content() and genuine.certificate_url in text.get_content()
 
         # Genuine mail still flows; nothing was queued or sent for the forgeries.
         await publisher.publish(completed("ok"))
         await wait_for(lambda: smtp.to("ok@learners.example"), what="a genuine completion mail")
-        assert {r.rcpt_tos[0] for r in smtp.received} == {"tom@learners.example", "ok@learners.example"}
-        assert len(await service.mail()) == 2
+        assert {r.rcpt_tos[0] for r in smtp.received} == {
+            "tom@learners.example", "uma@learners.example", "ok@learners.example"}
+        assert len(await service.mail()) == 3
         assert len(dead.messages) == len(forged)
 
 
