@@ -5,7 +5,8 @@
 1. raw: the default template rendered in a plain loop in this process (fonts warm);
 2. end to end: N course-completed events through Tansu into 1, then 2, worker processes
    (uvicorn, one render process each and the default consumers, one more than render processes),
-   timed from the first event sent to the last certificate stored (with its outbox row) in PostgreSQL.
+   timed from the first event sent to the last certificate stored (with its outbox row) in PostgreSQL;
+   the workers confirm each completion with a stand-in of progress's internal API served here.
 Prints each rate and the ratios (goal: 1 worker >= 0.8 x raw; 2 workers >= 1.8 x 1 worker
 where the machine has the cores for it).
 """
@@ -26,7 +27,9 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import uvicorn
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Response
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,14 +72,40 @@ def start_worker(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     )
 
 
+def progress_stand_in(events: dict[str, bytes]) -> FastAPI:
+    """Progress's confirmation API for the benchmark's completions: workers confirm each one."""
+    app = FastAPI()
+
+    @app.get("/internal/completions/{event_id}")
+    async def completion(event_id: str) -> Response:
+        body = events.get(event_id)
+        return Response(body, media_type="application/json") if body else Response(status_code=404)
+
+    return app
+
+
 async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float:
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench{tag}."
     database_url = with_database(pg_url, f"bench_certs_{tag}")
+    completions = [
+        CourseCompleted(
+            user_id=f"learner-{i}", course_id=1, completed_at=datetime.now(UTC), user_name=f"Learner {i}",
+            user_email=f"learner-{i}@example.com", course_title="Benchmark Course", certificate_enabled=True,
+        )
+        for i in range(n)
+    ]
+    progress_port = infra.free_port()
+    progress = uvicorn.Server(uvicorn.Config(
+        progress_stand_in({str(e.event_id): e.model_dump_json().encode() for e in completions}),
+        host="127.0.0.1", port=progress_port, log_level="warning",
+    ))
+    progress_task = asyncio.create_task(progress.serve())
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_TOPIC_PREFIX": prefix, "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
         "CERTIFICATE_RENDER_PROCESSES": "1", "LOG_LEVEL": "WARNING",
+        "PROGRESS_INTERNAL_URL": f"http://127.0.0.1:{progress_port}",
     }
     ports = [infra.free_port() for _ in range(workers)]
     procs = [start_worker(env, p) for p in ports]
@@ -101,11 +130,7 @@ async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float
         try:
             topic = prefix + Topic.COURSE_COMPLETED.value
             futures = []
-            for i in range(n):
-                event = CourseCompleted(
-                    user_id=f"learner-{i}", course_id=1, completed_at=datetime.now(UTC), user_name=f"Learner {i}",
-                    user_email=f"learner-{i}@example.com", course_title="Benchmark Course", certificate_enabled=True,
-                )
+            for event in completions:
                 futures.append(await producer.send(topic, event.model_dump_json().encode(), key=event.key().encode()))
             await asyncio.gather(*futures)
         finally:
@@ -122,6 +147,8 @@ async def end_to_end(bootstrap: str, pg_url: str, workers: int, n: int) -> float
             p.terminate()
         for p in procs:
             p.wait(20)
+        progress.should_exit = True
+        await progress_task
         admin = await asyncpg.connect(with_database(pg_url, "postgres"))
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "bench_certs_{tag}" WITH (FORCE)')

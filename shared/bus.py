@@ -10,11 +10,27 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from shared.events import COMPACTED_TOPICS, TOPIC_PARTITIONS, Topic
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+
+def broker_security(settings: ServiceSettings) -> BaseSecurity | None:
+    """FastStream's form of ``settings.kafka_client_options()`` (the same connection)."""
+    options = settings.kafka_client_options()
+    ssl_context = options.get("ssl_context")
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    if settings.kafka_security_protocol == "SSL":
+        return BaseSecurity(ssl_context=ssl_context, use_ssl=True)
+    sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    return sasl[settings.kafka_sasl_mechanism](
+        options["sasl_plain_username"], options["sasl_plain_password"],
+        ssl_context=ssl_context, use_ssl=ssl_context is not None,
+    )
 
 
 def create_broker(settings: ServiceSettings, middlewares: Sequence[Any] = ()) -> KafkaBroker:
@@ -23,6 +39,7 @@ def create_broker(settings: ServiceSettings, middlewares: Sequence[Any] = ()) ->
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
         middlewares=middlewares,
+        security=broker_security(settings),
         client_id=settings.service_name,
         acks="all",
         enable_idempotence=False,
@@ -37,6 +54,7 @@ async def admin_client(settings: ServiceSettings) -> AsyncIterator[AIOKafkaAdmin
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"{settings.service_name}-admin",
         request_timeout_ms=settings.kafka_request_timeout_ms,
+        **settings.kafka_client_options(),
     )
     await admin.start()
     try:

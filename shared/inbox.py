@@ -7,7 +7,9 @@ marker and changes nothing. Offsets are committed only after the handler returns
 
 A message that does not parse, or whose handler still fails after
 ``consumer_max_attempts`` tries, is written to the dead-letter topic (through the
-outbox, so a broker outage cannot lose it) and the consumer moves on.
+outbox, so a broker outage cannot lose it) and the consumer moves on. A handler that
+finds an event unacceptable (a forgery its owner does not confirm) raises
+``RejectedEvent``: dead-lettered at once with the reason, never retried.
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ class AlreadyApplied(Exception):
 
 class TransientError(Exception):
     """A handler's way to say "not now": retried until it succeeds, never dead-lettered."""
+
+
+class RejectedEvent(Exception):
+    """A handler's way to say "never": the event is dead-lettered at once with ``reason``.
+
+    Retrying cannot help (the owner of the data said no), so there are no further tries.
+    No inbox marker is written: a forged copy that reuses a genuine event's id must not
+    make the genuine event look applied when it arrives. A redelivered forgery is
+    dead-lettered again, which is harmless.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 # Infrastructure faults delay work but must not send a good event to the dead-letter
@@ -203,6 +219,11 @@ async def _handle_with_retries(
             await sub.handler(event, ctx)
         except AlreadyApplied:
             metrics.EVENTS_CONSUMED.labels(service, topic_label, "duplicate").inc()
+            return
+        except RejectedEvent as exc:
+            log.warning("rejected %s: %s", topic_label, exc.reason)
+            await _dead_letter(pool, settings, sub, record, raw, f"rejected: {exc.reason}", attempt, None)
+            metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
             return
         except TRANSIENT_ERRORS as exc:
             log.warning("handling %s hit a transient fault: %r; redelivering", topic_label, exc)

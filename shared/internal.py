@@ -1,4 +1,4 @@
-"""Client for the services' internal APIs (read-your-writes fallbacks).
+"""Client for the services' internal APIs (read-your-writes fallbacks, confirmations).
 
 Internal routes live under ``/internal/...`` on each service, require the shared
 ``X-Internal-Token`` header, and are never routed by the gateway.
@@ -6,10 +6,15 @@ Internal routes live under ``/internal/...`` on each service, require the shared
 
 from __future__ import annotations
 
+from datetime import datetime
+from urllib.parse import quote
+from uuid import UUID
+
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from shared.events import CourseCatalogEntry, EnrollmentChanged
+from shared.events import CertificateIssued, CourseCatalogEntry, CourseCompleted, EnrollmentChanged
+from shared.inbox import RejectedEvent, TransientError
 from shared.settings import ServiceSettings
 
 INTERNAL_PREFIX = "/internal"
@@ -42,3 +47,94 @@ class CourseConfirmation(BaseModel):
     status: str
     course: CourseCatalogEntry | None = None
     enrollment: EnrollmentChanged | None = None
+
+
+# -- confirming an event with the service that owns its data ---------------------------------
+#
+# An irreversible act (a certificate, an email) is taken on the owner's word, not on a
+# message anyone able to write to the topic could have produced: the consumer fetches the
+# owner's copy of the event and compares what matters. Unknown or different: rejected
+# (dead-lettered with the reason). Owner unreachable: transient (the message comes back).
+
+# What a forged course-completed could change to make a certificate or mail go astray.
+COMPLETION_FIELDS = ("user_id", "course_id", "user_email", "user_name", "course_title")
+# The links are not compared but taken from the owner: they derive from its configuration
+# (PUBLIC_BASE_URL), and a mismatch there must not dead-letter genuine mail.
+CERTIFICATE_FIELDS = (
+    "user_id", "course_id", "certificate_id", "verification_code", "student_email", "student_name", "course_title",
+)
+
+
+class IssuedCertificate(BaseModel):
+    """The certificates service's internal answer for one certificate."""
+
+    user_id: str
+    course_id: int
+    certificate_id: str
+    verification_code: str
+    certificate_url: str
+    verification_url: str
+    issued_at: datetime
+    course_title: str
+    student_name: str
+    student_email: str
+    issued_event_id: UUID | None = None
+
+
+async def _owner_copy(client: httpx.AsyncClient, path: str, owner: str) -> bytes | None:
+    """The owner's answer; None when it does not know the thing (404)."""
+    try:
+        response = await client.get(path)
+    except httpx.HTTPError as exc:
+        raise TransientError(f"{owner} cannot be asked right now: {exc!r}") from exc
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise TransientError(f"{owner} answered {response.status_code} to {path}")
+    return response.content
+
+
+def _differences(claimed: BaseModel, owned: BaseModel, fields: tuple[str, ...]) -> list[str]:
+    return [name for name in fields if getattr(claimed, name) != getattr(owned, name)]
+
+
+async def confirm_completion(progress: httpx.AsyncClient, claimed: CourseCompleted) -> CourseCompleted:
+    """Progress's own copy of a course-completed event (``GET /internal/completions/{id}``).
+
+    Raises ``RejectedEvent`` when progress published no such event or its copy differs in
+    who completed what (a forged or altered message), ``TransientError`` when progress
+    cannot answer. The returned event is the one to act on.
+    """
+    body = await _owner_copy(progress, f"{INTERNAL_PREFIX}/completions/{claimed.event_id}", "progress")
+    if body is None:
+        raise RejectedEvent(f"progress published no course-completed with event_id {claimed.event_id}")
+    owned = CourseCompleted.model_validate_json(body)
+    if different := _differences(claimed, owned, COMPLETION_FIELDS):
+        raise RejectedEvent(
+            f"course-completed {claimed.event_id} differs from progress's copy in {', '.join(different)}"
+        )
+    return owned
+
+
+async def confirm_certificate(certificates: httpx.AsyncClient, claimed: CertificateIssued) -> CertificateIssued:
+    """The certificates service's record behind a certificate-issued event.
+
+    ``GET /internal/certificates/{certificate_id}``: rejected when no such certificate was
+    issued, when the record differs, or when the record names another issuing event (a
+    copy of a real event under a new id, which would otherwise mail the learner again).
+    """
+    path = f"{INTERNAL_PREFIX}/certificates/{quote(claimed.certificate_id, safe='')}"
+    body = await _owner_copy(certificates, path, "certificates")
+    if body is None:
+        raise RejectedEvent(f"certificates issued no certificate {claimed.certificate_id!r}")
+    record = IssuedCertificate.model_validate_json(body)
+    owned = claimed.model_copy(update=record.model_dump(exclude={"issued_event_id"}))
+    different = _differences(claimed, owned, CERTIFICATE_FIELDS)
+    if record.issued_event_id is not None and record.issued_event_id != claimed.event_id:
+        different.append("event_id")
+    if different:
+        raise RejectedEvent(
+            f"certificate-issued {claimed.event_id} differs from the certificates service's record in "
+            + ", ".join(different)
+        )
+    return owned

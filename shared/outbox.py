@@ -102,6 +102,7 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
         enable_idempotence=False,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         linger_ms=2,
+        **settings.kafka_client_options(),
     )
 
 

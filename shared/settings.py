@@ -7,9 +7,10 @@ Development defaults work out of the box; the ones that are unsafe in production
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+import ssl
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "lessonstream-development-secret-do-not-use-in-production"
@@ -47,6 +48,19 @@ class ServiceSettings(BaseSettings):
     kafka_request_timeout_ms: int = Field(
         5000, validation_alias=AliasChoices("KAFKA_REQUEST_TIMEOUT_MS", "kafka_request_timeout_ms")
     )
+    # Who this service is to the broker. In compose each service has its own SASL user, and
+    # Kafka ACLs let it write only the topics it owns (docs/architecture.md, "Who may
+    # produce what"); PLAINTEXT without a user is the development and test default.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol")
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism")
+    )
+    kafka_sasl_username: str = Field("", validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "kafka_sasl_username"))
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "kafka_sasl_password")
+    )
     consumer_max_attempts: int = Field(
         5, ge=1, validation_alias=AliasChoices("CONSUMER_MAX_ATTEMPTS", "consumer_max_attempts")
     )
@@ -82,6 +96,10 @@ class ServiceSettings(BaseSettings):
         "http://127.0.0.1:8101",
         validation_alias=AliasChoices("PROGRESS_INTERNAL_URL", "progress_internal_url"),
     )
+    certificates_internal_url: str = Field(
+        "http://127.0.0.1:8103",
+        validation_alias=AliasChoices("CERTIFICATES_INTERNAL_URL", "certificates_internal_url"),
+    )
     # Shared secret for service-to-service calls on the internal API.
     internal_token: str = Field(
         "lessonstream-internal-development-token",
@@ -114,9 +132,24 @@ class ServiceSettings(BaseSettings):
             problems.append("JWT_SECRET must be set to a secret of at least 32 characters (or JWT_JWKS_URL)")
         if self.internal_token == "lessonstream-internal-development-token":
             problems.append("INTERNAL_TOKEN must be set")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            problems.append("KAFKA_SASL_USERNAME must be set with a SASL security protocol")
         if problems:
             raise ValueError("unsafe production settings: " + "; ".join(problems))
         return self
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection security for every aiokafka client (consumers, producers, admin)."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.endswith("SSL"):
+            options["ssl_context"] = ssl.create_default_context()
+        if self.kafka_security_protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password.get_secret_value(),
+            )
+        return options
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

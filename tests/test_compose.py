@@ -14,7 +14,7 @@ import yaml
 
 from lessonstream.infra import ROOT
 from lessonstream.stack import PROCESSES
-from shared.events import COMPACTED_TOPICS, TOPIC_PARTITIONS
+from shared.events import COMPACTED_TOPICS, TOPIC_PARTITIONS, Topic
 from shared.settings import ServiceSettings
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -134,3 +134,77 @@ def test_compose_file_names_no_path_that_does_not_exist() -> None:
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), source
+
+
+# -- Kafka authentication and ACLs ------------------------------------------------------------
+
+# Each topic's one writer (the service that owns its events); any consumer may dead-letter.
+OWNED_TOPICS: dict[str, set[Topic]] = {
+    "enrollment": {Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED},
+    "progress": {Topic.LESSON_COMPLETED, Topic.LESSON_REOPENED, Topic.COURSE_COMPLETED},
+    # The certificates API and its workers share one database, so one outbox and one principal.
+    "certificates": {Topic.CERTIFICATE_ISSUED, Topic.CERTIFICATE_REQUESTED},
+    "notifications": set(),
+}
+PRINCIPAL = {spec.name: spec.database for spec in PROCESSES}  # certificates-worker -> certificates
+
+
+def setup_script() -> str:
+    return "\n".join(SERVICES["kafka-setup"]["command"])
+
+
+def acl_lines(verb: str) -> set[tuple[str, str]]:
+    return {(m.group(1), m.group(2)) for m in re.finditer(rf"^\s*{verb} ([\w-]+) ([\w-]+)\s*$", setup_script(), re.M)}
+
+
+def test_kafka_authenticates_every_client_and_authorises_with_acls() -> None:
+    env = SERVICES["kafka"]["environment"]
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}  # no listener without authentication
+    # One user per principal in the broker's JAAS, each with its own password variable.
+    jaas = env["KAFKA_LISTENER_NAME_BROKER_PLAIN_SASL_JAAS_CONFIG"]
+    users = dict(re.findall(r'user_(\w+)="\$\{(\w+):\?', jaas))
+    assert users == {"admin": "KAFKA_ADMIN_PASSWORD",
+                     **{p: f"KAFKA_{p.upper()}_PASSWORD" for p in OWNED_TOPICS}}
+
+
+@pytest.mark.parametrize("spec", PROCESSES, ids=lambda s: s.name)
+def test_each_service_connects_as_its_own_principal(spec: Any) -> None:
+    env = SERVICES[spec.name]["environment"]
+    principal = PRINCIPAL[spec.name]
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and env["KAFKA_SASL_MECHANISM"] == "PLAIN"
+    assert env["KAFKA_SASL_USERNAME"] == principal
+    assert env["KAFKA_SASL_PASSWORD"].startswith(f"${{KAFKA_{principal.upper()}_PASSWORD:?")
+
+
+def test_each_producer_may_write_only_its_own_topics() -> None:
+    granted: dict[str, set[str]] = {}
+    for principal, topic in acl_lines("produce"):
+        granted.setdefault(principal, set()).add(topic)
+    expected = {p: {t.value for t in topics} | {Topic.DEAD_LETTER.value} for p, topics in OWNED_TOPICS.items()}
+    assert granted == expected
+    owned = [t for topics in OWNED_TOPICS.values() for t in topics]
+    assert sorted(owned) == sorted(set(TOPIC_PARTITIONS) - {Topic.DEAD_LETTER})  # one writer per topic
+    # Write is granted only through produce(), and nothing grants All or a wildcard write.
+    script = setup_script()
+    assert script.count("--operation Write") == 1
+    assert "--operation All" not in script and "--allow-principal User:*" not in script
+
+
+def test_each_consumer_may_read_what_it_subscribes_to_in_its_own_groups() -> None:
+    expected: dict[str, set[str]] = {p: set() for p in OWNED_TOPICS}
+    for spec in PROCESSES:
+        module_name, function = spec.factory.split(":")
+        app = getattr(importlib.import_module(module_name), function)()
+        for sub in app.state.runtime.spec.subscriptions:
+            expected[PRINCIPAL[spec.name]].add(sub.topic.value)
+            assert sub.consumer.startswith(PRINCIPAL[spec.name])  # covered by the prefixed group ACL
+    granted: dict[str, set[str]] = {p: set() for p in OWNED_TOPICS}
+    for principal, topic in acl_lines("consume"):
+        granted[principal].add(topic)
+    assert granted == expected
+    loop = re.search(r"for user in ([\w ]+); do groups \"\$\$user\"; see_topics", setup_script())
+    assert loop is not None and set(loop.group(1).split()) == set(OWNED_TOPICS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -17,7 +17,7 @@ from services.certificates import domain, store
 from services.certificates.app import CertificatesSettings
 from services.certificates.domain import Certificate, CompletionStatus, MissOutcome
 from services.certificates.rendering import TEMPLATES, TemplateError, default_template_source, validate_template
-from shared.auth import AdminUser, CurrentUser
+from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ApiError, bad_request, not_found
 from shared.events import CertificateRequested
 from shared.service import DbPool, runtime_of
@@ -25,6 +25,7 @@ from shared.validation import MAX_BIGINT, Text
 
 router = APIRouter(tags=["certificates"])
 public_router = APIRouter(tags=["verification"])
+internal_router = APIRouter(prefix="/internal", tags=["internal"])
 admin_router = APIRouter(prefix="/api/admin/courses/{course_id}/certificates", tags=["admin"])
 
 CourseId = Annotated[int, Path(ge=1, le=2_147_483_647, description="Course ID")]
@@ -85,16 +86,13 @@ async def get_course_certificate(
     cert = await store.get_certificate(pool, user.id, course_id)
     if cert is not None:
         return {"data": _certificate_data(cert, settings)}
-    now, retry_after = datetime.now(UTC), timedelta(seconds=settings.request_retry_s)
-    # A worker reserved the id (it is rendering), or the API handed the completion over a
-    # moment ago: pending. Past retry_after, progress is asked again and the work re-queued.
-    for started in (
-        await store.identity_reserved_at(pool, user.id, course_id),
-        await store.request_time(pool, user.id, course_id),
-    ):
-        if started is not None and not domain.request_is_stale(started, now, retry_after):
-            return _pending()
-    # Nothing here yet: the course-completed event may not have arrived. Ask progress.
+    # A worker holds a live lease (it is rendering), or the API handed the completion over a
+    # moment ago: pending. A lease that ran out (its worker died) or a stale hand-over: ask
+    # progress again and hand the work over anew; the next worker keeps the reserved identity.
+    work = await store.work_in_flight(pool, user.id, course_id)
+    if domain.is_pending(work, timedelta(seconds=settings.request_retry_s)):
+        return _pending()
+    # Nothing in flight: the course-completed event may not have arrived. Ask progress.
     status = await _ask_progress(progress, course_id, user.id)
     if status is None:
         raise ApiError(403, "not_enrolled", "You must be enrolled in this course")
@@ -112,7 +110,7 @@ async def get_course_certificate(
             user_id=user.id, course_id=course_id, reason="issue", completion=status.course_completed
         )
         async with pool.acquire() as conn, conn.transaction():
-            await store.record_request(conn, event, now)
+            await store.record_request(conn, event, work.now)
     return _pending()
 
 
@@ -167,6 +165,23 @@ async def verify(code: str, request: Request, pool: DbPool, settings: Settings) 
         platform_name=settings.platform_name,
     )
     return HTMLResponse(html, status_code=200 if cert else 404, headers={"Cache-Control": "public, max-age=60"})
+
+
+# -- internal: confirmation of certificate-issued events -----------------------------------------
+
+@internal_router.get("/certificates/{certificate_id}")
+async def issued_certificate(
+    certificate_id: Annotated[str, Path(max_length=64)], _: InternalCaller, pool: DbPool, settings: Settings
+) -> dict[str, Any]:
+    """What was issued under this id, for consumers of certificate-issued (notifications) to
+    confirm an event before they act on it."""
+    cert = await store.get_certificate_by_id(pool, certificate_id)
+    if cert is None:
+        raise not_found("certificate_not_found", "No certificate has this id")
+    return {
+        **_certificate_data(cert, settings), "user_id": cert.user_id, "student_email": cert.student_email,
+        "issued_event_id": str(cert.issued_event_id) if cert.issued_event_id else None,
+    }
 
 
 # -- admin: templates, regeneration, listing --------------------------------------------------

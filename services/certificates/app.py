@@ -35,13 +35,16 @@ class CertificatesSettings(ServiceSettings):
     request_retry_s: float = Field(
         300.0, gt=0, validation_alias=AliasChoices("CERTIFICATE_REQUEST_RETRY_S", "request_retry_s")
     )
+    # How long a worker's reservation stays its own without renewal (renewed every third of
+    # it while rendering): a killed worker's learners wait about this long, not request_retry_s.
+    lease_s: float = Field(30.0, ge=3, validation_alias=AliasChoices("CERTIFICATE_LEASE_S", "lease_s"))
     # Browser/proxy cache lifetime of the current PDF (it changes when regenerated).
     pdf_max_age_s: int = Field(300, ge=0, validation_alias=AliasChoices("CERTIFICATE_PDF_MAX_AGE_S", "pdf_max_age_s"))
 
 
 def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.certificates.app:build_app`) and tests."""
-    from services.certificates.api import admin_router, public_router, router
+    from services.certificates.api import admin_router, internal_router, public_router, router
 
     settings = settings or CertificatesSettings()
 
@@ -58,7 +61,7 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
             name="certificates",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
-            routers=[router, public_router, admin_router],
+            routers=[router, public_router, admin_router, internal_router],
             on_startup=[open_clients],
             on_shutdown=[close_clients],
         )

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from uuid import UUID
 
 from pydantic import BaseModel
 
@@ -60,6 +61,7 @@ class Certificate(BaseModel):
     completed_at: datetime
     issued_at: datetime
     current_version: int
+    issued_event_id: UUID | None = None  # the certificate-issued event (NULL before it was kept)
 
 
 class CompletionStatus(BaseModel):
@@ -87,6 +89,26 @@ def decide_on_miss(status: CompletionStatus) -> MissOutcome:
     return MissOutcome.REQUEST
 
 
-def request_is_stale(requested_at: datetime, now: datetime, retry_after: timedelta) -> bool:
-    """A handed-over completion still without a certificate is handed over again after a while."""
-    return now - requested_at >= retry_after
+@dataclass(frozen=True)
+class WorkInFlight:
+    """What the API knows of a certificate being made, all on the database's clock."""
+
+    now: datetime
+    lease_until: datetime | None  # a worker's reservation (None: none, or made before leases)
+    requested_at: datetime | None  # the API's last hand-over to the workers
+
+
+def is_pending(work: WorkInFlight, retry_after: timedelta) -> bool:
+    """Answer "pending" and wait, or (False) ask progress again and hand the work over anew.
+
+    A live lease means a worker is rendering right now. Otherwise a recent hand-over is
+    waited for, but only if it came after the last lease ran out: an older one was taken up
+    by a worker that then died, and waiting for it would leave the learner pending for
+    ``retry_after`` instead of one lease. ``retry_after`` still bounds a hand-over no worker
+    took up at all (dead-lettered before it reserved anything).
+    """
+    if work.lease_until is not None and work.lease_until > work.now:
+        return True
+    if work.requested_at is None or work.now - work.requested_at >= retry_after:
+        return False
+    return work.lease_until is None or work.requested_at > work.lease_until

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+
+import asyncpg
+import httpx
 
 from services.certificates import domain, store
 from services.certificates.rendering import Renderer, RenderJob, sha256
 from shared import outbox
 from shared.events import CertificateIssued, CertificateRequested, CourseCompleted
 from shared.inbox import EventContext
+from shared.internal import confirm_completion
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -23,11 +29,13 @@ class CertificateWorker:
     database work around it is short, and the final write is one transaction."""
 
     def __init__(
-        self, settings: ServiceSettings, renderer: Callable[[], Renderer], *,
-        signatory_name: str, signatory_title: str, platform_name: str,
+        self, settings: ServiceSettings, renderer: Callable[[], Renderer], progress: Callable[[], httpx.AsyncClient],
+        *, signatory_name: str, signatory_title: str, platform_name: str, lease_s: float,
     ) -> None:
         self._settings = settings
         self._renderer = renderer
+        self._progress = progress
+        self._lease_s = lease_s
         self._signatory_name = signatory_name
         self._signatory_title = signatory_title
         self._platform_name = platform_name
@@ -61,45 +69,81 @@ class CertificateWorker:
             template_source=template,
         )
 
-    async def _issue(self, completion: CourseCompleted, ctx: EventContext) -> None:
+    async def _issue(self, claimed: CourseCompleted, ctx: EventContext) -> None:
         pool = ctx.pool
         if (
-            not completion.certificate_enabled
+            not claimed.certificate_enabled
             or await ctx.already_applied()
-            or await store.get_certificate(pool, completion.user_id, completion.course_id) is not None
+            or await store.get_certificate(pool, claimed.user_id, claimed.course_id) is not None
         ):
             async with ctx.transaction():
                 return  # nothing to render; the event is recorded as applied
+        # A certificate is irreversible: issue it only for a completion progress confirms,
+        # with progress's values (a forged or altered event is rejected and dead-lettered).
+        completion = await confirm_completion(self._progress(), claimed)
+        if not completion.certificate_enabled:
+            async with ctx.transaction():
+                return
         identity = await store.reserve_identity(
-            pool, completion.user_id, completion.course_id, datetime.now(UTC), domain.new_verification_code
+            pool, completion.user_id, completion.course_id, datetime.now(UTC), domain.new_verification_code,
+            holder=self.identity, lease_s=self._lease_s,
         )
         template = await store.get_template(pool, completion.course_id)
         job = self._job(identity, completion.user_name, completion.course_title, completion.completed_at,
                         template.source)
-        pdf = await self._renderer().render(job)
+        async with self._leased(pool, identity):
+            pdf = await self._renderer().render(job)
+        issued_event = CertificateIssued(
+            user_id=identity.user_id,
+            course_id=identity.course_id,
+            certificate_id=identity.certificate_id,
+            verification_code=identity.verification_code,
+            certificate_url=domain.pdf_url(self._settings.public_base_url, identity.verification_code),
+            verification_url=job.verification_url,
+            issued_at=identity.issued_at,
+            course_title=completion.course_title,
+            student_name=completion.user_name,
+            student_email=completion.user_email,
+        )
         async with ctx.transaction() as conn:
             issued = await store.insert_certificate(
                 conn, identity,
                 student_name=completion.user_name, student_email=completion.user_email,
                 course_title=completion.course_title, completed_at=completion.completed_at,
-                source_event_id=completion.event_id, pdf=pdf, sha256=sha256(pdf),
-                template_revision=template.revision, rendered_by=self.identity,
+                source_event_id=completion.event_id, issued_event_id=issued_event.event_id, pdf=pdf,
+                sha256=sha256(pdf), template_revision=template.revision, rendered_by=self.identity,
             )
             if issued:
-                await outbox.add(conn, CertificateIssued(
-                    user_id=identity.user_id,
-                    course_id=identity.course_id,
-                    certificate_id=identity.certificate_id,
-                    verification_code=identity.verification_code,
-                    certificate_url=domain.pdf_url(self._settings.public_base_url, identity.verification_code),
-                    verification_url=job.verification_url,
-                    issued_at=identity.issued_at,
-                    course_title=completion.course_title,
-                    student_name=completion.user_name,
-                    student_email=completion.user_email,
-                ))
+                await outbox.add(conn, issued_event)
         if issued:
             log.info("issued %s for %s in course %d", identity.certificate_id, identity.user_id, identity.course_id)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, pool: asyncpg.Pool, identity: domain.Identity) -> AsyncIterator[None]:
+        """Keep the reservation's lease alive while the body (the render) runs.
+
+        The lease tells the API a worker is on it; if this process dies, the renewals stop
+        and the lease runs out, so the work is handed over within one lease.
+        """
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._lease_s / 3)
+                try:
+                    if not await store.renew_lease(pool, identity.user_id, identity.course_id,
+                                                   holder=self.identity, lease_s=self._lease_s):
+                        return  # another worker took the reservation over; it renews now
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # The render goes on; at worst the work is handed over once more.
+                    log.warning("could not renew the lease on %s: %r", identity.certificate_id, exc)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
 
     async def _regenerate(self, event: CertificateRequested, ctx: EventContext) -> None:
         pool = ctx.pool

@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 import asyncpg
 
-from services.certificates.domain import Certificate, Identity, certificate_number
+from services.certificates.domain import Certificate, Identity, WorkInFlight, certificate_number
 from shared import outbox
 from shared.db import Connection
 from shared.events import CertificateRequested, Event
 
 _CERT_COLUMNS = (
     "certificate_id, user_id, course_id, verification_code, student_name, student_email, "
-    "course_title, completed_at, issued_at, current_version"
+    "course_title, completed_at, issued_at, current_version, issued_event_id"
 )
 
 
@@ -32,6 +33,11 @@ async def get_certificate(conn: Connection | asyncpg.Pool, user_id: str, course_
 
 async def get_certificate_by_code(conn: Connection | asyncpg.Pool, code: str) -> Certificate | None:
     row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE verification_code = $1", code)
+    return _certificate(row)
+
+
+async def get_certificate_by_id(conn: Connection | asyncpg.Pool, certificate_id: str) -> Certificate | None:
+    row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE certificate_id = $1", certificate_id)
     return _certificate(row)
 
 
@@ -67,20 +73,24 @@ async def get_pdf(conn: Connection | asyncpg.Pool, code: str, version: int | Non
 
 
 async def reserve_identity(
-    pool: asyncpg.Pool, user_id: str, course_id: int, now: datetime, new_code: Callable[[], str]
+    pool: asyncpg.Pool, user_id: str, course_id: int, now: datetime, new_code: Callable[[], str], *,
+    holder: str, lease_s: float,
 ) -> Identity:
-    """The certificate's id and code, reserved once per (learner, course) before rendering.
+    """The certificate's id and code, reserved once per (learner, course) before rendering,
+    and leased to ``holder`` for ``lease_s`` seconds (renewed while it renders).
 
     An advisory lock on the (learner, course) pair serialises racing workers: the second
-    finds the first one's row. The per-year counter row is then locked only for this short
-    transaction, so numbers have no gaps.
+    finds the first one's row and takes the lease over, keeping the id and code (a worker
+    that died mid-render leaves its reservation to whoever gets the work next). The
+    per-year counter row is locked only for this short transaction, so numbers have no gaps.
     """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7305114))", f"{user_id}:{course_id}")
         row = await conn.fetchrow(
-            "SELECT user_id, course_id, certificate_id, verification_code, issued_at "
-            "FROM certificate_identities WHERE user_id = $1 AND course_id = $2",
-            user_id, course_id,
+            "UPDATE certificate_identities SET lease_until = now() + make_interval(secs => $3), leased_by = $4 "
+            "WHERE user_id = $1 AND course_id = $2 "
+            "RETURNING user_id, course_id, certificate_id, verification_code, issued_at",
+            user_id, course_id, lease_s, holder,
         )
         if row is None:
             sequence = await conn.fetchval(
@@ -90,20 +100,35 @@ async def reserve_identity(
                 now.year,
             )
             row = await conn.fetchrow(
-                "INSERT INTO certificate_identities (user_id, course_id, certificate_id, verification_code, issued_at) "
-                "VALUES ($1, $2, $3, $4, $5) "
+                "INSERT INTO certificate_identities (user_id, course_id, certificate_id, verification_code, issued_at, "
+                "lease_until, leased_by) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7) "
                 "RETURNING user_id, course_id, certificate_id, verification_code, issued_at",
-                user_id, course_id, certificate_number(now.year, sequence), new_code(), now,
+                user_id, course_id, certificate_number(now.year, sequence), new_code(), now, lease_s, holder,
             )
         assert row is not None
         return Identity(**dict(row))
 
 
-async def identity_reserved_at(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> datetime | None:
-    value: datetime | None = await conn.fetchval(
-        "SELECT issued_at FROM certificate_identities WHERE user_id = $1 AND course_id = $2", user_id, course_id
+async def renew_lease(pool: asyncpg.Pool, user_id: str, course_id: int, *, holder: str, lease_s: float) -> bool:
+    """Extend ``holder``'s lease; False if another worker has taken the reservation over."""
+    renewed = await pool.fetchval(
+        "UPDATE certificate_identities SET lease_until = now() + make_interval(secs => $3) "
+        "WHERE user_id = $1 AND course_id = $2 AND leased_by = $4 RETURNING true",
+        user_id, course_id, lease_s, holder,
     )
-    return value
+    return bool(renewed)
+
+
+async def work_in_flight(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> WorkInFlight:
+    """A worker's lease and the API's last hand-over for a (learner, course), on the database's clock."""
+    row = await conn.fetchrow(
+        "SELECT now() AS now, i.lease_until, r.requested_at FROM (SELECT 1) AS one "
+        "LEFT JOIN certificate_identities i ON i.user_id = $1 AND i.course_id = $2 "
+        "LEFT JOIN certificate_requests r ON r.user_id = $1 AND r.course_id = $2",
+        user_id, course_id,
+    )
+    assert row is not None
+    return WorkInFlight(now=row["now"], lease_until=row["lease_until"], requested_at=row["requested_at"])
 
 
 async def insert_certificate(
@@ -115,6 +140,7 @@ async def insert_certificate(
     course_title: str,
     completed_at: datetime,
     source_event_id: object,
+    issued_event_id: UUID,
     pdf: bytes,
     sha256: str,
     template_revision: int,
@@ -127,11 +153,12 @@ async def insert_certificate(
     """
     inserted = await conn.fetchval(
         "INSERT INTO certificates (certificate_id, user_id, course_id, verification_code, student_name, "
-        "student_email, course_title, completed_at, issued_at, source_event_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+        "student_email, course_title, completed_at, issued_at, source_event_id, issued_event_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
         "ON CONFLICT (user_id, course_id) DO NOTHING RETURNING true",
         identity.certificate_id, identity.user_id, identity.course_id, identity.verification_code,
         student_name, student_email, course_title, completed_at, identity.issued_at, source_event_id,
+        issued_event_id,
     )
     if not inserted:
         return False
@@ -177,13 +204,6 @@ async def list_versions(conn: Connection | asyncpg.Pool, certificate_id: str) ->
 
 
 # -- completions handed to the workers by the API ---------------------------------------
-
-async def request_time(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> datetime | None:
-    value: datetime | None = await conn.fetchval(
-        "SELECT requested_at FROM certificate_requests WHERE user_id = $1 AND course_id = $2", user_id, course_id
-    )
-    return value
-
 
 async def record_request(conn: Connection, event: CertificateRequested, now: datetime) -> None:
     """Remember the hand-over and queue the event, in the caller's transaction."""

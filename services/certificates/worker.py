@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
@@ -21,6 +22,7 @@ from services.certificates.handlers import CertificateWorker
 from services.certificates.rendering import Renderer, default_processes
 from shared.events import CertificateRequested, CourseCompleted, Topic
 from shared.inbox import Subscription
+from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
 COMPLETIONS_GROUP = "certificates-worker"
@@ -47,18 +49,24 @@ class WorkerSettings(CertificatesSettings):
 def build_app(settings: WorkerSettings | None = None) -> FastAPI:
     settings = settings or WorkerSettings()
     renderer = Renderer(settings.render_pool_size())
+    clients: dict[str, httpx.AsyncClient] = {}  # opened at start-up, closed at shut-down
     worker = CertificateWorker(
-        settings, lambda: renderer,
+        settings, lambda: renderer, lambda: clients["progress"],
         signatory_name=settings.signatory_name, signatory_title=settings.signatory_title,
-        platform_name=settings.platform_name,
+        platform_name=settings.platform_name, lease_s=settings.lease_s,
     )
 
     async def start_renderer(runtime: Runtime) -> None:
         runtime.extras["renderer"] = renderer
+        # Progress confirms every completion before a certificate is made from it.
+        clients["progress"] = internal_client(settings, settings.progress_internal_url)
         await renderer.start()
 
     async def stop_renderer(runtime: Runtime) -> None:
         await asyncio.to_thread(renderer.close, True)  # waits for a render in flight
+        for client in clients.values():
+            await client.aclose()
+        clients.clear()
 
     subscriptions: list[Subscription[Any]] = [
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, worker.on_course_completed, COMPLETIONS_GROUP,

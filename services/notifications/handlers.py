@@ -2,18 +2,25 @@
 
 Only the queueing happens here, in the inbox transaction, so a redelivered event is a
 no-op and the partition never waits on an SMTP server: sending is the sender loop's job.
+An email cannot be taken back, so every event is first confirmed with the service that
+owns it (progress for course-completed, certificates for certificate-issued) and the mail
+is made from the owner's copy; a forged or altered event is rejected (dead-lettered).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+
+import httpx
 
 from services.notifications import domain, store
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
 from shared.events import CertificateIssued, CourseCompleted, Topic, utcnow
 from shared.inbox import EventContext, Subscription
+from shared.internal import confirm_certificate, confirm_completion
 
 # One consumer group per topic: a rebalance on one topic does not pause the other.
 COMPLETED_CONSUMER = "notifications-course-completed"
@@ -21,9 +28,12 @@ CERTIFICATE_CONSUMER = "notifications-certificate-issued"
 
 
 class Handlers:
-    def __init__(self, settings: NotificationsSettings, sender: MailSender) -> None:
+    def __init__(
+        self, settings: NotificationsSettings, sender: MailSender, clients: Callable[[str], httpx.AsyncClient]
+    ) -> None:
         self._settings = settings
         self._sender = sender
+        self._clients = clients  # "progress" and "certificates" internal API clients
         hours = settings.mail_max_event_age_hours
         self._max_age = timedelta(hours=hours) if hours > 0 else None
 
@@ -42,10 +52,16 @@ class Handlers:
             self._sender.wake()
 
     async def on_course_completed(self, event: CourseCompleted, ctx: EventContext) -> None:
-        await self._queue(event, ctx)
+        if await ctx.already_applied():
+            async with ctx.transaction():
+                return  # a redelivery: the owner need not be asked again
+        await self._queue(await confirm_completion(self._clients("progress"), event), ctx)
 
     async def on_certificate_issued(self, event: CertificateIssued, ctx: EventContext) -> None:
-        await self._queue(event, ctx)
+        if await ctx.already_applied():
+            async with ctx.transaction():
+                return
+        await self._queue(await confirm_certificate(self._clients("certificates"), event), ctx)
 
     def subscriptions(self) -> list[Subscription[Any]]:
         return [

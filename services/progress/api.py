@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,9 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from services.progress import store
 from services.progress.domain import MAX_POSITION_SECONDS
 from services.progress.tracking import Tracker
 from shared.auth import CurrentUser, InternalCaller, current_user
+from shared.errors import not_found
 from shared.service import BareRoute
 from shared.validation import MAX_BIGINT
 
@@ -138,3 +141,12 @@ internal_router = APIRouter(prefix="/internal")
 @internal_router.get("/courses/{course_id}/learners/{user_id}/completion")
 async def completion(course_id: Id, user_id: str, _: InternalCaller, tracker: Tracked) -> Response:
     return json(await tracker.completion_status(user_id, course_id))
+
+
+@internal_router.get("/completions/{event_id}")
+async def completion_event(event_id: UUID, _: InternalCaller, tracker: Tracked) -> Response:
+    """The stored course-completed event: consumers confirm an event with it before they act."""
+    event = await store.completion_by_event_id(tracker.pool, event_id)
+    if event is None:
+        raise not_found("completion_not_found", "Progress published no course completion with this id")
+    return json(event.model_dump(mode="json"))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -284,6 +285,14 @@ async def latest_completion(conn: Executor, user_id: str, course_id: int) -> Cou
         "SELECT event FROM course_completions WHERE user_id = $1 AND course_id = $2 "
         "ORDER BY completed_at DESC LIMIT 1",
         user_id, course_id,
+    )
+    return CourseCompleted.model_validate(event) if event is not None else None
+
+
+async def completion_by_event_id(conn: Executor, event_id: UUID) -> CourseCompleted | None:
+    """The course-completed event progress published with this id, if it published one."""
+    event = await conn.fetchval(
+        "SELECT event FROM course_completions WHERE event ->> 'event_id' = $1", str(event_id)
     )
     return CourseCompleted.model_validate(event) if event is not None else None
 

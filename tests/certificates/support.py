@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -31,12 +32,16 @@ def completion(user_id: str, course_id: int = 10, *, name: str = "John Doe", ena
 
 @dataclass
 class ProgressStandIn:
-    """Serves progress's internal completion API from a dict, as the progress service would."""
+    """Serves progress's internal completion API from dicts, as the progress service would."""
 
     token: str
     completions: dict[tuple[str, int], CourseCompleted] = field(default_factory=dict)
     percentages: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Every course-completed progress published (what it stores in course_completions).
+    published: dict[UUID, CourseCompleted] = field(default_factory=dict)
     calls: int = 0
+    confirmations: int = 0
+    down: bool = False  # answer 503, as a progress service that cannot reach its database
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -57,6 +62,18 @@ class ProgressStandIn:
                 return {"completed": False, "progress_percentage": self.percentages[key], "course_completed": None}
             raise HTTPException(404)
 
+        @app.get("/internal/completions/{event_id}")
+        async def completion_event(event_id: UUID, x_internal_token: str = Header("")) -> dict[str, Any]:
+            self.confirmations += 1
+            if self.down:
+                raise HTTPException(503)
+            if x_internal_token != self.token:
+                raise HTTPException(403)
+            known = {**{e.event_id: e for e in self.completions.values()}, **self.published}
+            if event_id not in known:
+                raise HTTPException(404)
+            return known[event_id].model_dump(mode="json")
+
         return app
 
 
@@ -72,6 +89,12 @@ class Stack:
         return {"Authorization": "Bearer " + issue_token(self.settings, user_id=user_id, roles=roles)}
 
     async def publish_completion(self, event: CourseCompleted) -> None:
+        """A genuine completion: progress stored it before publishing it."""
+        self.progress.published[event.event_id] = event
+        await self.publish_forged(event)
+
+    async def publish_forged(self, event: CourseCompleted) -> None:
+        """Straight onto the topic, as anyone able to write to it could."""
         await produce_raw(self.env.kafka_bootstrap, self.settings.topic(Topic.COURSE_COMPLETED.value),
                           event.model_dump_json().encode(), key=event.key().encode())
 
@@ -97,7 +120,8 @@ async def certificate_stack(env: TestEnv, *, workers: int = 1) -> AsyncIterator[
                                 internal_token=progress.token)
         api = await stack.enter_async_context(app_client(build_app(settings)))
         for _ in range(workers):
-            worker = build_worker(worker_settings(env))
+            worker = build_worker(worker_settings(env, progress_internal_url=progress_url,
+                                                  internal_token=progress.token))
             await stack.enter_async_context(app_client(worker))
             await eventually(functools.partial(_subscribed, worker), what="worker subscribed", timeout=60)
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)

@@ -17,9 +17,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from lessonstream import infra
-from shared.events import CertificateIssued, Topic
-from tests.certificates.support import completion
-from tests.helpers import TestEnv, TopicReader, eventually
+from shared.events import CertificateIssued, CourseCompleted, Topic
+from tests.certificates.support import ProgressStandIn, completion
+from tests.helpers import TestEnv, TopicReader, eventually, served
 
 ROOT = Path(__file__).resolve().parents[2]
 LEARNERS = 300
@@ -46,6 +46,16 @@ async def test_three_workers_and_a_killed_one_issue_exactly_one_certificate_each
     test_env: TestEnv, tmp_path: Path
 ) -> None:
     database_url = test_env.database_url("scale")
+    # Progress confirms every completion before a worker issues a certificate for it.
+    progress = ProgressStandIn(token="test-internal-token")
+    completions = [completion(f"learner-{i}", 30, name=f"Learner {i}") for i in range(LEARNERS)]
+    progress.published.update((e.event_id, e) for e in completions)
+    async with served(progress.app()) as progress_url:
+        await _run(test_env, tmp_path, database_url, progress_url, progress.token, completions)
+
+
+async def _run(test_env: TestEnv, tmp_path: Path, database_url: str, progress_url: str, token: str,
+               completions: list[CourseCompleted]) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -59,6 +69,8 @@ async def test_three_workers_and_a_killed_one_issue_exactly_one_certificate_each
         "CERTIFICATE_WORKER_CONSUMERS": "2",
         "DB_POOL_MIN": "1",
         "DB_POOL_MAX": "4",
+        "PROGRESS_INTERNAL_URL": progress_url,
+        "INTERNAL_TOKEN": token,
     }
     ports = [infra.free_port() for _ in range(3)]
     workers = [start_worker(env, port, tmp_path / f"worker-{i}.log") for i, port in enumerate(ports)]
@@ -75,7 +87,7 @@ async def test_three_workers_and_a_killed_one_issue_exactly_one_certificate_each
             try:
                 topic = f"{test_env.topic_prefix}{Topic.COURSE_COMPLETED.value}"
                 sends = [await producer.send(topic, e.model_dump_json().encode(), key=e.key().encode())
-                         for e in (completion(f"learner-{i}", 30, name=f"Learner {i}") for i in range(LEARNERS))]
+                         for e in completions]
                 await asyncio.gather(*sends)
             finally:
                 await producer.stop()

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
+from fastapi import FastAPI, Header, HTTPException
 
 from services.notifications.app import NotificationsSettings, build_app
 from shared import outbox
 from shared.auth import issue_token
-from shared.events import Event
+from shared.events import CertificateIssued, CourseCompleted, Event
 from shared.service import Runtime, ServiceSpec
-from tests.helpers import TestEnv, app_client, eventually
+from tests.helpers import TestEnv, app_client, eventually, served
 from tests.notifications.smtp_server import MailServer
 
 FROM_NAME = "Lessonstream Academy"
@@ -30,6 +32,60 @@ async def smtp() -> AsyncIterator[MailServer]:
     await server.astart()
     yield server
     await server.astop()
+
+
+@dataclass
+class Owners:
+    """The internal APIs notifications confirms events with: progress's completion events and
+    the certificates service's issued certificates, as those services answer them."""
+
+    token: str = "test-internal-token"
+    url: str = ""
+    completions: dict[UUID, CourseCompleted] = field(default_factory=dict)
+    certificates: dict[str, CertificateIssued] = field(default_factory=dict)
+    down: bool = False
+
+    def register(self, event: Event) -> None:
+        """What the producing service stored when it published ``event``."""
+        if isinstance(event, CourseCompleted):
+            self.completions[event.event_id] = event
+        elif isinstance(event, CertificateIssued):
+            self.certificates[event.certificate_id] = event
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        def check(token: str) -> None:
+            if self.down:
+                raise HTTPException(503)
+            if token != self.token:
+                raise HTTPException(403)
+
+        @app.get("/internal/completions/{event_id}")
+        async def completion(event_id: UUID, x_internal_token: str = Header("")) -> dict[str, Any]:
+            check(x_internal_token)
+            if event_id not in self.completions:
+                raise HTTPException(404)
+            return self.completions[event_id].model_dump(mode="json")
+
+        @app.get("/internal/certificates/{certificate_id}")
+        async def issued(certificate_id: str, x_internal_token: str = Header("")) -> dict[str, Any]:
+            check(x_internal_token)
+            if certificate_id not in self.certificates:
+                raise HTTPException(404)
+            event = self.certificates[certificate_id]
+            return {**event.model_dump(mode="json", exclude={"event_id", "type", "version", "occurred_at"}),
+                    "issued_event_id": str(event.event_id)}
+
+        return app
+
+
+@pytest.fixture
+async def owners() -> AsyncIterator[Owners]:
+    found = Owners()
+    async with served(found.app()) as url:
+        found.url = url
+        yield found
 
 
 @dataclass
@@ -56,7 +112,7 @@ ServiceFactory = Callable[..., AbstractAsyncContextManager[Service]]
 
 
 @pytest.fixture
-def notifications(test_env: TestEnv) -> ServiceFactory:
+def notifications(test_env: TestEnv, owners: Owners) -> ServiceFactory:
     """Start the notifications service against ``smtp`` (in-process, lifespan running)."""
 
     @asynccontextmanager
@@ -72,6 +128,9 @@ def notifications(test_env: TestEnv) -> ServiceFactory:
             "mail_retry_max_s": 0.5,
             "mail_poll_interval_s": 0.2,
             "mail_max_attempts": 40,
+            "progress_internal_url": owners.url,
+            "certificates_internal_url": owners.url,
+            "internal_token": owners.token,
         }
         values.update(overrides)
         settings = test_env.settings(NotificationsSettings, database="notifications", **values)
@@ -92,15 +151,19 @@ def notifications(test_env: TestEnv) -> ServiceFactory:
 @dataclass
 class Publisher:
     runtime: Runtime
+    owners: Owners
 
     async def publish(self, *events: Event) -> None:
-        """Events written through the outbox in one transaction, as a producing service does."""
+        """Events written through the outbox in one transaction, as a producing service does
+        (which also keeps what it published, so that consumers can confirm it)."""
+        for event in events:
+            self.owners.register(event)
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             await outbox.add_many(conn, list(events))
 
 
 @pytest.fixture
-async def publisher(test_env: TestEnv, tmp_path: Path) -> AsyncIterator[Publisher]:
+async def publisher(test_env: TestEnv, tmp_path: Path, owners: Owners) -> AsyncIterator[Publisher]:
     migrations = tmp_path / "publisher_migrations"
     migrations.mkdir()
     runtime = Runtime(
@@ -111,7 +174,7 @@ async def publisher(test_env: TestEnv, tmp_path: Path) -> AsyncIterator[Publishe
         )
     )
     await runtime.start()
-    yield Publisher(runtime)
+    yield Publisher(runtime, owners)
     await runtime.stop()
 
 
