@@ -7,6 +7,7 @@ import importlib
 import inspect
 import re
 import typing
+import uuid
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from lessonstream.infra import ROOT
 from lessonstream.stack import PROCESSES
 from shared.events import COMPACTED_TOPICS, TOPIC_PARTITIONS, Topic
+from shared.outbox import marker_topic
 from shared.settings import ServiceSettings
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -206,5 +208,16 @@ def test_each_consumer_may_read_what_it_subscribes_to_in_its_own_groups() -> Non
     for principal, topic in acl_lines("consume"):
         granted[principal].add(topic)
     assert granted == expected
-    loop = re.search(r"for user in ([\w ]+); do groups \"\$\$user\"; see_topics", setup_script())
+    loop = re.search(r"for user in ([\w ]+); do groups \"\$\$user\"; see_topics \"\$\$user\"; "
+                     r"relay_marker \"\$\$user\"; done", setup_script())
     assert loop is not None and set(loop.group(1).split()) == set(OWNED_TOPICS)
+
+
+def test_every_relay_may_create_its_marker_topic_and_nothing_else() -> None:
+    script = setup_script()
+    assert script.count("--operation Create") == 1
+    grant = re.search(r"relay_marker\(\) \{ (.*) \}", script)
+    assert grant is not None
+    assert "--resource-pattern-type prefixed --topic lessonstream-relay." in grant.group(1)
+    name = marker_topic(ServiceSettings(), uuid.uuid4())
+    assert name.startswith("lessonstream-relay.")
