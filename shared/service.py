@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -37,19 +37,22 @@ from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[["Runtime"], Awaitable[None]]
+S = TypeVar("S")
 
 
 @dataclass
-class ServiceSpec:
+class ServiceSpec(Generic[S]):
     name: str
     settings: ServiceSettings
     migrations: Path
     routers: list[APIRouter] = field(default_factory=list)
     subscriptions: list[Subscription[Any]] = field(default_factory=list)
     publishes: list[Topic] = field(default_factory=list)  # documented in /asyncapi.json
-    on_startup: list[Hook] = field(default_factory=list)
-    on_shutdown: list[Hook] = field(default_factory=list)
+    # The service's own live objects (clients, buffers, background loops) as one typed
+    # value: opened once the pool and the relay are up and before any subscriber starts,
+    # closed after the subscribers have stopped (see ``Runtime.start`` and ``stop``).
+    open_state: Callable[[Runtime[S]], Awaitable[S]] | None = None
+    close_state: Callable[[S], Awaitable[None]] | None = None
     title: str = ""
     # (method, route template) whose successful requests get no access-log line: the
     # heartbeat path would write thousands a second. Metrics still count them; errors log.
@@ -59,11 +62,12 @@ class ServiceSpec:
     migration_component: str = ""
 
 
-class Runtime:
+class Runtime(Generic[S]):
     """The live resources of one service process, shared with routes via ``app.state``."""
 
-    def __init__(self, spec: ServiceSpec) -> None:
+    def __init__(self, spec: ServiceSpec[S]) -> None:
         self.spec = spec
+        self._state: S | None = None
         self.settings = spec.settings
         self._pool: asyncpg.Pool | None = None
         invalid = invalid_message_middleware(spec.settings, lambda: self.pool, spec.subscriptions)
@@ -72,7 +76,6 @@ class Runtime:
         self.broker_started = False
         self._broker_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
-        self.extras: dict[str, Any] = {}
         for sub in spec.subscriptions:
             subscribe(self.broker, spec.settings, lambda: self.pool, sub)
         for topic in spec.publishes:
@@ -88,19 +91,26 @@ class Runtime:
             raise RuntimeError("database pool is not open")
         return self._pool
 
-    async def start(self) -> None:
-        """Database, relay, the service's own start hooks, then (in the background) subscribers.
+    @property
+    def state(self) -> S:
+        """The service's own objects (``ServiceSpec.open_state``), once the runtime has started."""
+        if self._state is None:
+            raise RuntimeError(f"{self.spec.name} has no state: not started, or it has none")
+        return self._state
 
-        Hooks run before any subscriber can deliver an event, so handlers always find what
-        the hooks set up; ``stop`` undoes it in the reverse order.
+    async def start(self) -> None:
+        """Database, relay, the service's own state, then (in the background) subscribers.
+
+        The state is opened before any subscriber can deliver an event, so handlers always
+        find it; ``stop`` undoes it all in the reverse order.
         """
         s = self.settings
         component = self.spec.migration_component or self.spec.name
         await db.migrate_service(s.database_url, component, self.spec.migrations)
         self._pool = await db.create_pool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         await self.relay.start()
-        for hook in self.spec.on_startup:
-            await hook(self)
+        if self.spec.open_state is not None:
+            self._state = await self.spec.open_state(self)
         # Kafka may come up after us: subscribers start in the background, the API serves now.
         self._broker_task = asyncio.create_task(self._start_broker(), name="broker-start")
         if self.spec.subscriptions:
@@ -135,8 +145,8 @@ class Runtime:
             await asyncio.sleep(3600)
 
     async def stop(self) -> None:
-        """Subscribers first (no event arrives at a half-stopped service), then the hooks,
-        the relay (which may still publish what the hooks wrote), and the pool."""
+        """Subscribers first (no event arrives at a half-stopped service), then the state,
+        the relay (which may still publish what closing the state wrote), and the pool."""
         for task in (self._broker_task, self._prune_task):
             if task is not None:
                 task.cancel()
@@ -144,11 +154,12 @@ class Runtime:
                     await task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.broker.stop(), 10)
-        for hook in reversed(self.spec.on_shutdown):
+        state, self._state = self._state, None
+        if state is not None and self.spec.close_state is not None:
             try:
-                await hook(self)
+                await self.spec.close_state(state)
             except Exception:
-                log.exception("a stop hook failed")
+                log.exception("closing the service's state failed")
         await self.relay.stop()
         if self._pool is not None:
             with contextlib.suppress(Exception):
@@ -232,7 +243,7 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-def create_app(spec: ServiceSpec) -> FastAPI:
+def create_app(spec: ServiceSpec[Any]) -> FastAPI:
     configure_logging(spec.name, spec.settings.log_level)
     runtime = Runtime(spec)
 
@@ -274,9 +285,17 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     return app
 
 
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+def runtime_of(request: Request) -> Runtime[Any]:
+    runtime: Runtime[Any] = request.app.state.runtime
     return runtime
+
+
+def state_of(request: Request, kind: type[S]) -> S:
+    """The service's typed state (``ServiceSpec.open_state``) for a route."""
+    state = runtime_of(request).state
+    if not isinstance(state, kind):
+        raise TypeError(f"the service's state is {type(state).__name__}, not {kind.__name__}")
+    return state
 
 
 def _pool(request: Request) -> asyncpg.Pool:

@@ -226,7 +226,7 @@ async def test_heartbeat_while_the_database_is_away_is_503_and_buffers_nothing(t
                 stand_in.courses[7] = course(7, [(71, True), (72, True)])
                 stand_in.enrollments[("learner-1", 7)] = enrollment("learner-1", 7)
                 beat = {"course_id": 7, "lesson_id": 71, "video_progress": 10, "last_position": 10}
-                buffer: HeartbeatBuffer = app.state.runtime.extras["heartbeats"]
+                buffer: HeartbeatBuffer = app.state.runtime.state.heartbeats
 
                 await proxy.cut()
                 response = await client.post("/api/progress", json=beat)

@@ -11,6 +11,7 @@ import asyncio
 import functools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -54,15 +55,15 @@ class Receiver:
             )
 
 
-async def start_pair(test_env: TestEnv, receiver: Receiver) -> tuple[Runtime, Runtime]:
-    sender = Runtime(
+async def start_pair(test_env: TestEnv, receiver: Receiver) -> tuple[Runtime[Any], Runtime[Any]]:
+    sender: Runtime[None] = Runtime(
         ServiceSpec(
             name="sender",
             settings=test_env.settings(database="sender", service_name="sender"),
             migrations=FIXTURES / "sender_migrations",
         )
     )
-    consumer = Runtime(
+    consumer: Runtime[None] = Runtime(
         ServiceSpec(
             name="receiver",
             settings=test_env.settings(database="receiver", service_name="receiver", consumer_max_attempts=3),
@@ -78,11 +79,11 @@ async def start_pair(test_env: TestEnv, receiver: Receiver) -> tuple[Runtime, Ru
     return sender, consumer
 
 
-async def _ready(runtime: Runtime) -> bool:
+async def _ready(runtime: Runtime[Any]) -> bool:
     return runtime.broker_started
 
 
-async def applied_rows(runtime: Runtime) -> dict[tuple[str, int], int]:
+async def applied_rows(runtime: Runtime[Any]) -> dict[tuple[str, int], int]:
     rows = await runtime.pool.fetch("SELECT user_id, lesson_id, times FROM applied")
     return {(r["user_id"], r["lesson_id"]): r["times"] for r in rows}
 
@@ -153,7 +154,7 @@ async def test_writes_continue_while_broker_is_paused_and_nothing_is_lost(test_e
         await sender.stop()
 
 
-async def _has(runtime: Runtime, user: str, lesson: int) -> bool:
+async def _has(runtime: Runtime[Any], user: str, lesson: int) -> bool:
     return (user, lesson) in await applied_rows(runtime)
 
 
@@ -199,7 +200,7 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
 
 
 async def test_state_change_and_event_roll_back_together(test_env: TestEnv) -> None:
-    runtime = Runtime(
+    runtime: Runtime[None] = Runtime(
         ServiceSpec(
             name="sender", settings=test_env.settings(database="sender"), migrations=FIXTURES / "sender_migrations"
         )
@@ -226,7 +227,7 @@ async def test_old_applied_markers_are_pruned_and_recent_ones_kept(test_env: Tes
 
     from shared.inbox import prune
 
-    runtime = Runtime(
+    runtime: Runtime[None] = Runtime(
         ServiceSpec(
             name="receiver", settings=test_env.settings(database="receiver"),
             migrations=FIXTURES / "receiver_migrations",
@@ -290,11 +291,11 @@ async def test_a_database_restart_delays_events_but_loses_and_repeats_none(
         return REGISTRY.get_sample_value("lessonstream_events_consumed_total", labels) or 0.0
 
     receiver = Receiver()
-    sender = Runtime(ServiceSpec(
+    sender: Runtime[None] = Runtime(ServiceSpec(
         name="sender", migrations=FIXTURES / "sender_migrations",
         settings=test_env.settings(database_url=with_database(server.url, "sender"), service_name="sender"),
     ))
-    consumer = Runtime(ServiceSpec(
+    consumer: Runtime[None] = Runtime(ServiceSpec(
         name="receiver", migrations=FIXTURES / "receiver_migrations",
         settings=test_env.settings(database_url=with_database(server.url, "receiver"), service_name="receiver"),
         subscriptions=[Subscription(Topic.LESSON_COMPLETED, LessonCompleted, receiver.on_lesson_completed, "receiver")],

@@ -36,20 +36,20 @@ def completion(user_id: str, lesson_id: int) -> LessonCompleted:
     )
 
 
-def sender(test_env: TestEnv, bootstrap: str | None = None, **overrides: Any) -> Runtime:
+def sender(test_env: TestEnv, bootstrap: str | None = None, **overrides: Any) -> Runtime[Any]:
     settings: ServiceSettings = test_env.settings(database="sender", service_name="sender", **overrides)
     if bootstrap is not None:
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
     return Runtime(ServiceSpec(name="sender", settings=settings, migrations=FIXTURES / "sender_migrations"))
 
 
-async def write(runtime: Runtime, events: list[LessonCompleted]) -> None:
+async def write(runtime: Runtime[Any], events: list[LessonCompleted]) -> None:
     async with runtime.pool.acquire() as conn, conn.transaction():
         for event in events:
             await outbox.add(conn, event)
 
 
-async def pending(runtime: Runtime) -> int:
+async def pending(runtime: Runtime[Any]) -> int:
     count: int = await runtime.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
     return count
 
@@ -202,7 +202,7 @@ async def _at_least(messages: list[object], n: int) -> bool:
     return len(messages) >= n
 
 
-async def _relay_checked(runtime: Runtime) -> bool:
+async def _relay_checked(runtime: Runtime[Any]) -> bool:
     return runtime.relay._checked_generation >= 0
 
 

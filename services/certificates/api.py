@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -20,7 +21,7 @@ from services.certificates.rendering import TEMPLATES, TemplateError, default_te
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ApiError, bad_request, not_found
 from shared.events import CertificateRequested
-from shared.service import DbPool, runtime_of
+from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT, Text
 
 router = APIRouter(tags=["certificates"])
@@ -36,9 +37,18 @@ def _settings(request: Request) -> CertificatesSettings:
     return settings
 
 
+@dataclass
+class CertificatesState:
+    """What the certificates API runs on: its client of progress's internal API."""
+
+    progress: httpx.AsyncClient
+
+    async def close(self) -> None:
+        await self.progress.aclose()
+
+
 def _progress(request: Request) -> httpx.AsyncClient:
-    client: httpx.AsyncClient = runtime_of(request).extras["progress"]
-    return client
+    return state_of(request, CertificatesState).progress
 
 
 Settings = Annotated[CertificatesSettings, Depends(_settings)]

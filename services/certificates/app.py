@@ -44,17 +44,15 @@ class CertificatesSettings(ServiceSettings):
 
 def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.certificates.app:build_app`) and tests."""
-    from services.certificates.api import admin_router, internal_router, public_router, router
+    from services.certificates.api import CertificatesState, admin_router, internal_router, public_router, router
 
     settings = settings or CertificatesSettings()
 
-    async def open_clients(runtime: Runtime) -> None:
-        runtime.extras["progress"] = internal_client(settings, settings.progress_internal_url)
+    async def open_state(runtime: Runtime[CertificatesState]) -> CertificatesState:
+        return CertificatesState(internal_client(settings, settings.progress_internal_url))
 
-    async def close_clients(runtime: Runtime) -> None:
-        client = runtime.extras.pop("progress", None)
-        if client is not None:
-            await client.aclose()
+    async def close_state(state: CertificatesState) -> None:
+        await state.close()
 
     return create_app(
         ServiceSpec(
@@ -62,7 +60,7 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
             routers=[router, public_router, admin_router, internal_router],
-            on_startup=[open_clients],
-            on_shutdown=[close_clients],
+            open_state=open_state,
+            close_state=close_state,
         )
     )

@@ -10,6 +10,7 @@ different partitions at once and feed the render pool.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,27 +47,39 @@ class WorkerSettings(CertificatesSettings):
         return self.consumers or self.render_pool_size() + 1
 
 
+@dataclass
+class WorkerState:
+    renderer: Renderer
+    progress: httpx.AsyncClient  # progress confirms every completion before it is certified
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.renderer.close, True)  # waits for a render in flight
+        await self.progress.aclose()
+
+
 def build_app(settings: WorkerSettings | None = None) -> FastAPI:
     settings = settings or WorkerSettings()
-    renderer = Renderer(settings.render_pool_size())
-    clients: dict[str, httpx.AsyncClient] = {}  # opened at start-up, closed at shut-down
+    opened: list[WorkerState] = []  # the running state, for the handlers
+
+    def running() -> WorkerState:
+        return opened[-1]
+
     worker = CertificateWorker(
-        settings, lambda: renderer, lambda: clients["progress"],
+        settings, lambda: running().renderer, lambda: running().progress,
         signatory_name=settings.signatory_name, signatory_title=settings.signatory_title,
         platform_name=settings.platform_name, lease_s=settings.lease_s,
     )
 
-    async def start_renderer(runtime: Runtime) -> None:
-        runtime.extras["renderer"] = renderer
-        # Progress confirms every completion before a certificate is made from it.
-        clients["progress"] = internal_client(settings, settings.progress_internal_url)
+    async def open_state(runtime: Runtime[WorkerState]) -> WorkerState:
+        renderer = Renderer(settings.render_pool_size())
         await renderer.start()
+        state = WorkerState(renderer, internal_client(settings, settings.progress_internal_url))
+        opened.append(state)
+        return state
 
-    async def stop_renderer(runtime: Runtime) -> None:
-        await asyncio.to_thread(renderer.close, True)  # waits for a render in flight
-        for client in clients.values():
-            await client.aclose()
-        clients.clear()
+    async def close_state(state: WorkerState) -> None:
+        opened.remove(state)
+        await state.close()
 
     subscriptions: list[Subscription[Any]] = [
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, worker.on_course_completed, COMPLETIONS_GROUP,
@@ -81,7 +94,7 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
             migrations=Path(__file__).parent / "migrations",
             migration_component="certificates",  # same database and migrations as the API
             subscriptions=subscriptions,
-            on_startup=[start_renderer],
-            on_shutdown=[stop_renderer],
+            open_state=open_state,
+            close_state=close_state,
         )
     )

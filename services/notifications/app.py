@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI
 
 from services.notifications.api import router
-from services.notifications.handlers import Handlers
+from services.notifications.handlers import Handlers, Owners
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
 from shared.internal import internal_client
@@ -17,24 +17,39 @@ from shared.service import Runtime, ServiceSpec, create_app
 __all__ = ["NotificationsSettings", "build_app"]
 
 
+@dataclass
+class NotificationsState:
+    sender: MailSender
+    owners: Owners
+
+    async def close(self) -> None:
+        await self.sender.stop()
+        await self.owners.close()
+
+
 def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.notifications.app:build_app`) and tests."""
     settings = settings or NotificationsSettings()
     sender = MailSender(settings)
-    clients: dict[str, httpx.AsyncClient] = {}  # the owners' internal APIs, open while running
-    handlers = Handlers(settings, sender, clients.__getitem__)
+    opened: list[NotificationsState] = []  # the running state, for the handlers
 
-    async def start_sender(runtime: Runtime) -> None:
-        clients["progress"] = internal_client(settings, settings.progress_internal_url)
-        clients["certificates"] = internal_client(settings, settings.certificates_internal_url)
+    def owners() -> Owners:
+        return opened[-1].owners
+
+    handlers = Handlers(settings, sender, owners)
+
+    async def open_state(runtime: Runtime[NotificationsState]) -> NotificationsState:
+        state = NotificationsState(sender, Owners(
+            progress=internal_client(settings, settings.progress_internal_url),
+            certificates=internal_client(settings, settings.certificates_internal_url),
+        ))
         await sender.start(runtime.pool)
-        runtime.extras["mail_sender"] = sender
+        opened.append(state)
+        return state
 
-    async def stop_sender(runtime: Runtime) -> None:
-        await sender.stop()
-        for client in clients.values():
-            await client.aclose()
-        clients.clear()
+    async def close_state(state: NotificationsState) -> None:
+        opened.remove(state)
+        await state.close()
 
     return create_app(
         ServiceSpec(
@@ -43,7 +58,7 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             migrations=Path(__file__).parent / "migrations",
             routers=[router],
             subscriptions=handlers.subscriptions(),
-            on_startup=[start_sender],
-            on_shutdown=[stop_sender],
+            open_state=open_state,
+            close_state=close_state,
         )
     )

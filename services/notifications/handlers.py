@@ -10,6 +10,7 @@ is made from the owner's copy; a forged or altered event is rejected (dead-lette
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -27,13 +28,25 @@ COMPLETED_CONSUMER = "notifications-course-completed"
 CERTIFICATE_CONSUMER = "notifications-certificate-issued"
 
 
+@dataclass
+class Owners:
+    """Clients of the internal APIs of the services whose events are mailed."""
+
+    progress: httpx.AsyncClient
+    certificates: httpx.AsyncClient
+
+    async def close(self) -> None:
+        await self.progress.aclose()
+        await self.certificates.aclose()
+
+
 class Handlers:
     def __init__(
-        self, settings: NotificationsSettings, sender: MailSender, clients: Callable[[str], httpx.AsyncClient]
+        self, settings: NotificationsSettings, sender: MailSender, owners: Callable[[], Owners]
     ) -> None:
         self._settings = settings
         self._sender = sender
-        self._clients = clients  # "progress" and "certificates" internal API clients
+        self._owners = owners  # open while the service runs
         hours = settings.mail_max_event_age_hours
         self._max_age = timedelta(hours=hours) if hours > 0 else None
 
@@ -55,13 +68,13 @@ class Handlers:
         if await ctx.already_applied():
             async with ctx.transaction():
                 return  # a redelivery: the owner need not be asked again
-        await self._queue(await confirm_completion(self._clients("progress"), event), ctx)
+        await self._queue(await confirm_completion(self._owners().progress, event), ctx)
 
     async def on_certificate_issued(self, event: CertificateIssued, ctx: EventContext) -> None:
         if await ctx.already_applied():
             async with ctx.transaction():
                 return
-        await self._queue(await confirm_certificate(self._clients("certificates"), event), ctx)
+        await self._queue(await confirm_certificate(self._owners().certificates, event), ctx)
 
     def subscriptions(self) -> list[Subscription[Any]]:
         return [

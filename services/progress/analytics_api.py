@@ -7,26 +7,17 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from services.progress import analytics, analytics_histogram, analytics_store
 from services.progress.analytics_histogram import LessonFigures
 from services.progress.analytics_store import LearnerFigures
-from services.progress.api import Id, json
-from services.progress.tracking import Tracker
+from services.progress.api import Id, Tracked, json
 from shared.auth import CurrentUser
 from shared.db import Connection
 from shared.errors import bad_request, forbidden
 from shared.events import CourseCatalogEntry
 from shared.service import DbPool
-
-
-async def _tracker(request: Request) -> Tracker:
-    tracker: Tracker = request.app.state.runtime.extras["tracker"]
-    return tracker
-
-
-Tracked = Annotated[Tracker, Depends(_tracker)]
 
 router = APIRouter(prefix="/api/admin")
 

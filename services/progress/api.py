@@ -14,10 +14,10 @@ from starlette.types import Receive, Scope, Send
 
 from services.progress import store
 from services.progress.domain import MAX_POSITION_SECONDS
-from services.progress.tracking import Tracker
+from services.progress.tracking import ProgressState, Tracker
 from shared.auth import CurrentUser, InternalCaller, current_user
 from shared.errors import not_found
-from shared.service import BareRoute
+from shared.service import BareRoute, state_of
 from shared.validation import MAX_BIGINT
 
 Position = Annotated[float, Field(ge=0, le=MAX_POSITION_SECONDS, allow_inf_nan=False)]
@@ -52,8 +52,7 @@ class ProgressIn(BaseModel):
 
 
 async def _tracker(request: Request) -> Tracker:
-    tracker: Tracker = request.app.state.runtime.extras["tracker"]
-    return tracker
+    return state_of(request, ProgressState).tracker
 
 
 Tracked = Annotated[Tracker, Depends(_tracker)]
@@ -93,7 +92,7 @@ class HeartbeatEndpoint:
             heartbeat = ProgressIn.model_validate_json(body)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False), body=body) from exc
-        tracker: Tracker = request.app.state.runtime.extras["tracker"]
+        tracker = state_of(request, ProgressState).tracker
         at = heartbeat.client_timestamp
         record = await tracker.record(
             user, heartbeat.course_id, heartbeat.lesson_id, heartbeat.completed, heartbeat.video_progress,

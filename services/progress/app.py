@@ -13,7 +13,7 @@ from services.progress.api import heartbeat_route, internal_router, router
 from services.progress.handlers import Handlers
 from services.progress.heartbeats import HeartbeatBuffer
 from services.progress.replicas import Replicas
-from services.progress.tracking import Tracker
+from services.progress.tracking import ProgressState, Tracker
 from shared.events import CertificateIssued, CourseCatalogEntry, EnrollmentChanged, Topic
 from shared.inbox import Subscription
 from shared.internal import internal_client
@@ -53,7 +53,7 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
     settings = settings or ProgressSettings()
     handlers = Handlers()
 
-    async def start(runtime: Runtime) -> None:
+    async def open_state(runtime: Runtime[ProgressState]) -> ProgressState:
         client = internal_client(settings, settings.enrollment_internal_url)
         replicas = Replicas(runtime.pool, client, settings.replica_cache_ttl_s)
         buffer = HeartbeatBuffer(runtime.pool, settings.heartbeat_flush_interval_s)
@@ -64,24 +64,10 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         interval = settings.completion_recheck_interval_s
         tracker = Tracker(runtime.pool, replicas, buffer, recheck_backoff_s=interval)
         tracker.start_rechecks(interval)
-        runtime.extras.update(
-            enrollment_client=client, replicas=replicas, heartbeats=buffer, analytics_folder=folder,
-            tracker=tracker,
-        )
+        return ProgressState(client, replicas, buffer, folder, tracker)
 
-    async def stop(runtime: Runtime) -> None:
-        buffer: HeartbeatBuffer | None = runtime.extras.get("heartbeats")
-        if buffer is not None:
-            await buffer.stop()
-        tracker: Tracker | None = runtime.extras.get("tracker")
-        if tracker is not None:
-            await tracker.stop_rechecks()
-        folder: AnalyticsFolder | None = runtime.extras.get("analytics_folder")
-        if folder is not None:
-            await folder.stop()
-        client = runtime.extras.get("enrollment_client")
-        if client is not None:
-            await client.aclose()
+    async def close_state(state: ProgressState) -> None:
+        await state.close()
 
     app = create_app(
         ServiceSpec(
@@ -99,8 +85,8 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
                     Topic.CERTIFICATE_ISSUED, CertificateIssued, handlers.on_certificate, "progress-certificates"
                 ),
             ],
-            on_startup=[start],
-            on_shutdown=[stop],
+            open_state=open_state,
+            close_state=close_state,
         )
     )
     app.router.routes.insert(0, heartbeat_route)  # matched first: POST /api/progress, see api.HeartbeatEndpoint

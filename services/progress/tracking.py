@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
 from prometheus_client import Counter
 
 from services.progress import domain, store
+from services.progress.analytics_folder import AnalyticsFolder
 from services.progress.heartbeats import Entry, HeartbeatBuffer
 from services.progress.periodic import every
 from services.progress.replicas import ACTIVE, OwnerUnavailable, Replicas
@@ -534,3 +536,21 @@ class Tracker:
             "progress_percentage": domain.standing(course, ids).progress_percentage,
             "course_completed": completion.model_dump(mode="json") if completion else None,
         }
+
+
+@dataclass
+class ProgressState:
+    """What one progress process runs on, opened by the composition root (``app.py``)."""
+
+    enrollment_client: httpx.AsyncClient
+    replicas: Replicas
+    heartbeats: HeartbeatBuffer
+    analytics_folder: AnalyticsFolder
+    tracker: Tracker
+
+    async def close(self) -> None:
+        """Flush the heartbeats first: their last flush needs the pool, still open."""
+        await self.heartbeats.stop()
+        await self.tracker.stop_rechecks()
+        await self.analytics_folder.stop()
+        await self.enrollment_client.aclose()

@@ -40,8 +40,8 @@ class Service:
     env: TestEnv
 
     @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
+    def runtime(self) -> Runtime[Any]:
+        runtime: Runtime[Any] = self.app.state.runtime
         return runtime
 
     @property

@@ -90,7 +90,7 @@ async def owners() -> AsyncIterator[Owners]:
 
 @dataclass
 class Service:
-    runtime: Runtime
+    runtime: Runtime[Any]
     client: httpx.AsyncClient
     settings: NotificationsSettings
 
@@ -137,7 +137,7 @@ def notifications(test_env: TestEnv, owners: Owners) -> ServiceFactory:
         app = build_app(settings)
         token = issue_token(settings, user_id="admin-1", name="Admin", roles=["admin"])
         async with app_client(app, token) as client:
-            runtime: Runtime = app.state.runtime
+            runtime: Runtime[Any] = app.state.runtime
 
             async def subscribed() -> bool:
                 return runtime.broker_started
@@ -150,7 +150,7 @@ def notifications(test_env: TestEnv, owners: Owners) -> ServiceFactory:
 
 @dataclass
 class Publisher:
-    runtime: Runtime
+    runtime: Runtime[Any]
     owners: Owners
 
     async def publish(self, *events: Event) -> None:
@@ -166,7 +166,7 @@ class Publisher:
 async def publisher(test_env: TestEnv, tmp_path: Path, owners: Owners) -> AsyncIterator[Publisher]:
     migrations = tmp_path / "publisher_migrations"
     migrations.mkdir()
-    runtime = Runtime(
+    runtime: Runtime[None] = Runtime(
         ServiceSpec(
             name="publisher",
             settings=test_env.settings(database="publisher", service_name="publisher"),

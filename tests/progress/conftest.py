@@ -131,13 +131,13 @@ class Stack:
     enrollment_api: EnrollmentStandIn
 
     @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
+    def runtime(self) -> Runtime[Any]:
+        runtime: Runtime[Any] = self.app.state.runtime
         return runtime
 
     @property
     def buffer(self) -> HeartbeatBuffer:
-        buffer: HeartbeatBuffer = self.runtime.extras["heartbeats"]
+        buffer: HeartbeatBuffer = self.runtime.state.heartbeats
         return buffer
 
     def token(self, user_id: str, *roles: str, name: str = "", email: str = "") -> dict[str, str]:
@@ -184,7 +184,7 @@ async def stack(test_env: TestEnv) -> AsyncIterator[Stack]:
     async with served(stand_in.app()) as url:
         settings, app = await start_stack(test_env, stand_in, url)
         async with app_client(app) as client:
-            runtime: Runtime = app.state.runtime
+            runtime: Runtime[Any] = app.state.runtime
 
             async def subscribed() -> bool:
                 return runtime.broker_started

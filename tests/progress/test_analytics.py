@@ -274,7 +274,7 @@ async def test_lesson_figures_equal_the_records_pending_and_folded(
             assert await from_histograms() == scratch
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", FOLD_LOCK)
-    folder: AnalyticsFolder = stack.runtime.extras["analytics_folder"]
+    folder: AnalyticsFolder = stack.runtime.state.analytics_folder
     await folder.fold()
     async with pool.acquire() as conn:
         assert await analytics_store.pending_deltas(conn) == 0

@@ -103,7 +103,7 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
             await db.retrying(save)
             await asyncio.sleep(0)
 
-    folder: AnalyticsFolder = stack.runtime.extras["analytics_folder"]
+    folder: AnalyticsFolder = stack.runtime.state.analytics_folder
     running = True
 
     async def folding() -> None:

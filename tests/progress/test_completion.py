@@ -308,13 +308,13 @@ async def test_replica_miss_asks_the_enrollment_service_and_trusts_it(stack: Sta
 
 
 async def test_enrollment_service_down_is_503_not_403(stack: Stack) -> None:
-    stack.runtime.extras["replicas"]._api = _unreachable_client()
+    stack.runtime.state.replicas._api = _unreachable_client()
     try:
         response = await stack.client.post("/api/progress", headers=stack.token("x"),
                                            json={"course_id": 70, "lesson_id": 1})
         assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
     finally:
-        await stack.runtime.extras["replicas"]._api.aclose()
+        await stack.runtime.state.replicas._api.aclose()
 
 
 def _unreachable_client() -> Any:

@@ -141,7 +141,7 @@ async def test_owner_unreachable_defers_course_completed_until_it_confirms(stack
 
         await eventually(published, what="course-completed on the topic")
         # One more decision attempt changes nothing.
-        tracker: Tracker = stack.runtime.extras["tracker"]
+        tracker: Tracker = stack.runtime.state.tracker
         await tracker.recheck_pending()
         assert await completions(stack, "s4") == 1
         assert len(topic.messages) == 1
@@ -151,7 +151,7 @@ async def test_owner_unreachable_defers_course_completed_until_it_confirms(stack
 
 
 async def test_concurrent_rechecks_decide_each_deferral_once_on_the_owners_data(stack: Stack) -> None:
-    tracker: Tracker = stack.runtime.extras["tracker"]
+    tracker: Tracker = stack.runtime.state.tracker
     await tracker.stop_rechecks()  # this test drives the re-checks itself
     lessons_topic = stack.settings.topic(Topic.LESSON_COMPLETED.value)
     # s5: the replica's course has one lesson, the owner's has two: deferred, then refuted.
@@ -176,7 +176,7 @@ async def test_concurrent_rechecks_decide_each_deferral_once_on_the_owners_data(
 
         # Three re-checkers at once (another process's tracker among them), on the same rows.
         pool = stack.runtime.pool
-        other = Tracker(pool, Replicas(pool, stack.runtime.extras["enrollment_client"], 0), stack.buffer)
+        other = Tracker(pool, Replicas(pool, stack.runtime.state.enrollment_client, 0), stack.buffer)
         settled = await asyncio.gather(tracker.recheck_pending(), tracker.recheck_pending(), other.recheck_pending())
         assert sum(settled) == 2
         assert await pending(stack, "s5") is None and await pending(stack, "s6") is None

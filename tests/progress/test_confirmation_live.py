@@ -36,7 +36,7 @@ class Live:
 
     @property
     def pool(self) -> Any:
-        runtime: Runtime = self.progress_app.state.runtime
+        runtime: Runtime[Any] = self.progress_app.state.runtime
         return runtime.pool
 
     @property
@@ -96,7 +96,7 @@ async def live(test_env: TestEnv) -> AsyncIterator[Live]:
                                               replica_cache_ttl_s=5.0)
         progress_app = build_progress(progress_settings)
         async with app_client(progress_app) as progress, httpx.AsyncClient(base_url=url, timeout=30) as enrollment:
-            runtimes: list[Runtime] = [enrollment_app.state.runtime, progress_app.state.runtime]
+            runtimes: list[Runtime[Any]] = [enrollment_app.state.runtime, progress_app.state.runtime]
 
             async def subscribed() -> bool:
                 return all(r.broker_started for r in runtimes)
