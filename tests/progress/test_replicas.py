@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from services.progress import domain
+from services.progress import store as progress_store
 from services.progress.app import build_app
 from tests.helpers import app_client, eventually
 from tests.progress.conftest import Stack, course, enrollment
@@ -51,7 +52,8 @@ async def watch(stack: Stack, clients: list[httpx.AsyncClient], route: Callable[
                 seconds: float) -> tuple[float, float, float]:
     """Heartbeats paced by the clock for ``seconds``, each sent where ``route`` says; every
     few, a read from the same process checks it shows what it acknowledged and nothing
-    older than the database. Returns (first sent, last answered, last position)."""
+    older than the database. Returns (first sent, last answered, last position): the
+    position is the seconds since the first, and its client timestamp first + position."""
     me = stack.token("u1")
     started = time.time()
     i = 0
@@ -103,8 +105,12 @@ async def settled(stack: Stack, clients: list[httpx.AsyncClient]) -> dict[str, A
 
 
 async def check_time_spent(stack: Stack, clients: list[httpx.AsyncClient], route: Callable[[int], int],
-                           seconds: float) -> tuple[float, dict[str, Any]]:
+                           seconds: float, late: Callable[[float, float], Awaitable[None]] | None = None,
+                           ) -> tuple[float, dict[str, Any]]:
     started, answered, position = await watch(stack, clients, route, seconds)
+    if late is not None:
+        await late(started, position)
+        answered = time.time()  # the server took those as watching too (within their playback)
     agreed = await settled(stack, clients)
     watched = answered - started  # the learner watched within this span of wall-clock time
     assert agreed["stored"] <= watched + 1e-6, (agreed, watched)
@@ -115,22 +121,48 @@ async def check_time_spent(stack: Stack, clients: list[httpx.AsyncClient], route
 
 async def test_alternating_replicas_credit_the_wall_clock_once(two: tuple[Stack, list[httpx.AsyncClient]]) -> None:
     stack, clients = two
-    position, agreed = await check_time_spent(stack, clients, lambda i: i % 2, 12.0)
-
-    # A late heartbeat (older client timestamp) sent to either process never moves the
-    # position back, even where that process's own last position was older still.
     me = stack.token("u1")
-    for client, back in ((clients[1], 0.1), (clients[0], 0.1), (clients[1], position - 1.0)):
-        late = position - back
-        at = datetime.fromtimestamp(time.time() - back - 0.5, UTC)  # stamped before the newest reading
-        response = await client.post("/api/progress", headers=me, json={
-            "course_id": COURSE, "lesson_id": LESSON, "video_progress": late, "last_position": late,
-            "client_timestamp": (at.replace(microsecond=0) if back > 1 else at).isoformat(),
-        })
-        assert response.status_code == 200
+
+    async def late(started: float, position: float, back: float = 0.1) -> None:
+        """A reading taken ``back`` s before the newest, sent to the other process: the
+        newest went to process 0, process 1's own last one is older still (0.25 s)."""
+        for client in (clients[1], clients[0]):
+            response = await client.post("/api/progress", headers=me, json={
+                "course_id": COURSE, "lesson_id": LESSON, "video_progress": position - back,
+                "last_position": position - back,
+                "client_timestamp": datetime.fromtimestamp(started + position - back, UTC).isoformat(),
+            })
+            assert response.status_code == 200
+
+    position, agreed = await check_time_spent(stack, clients, lambda i: i % 2, 12.0, late)
+    assert agreed["last_position"] == position
+    # Once both have flushed and read, much older readings change nothing either.
+    await late(time.time() - position, position, back=position - 1.0)
     again = await settled(stack, clients)
     assert again["last_position"] == position and again["video_progress"] == position
     assert again["stored"] >= agreed["stored"]
+
+
+async def test_the_flush_moves_a_position_only_for_a_newer_reading(stack: Stack) -> None:
+    """The SQL rule, as replicas flushing in any order meet it: client timestamps when both
+    have one, else server receive times."""
+    await stack.catalog(course(COURSE, [(LESSON, True)]))
+    pool = stack.runtime.pool
+    t = time.time()
+
+    async def flush(position: float, client_at: float | None, seen: float) -> float:
+        at = datetime.fromtimestamp(client_at, UTC) if client_at is not None else None
+        rows = await progress_store.flush_heartbeats(pool, [progress_store.FlushRow(
+            "u9", COURSE, LESSON, position, position, at, datetime.fromtimestamp(seen, UTC), (),
+            datetime.fromtimestamp(seen, UTC))])
+        return rows[0].last_position
+
+    assert await flush(50.0, t, t) == 50.0
+    assert await flush(40.0, t - 1, t + 5) == 50.0  # older client timestamp, received later: stays
+    assert await flush(60.0, t + 1, t - 5) == 60.0  # newer client timestamp, received earlier: moves
+    assert await flush(30.0, None, t - 10) == 60.0  # no timestamp, received before the stored one
+    assert await flush(20.0, None, t + 10) == 20.0  # no timestamp, received after: a seek back
+    assert await flush(25.0, t + 0.5, t + 9) == 20.0  # no longer newer than what is stored
 
 
 async def test_randomly_routed_replicas_credit_the_wall_clock_once(two: tuple[Stack, list[httpx.AsyncClient]]) -> None:
