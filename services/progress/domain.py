@@ -207,6 +207,12 @@ def credit(
     return Credit(added, clip(tuple(kept), watermark), watermark)
 
 
+def uncovered(stored: Intervals, until: float | None, fresh: Intervals) -> float:
+    """``credit(stored, until, fresh).added`` for normalized ``fresh``, without building the
+    union: what a heartbeat answer adds to the stored time spent (a linear sweep)."""
+    return length(difference(clip(fresh, until), stored))
+
+
 def flat(intervals: Intervals) -> list[float]:
     """As stored: [start, end, start, end, ...]."""
     return [bound for interval in intervals for bound in interval]

@@ -67,11 +67,16 @@ class Entry:
 
     @classmethod
     def of(cls, row: store.ProgressRow) -> Entry:
-        seen = row.position_seen_at or row.updated_at  # records older than migration 004 have no seen time
+        seen = _ts(row.position_seen_at)
+        if seen is None:
+            # Never played (or written before migration 004): time spent counts from the last
+            # write, on this clock at the latest, so that a database clock ahead of ours does
+            # not make the first heartbeat look older than the position.
+            seen = min(row.updated_at.timestamp(), time.time())
         return cls(
             row.id, row.user_id, row.course_id, row.lesson_id, row.completed, row.completed_at,
             row.created_at, row.updated_at,
-            domain.Playback(row.video_progress, row.last_position, _ts(row.position_at), seen.timestamp()),
+            domain.Playback(row.video_progress, row.last_position, _ts(row.position_at), seen),
             row.time_spent_seconds, row.credited, row.credited_until,
             touched=time.monotonic(),
         )
@@ -119,7 +124,7 @@ class Entry:
         """The stored time plus what the pending intervals will add to it."""
         if not self.pending:
             return self.stored_time
-        return self.stored_time + domain.credit(self.stored_credited, self.stored_until, self.pending).added
+        return self.stored_time + domain.uncovered(self.stored_credited, self.stored_until, self.pending)
 
     def as_json(self) -> dict[str, Any]:
         p = self.playback

@@ -68,6 +68,7 @@ def test_credit_adds_only_the_uncovered_part_after_the_watermark(
     expected = domain.length(domain.union(stored, domain.clip(fresh, until))) - domain.length(stored)
     assert abs(c.added - expected) <= EPS
     assert 0 <= c.added <= domain.length(fresh) + EPS
+    assert abs(domain.uncovered(stored, until, fresh) - c.added) <= EPS  # what answers show before a flush
     # Idempotent: the same intervals again add nothing.
     again = domain.credit(c.intervals, c.until, fresh)
     assert again.added <= EPS

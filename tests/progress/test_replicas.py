@@ -79,8 +79,9 @@ async def watch(stack: Stack, clients: list[httpx.AsyncClient], route: Callable[
             # Sticky reads see the write just acknowledged; no read is behind the database.
             before = await stored(stack)
             mine = await record(target, me)
-            assert mine["last_position"] == position
-            assert mine["time_spent_seconds"] >= round(before["time_spent_seconds"]) >= shown - 1
+            assert mine["last_position"] == position, (mine, position)
+            assert mine["time_spent_seconds"] >= round(before["time_spent_seconds"]), (mine, dict(before))
+            assert mine["time_spent_seconds"] >= shown, (mine, shown)  # never less than it showed before
             shown = mine["time_spent_seconds"]
         i += 1
     return started, last_answered, position
