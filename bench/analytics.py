@@ -327,7 +327,9 @@ async def bench_write_path(url: str, repeat: int) -> None:
         leave the histograms behind the records)."""
         batch = sorted(rng.sample(list(keys), 1000), key=lambda r: (r["user_id"], r["lesson_id"]))
         now = datetime.now(UTC)
-        rows = [store.FlushRow(r["user_id"], COURSE_ID, r["lesson_id"], 100.0, 100.0, now, 5.0, now) for r in batch]
+        watched = ((now.timestamp() - 5.0, now.timestamp()),)  # the last 5 s
+        rows = [store.FlushRow(r["user_id"], COURSE_ID, r["lesson_id"], 100.0, 100.0, now, now, watched, now)
+                for r in batch]
         tx = conn.transaction()
         await tx.start()
         t = time.perf_counter()

@@ -67,8 +67,11 @@ PGBENCH_SCRIPT = r"""
 \set l random(1, 20)
 \set pos random(0, 3600)
 INSERT INTO lesson_progress AS p
-    (user_id, course_id, lesson_id, video_progress, last_position, position_at, time_spent_seconds, updated_at)
-VALUES ('pg' || :u, 1, :l, :pos, :pos, now(), 5, now())""" + store.FLUSH_ON_CONFLICT.rstrip() + ";\n"
+    (user_id, course_id, lesson_id, video_progress, last_position, position_at, position_seen_at,
+     time_spent_seconds, credited, updated_at)
+VALUES ('pg' || :u, 1, :l, :pos, :pos, now(), now(), 5,
+        ARRAY[extract(epoch FROM now()) - 5, extract(epoch FROM now())]::float8[], now())""" + \
+    store.FLUSH_ON_CONFLICT.rstrip() + ";\n"
 
 
 def pgbench_binary() -> str:

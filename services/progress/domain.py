@@ -1,4 +1,4 @@
-"""Progress rules, free of I/O: states, heartbeat merging, time spent, percentages, locking."""
+"""Progress rules, free of I/O: states, heartbeat merging, credited time, percentages, locking."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def progress_state(exists: bool, completed: bool, video_progress: float, last_po
 
 
 def time_increment(prev_position: float, prev_seen_at: float | None, position: float, seen_at: float) -> float:
-    """Seconds to add between two accepted heartbeats.
+    """Seconds of watching between two accepted heartbeats of one process.
 
     Playback actually covered (forward movement of the position), never more than the
     wall-clock time that passed: a tab left open, or a jump forward, adds nothing extra.
@@ -41,15 +41,25 @@ def time_increment(prev_position: float, prev_seen_at: float | None, position: f
     return min(covered, wall)
 
 
+def position_newer(
+    client_at: float | None, seen_at: float | None, held_client_at: float | None, held_seen_at: float | None
+) -> bool:
+    """Whether a position read at (client timestamp, server receive time) may replace the one
+    held. Client timestamps decide when both have one; otherwise server receive times do
+    (arrival order, on any replica). The SQL of the flush applies the same rule."""
+    if client_at is not None and held_client_at is not None:
+        return client_at >= held_client_at
+    return held_seen_at is None or (seen_at is not None and seen_at >= held_seen_at)
+
+
 @dataclass(slots=True)
 class Playback:
     """The position part of one learner-lesson record, as the heartbeat merge sees it."""
 
     video_progress: float = 0.0
     last_position: float = 0.0
-    position_at: float | None = None  # client timestamp (epoch s) behind the position, if any
-    seen_at: float | None = None  # server time (epoch s) of the last accepted heartbeat
-    time_spent: float = 0.0
+    position_at: float | None = None  # latest client timestamp (epoch s) behind the position, if any
+    seen_at: float | None = None  # server time (epoch s) of the heartbeat that set the position
 
 
 def merge_heartbeat(
@@ -58,16 +68,17 @@ def merge_heartbeat(
     last_position: float | None,
     client_at: float | None,
     now: float,
-) -> float:
-    """Apply one heartbeat to ``state`` in place; returns the seconds of time spent it added.
+) -> float | None:
+    """Apply one heartbeat to ``state`` in place.
 
-    A heartbeat stamped earlier than the position we hold arrived late: it changes
-    nothing. Without a client timestamp, arrival order decides (a learner may seek back).
+    Returns None when the heartbeat is not taken (it carries no position, or it is older
+    than the position held: see ``position_newer``), else the seconds of watching it
+    credits: ``credited_interval`` places them on the server's clock.
     """
-    if client_at is not None and state.position_at is not None and client_at < state.position_at:
-        return 0.0
     if video_progress is None and last_position is None:
-        return 0.0
+        return None
+    if not position_newer(client_at, now, state.position_at, state.seen_at):
+        return None
     new_video = state.video_progress if video_progress is None else video_progress
     new_last = state.last_position if last_position is None else last_position
     # Time spent follows the playback position (video_progress when sent, else last_position).
@@ -79,8 +90,138 @@ def merge_heartbeat(
     if client_at is not None:
         state.position_at = client_at if state.position_at is None else max(state.position_at, client_at)
     state.seen_at = now
-    state.time_spent += added
     return added
+
+
+# ---------------------------------------------------------------- credited wall-clock time
+#
+# Time spent is the length of a union of wall-clock intervals (epoch seconds on the
+# servers' clocks): the moments some replica saw the learner watching. Each replica
+# credits, per pair of its own heartbeats, the interval that ends at the later one and is
+# as long as ``time_increment``; the database keeps, per record, the union of the recent
+# intervals and adds only what a flush brings that is not in it yet. Two replicas that
+# saw the same seconds therefore credit them once. Intervals older than a horizon fold
+# into a watermark (``credited_until``) before which nothing is credited any more.
+# The SQL function ``progress_credit`` (migration 004) is the same algorithm as ``credit``.
+
+Interval = tuple[float, float]
+Intervals = tuple[Interval, ...]
+
+CREDIT_HORIZON_S = 300.0  # stored intervals ending this long before the latest one fold into the watermark
+CREDIT_MAX_INTERVALS = 16  # at most this many stored (and pending) intervals per record
+
+
+def credited_interval(added: float, now: float) -> Interval:
+    """Where ``added`` seconds of watching credited at ``now`` lie: just before it (the
+    playback that moved the position happened before the heartbeat that reports it)."""
+    return (now - added, now)
+
+
+def normalize(intervals: Iterable[Interval]) -> Intervals:
+    """Sorted, disjoint, non-empty: overlapping and touching intervals merged."""
+    merged: list[Interval] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
+def union(a: Intervals, b: Intervals) -> Intervals:
+    return normalize((*a, *b))
+
+
+def length(intervals: Intervals) -> float:
+    return sum(end - start for start, end in intervals)
+
+
+def clip(intervals: Intervals, since: float | None) -> Intervals:
+    """The parts at or after ``since`` (all of them when None)."""
+    if since is None:
+        return intervals
+    return tuple((max(start, since), end) for start, end in intervals if end > since)
+
+
+def difference(a: Intervals, b: Intervals) -> Intervals:
+    """The parts of ``a`` (normalized) outside ``b`` (normalized)."""
+    out: list[Interval] = []
+    j = 0
+    for start, end in a:
+        while j < len(b) and b[j][1] <= start:
+            j += 1
+        k = j
+        cursor = start
+        while k < len(b) and b[k][0] < end:
+            if b[k][0] > cursor:
+                out.append((cursor, b[k][0]))
+            cursor = max(cursor, b[k][1])
+            k += 1
+        if cursor < end:
+            out.append((cursor, end))
+    return tuple(out)
+
+
+def add_pending(pending: Intervals, interval: Interval, max_count: int = CREDIT_MAX_INTERVALS) -> Intervals:
+    """One replica's intervals since its last flush, with one more. Beyond ``max_count``
+    (only when flushes keep failing while a learner pauses and plays) the shortest are
+    dropped: time spent may then miss a few seconds, it never gains any."""
+    merged = union(pending, (interval,))
+    if len(merged) <= max_count:
+        return merged
+    by_length = sorted(range(len(merged)), key=lambda i: (merged[i][1] - merged[i][0], i))
+    keep = sorted(by_length[len(merged) - max(1, max_count):])
+    return tuple(merged[i] for i in keep)
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    added: float  # seconds of time spent the fresh intervals add
+    intervals: Intervals  # the stored intervals afterwards
+    until: float | None  # the watermark afterwards
+
+
+def credit(
+    stored: Intervals,
+    until: float | None,
+    fresh: Intervals,
+    horizon: float = CREDIT_HORIZON_S,
+    max_count: int = CREDIT_MAX_INTERVALS,
+) -> Credit:
+    """Merge ``fresh`` intervals into a record's ``stored`` ones (normalized, none before
+    ``until``): what they add is their part after the watermark not covered yet. Then the
+    union is trimmed: the watermark rises to ``horizon`` before the latest end, and further
+    while more than ``max_count`` intervals remain; intervals before it are dropped."""
+    merged = union(stored, clip(normalize(fresh), until))
+    added = max(0.0, length(merged) - length(stored))
+    if not merged:
+        return Credit(added, merged, until)
+    watermark = merged[-1][1] - horizon
+    if until is not None:
+        watermark = max(watermark, until)
+    kept = [i for i in merged if i[1] > watermark]
+    if len(kept) > max_count:
+        watermark = max(watermark, kept[len(kept) - max_count - 1][1])
+        kept = kept[len(kept) - max_count:]
+    return Credit(added, clip(tuple(kept), watermark), watermark)
+
+
+def uncovered(stored: Intervals, until: float | None, fresh: Intervals) -> float:
+    """``credit(stored, until, fresh).added`` for normalized ``fresh``, without building the
+    union: what a heartbeat answer adds to the stored time spent (a linear sweep)."""
+    return length(difference(clip(fresh, until), stored))
+
+
+def flat(intervals: Intervals) -> list[float]:
+    """As stored: [start, end, start, end, ...]."""
+    return [bound for interval in intervals for bound in interval]
+
+
+def pairs(values: Sequence[float] | None) -> Intervals:
+    if not values:
+        return ()
+    return tuple((values[i], values[i + 1]) for i in range(0, len(values) - 1, 2))
 
 
 def valid_position(value: float) -> bool:

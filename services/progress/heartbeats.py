@@ -3,7 +3,9 @@
 Each learner-lesson this process has seen lately lives in memory as an ``Entry``: the
 record as last known plus what heartbeats have changed since the last flush. A heartbeat
 merges into its entry (no database work once the entry exists) and is answered from it.
-Every ``flush_interval_s`` the changed entries go to PostgreSQL as one multi-row upsert.
+Every ``flush_interval_s`` the changed entries go to PostgreSQL as one multi-row upsert,
+which merges them with what other replicas wrote (newest position, union of credited
+wall-clock intervals: see domain.credit) and returns the records, which refresh the entries.
 
 Completions never wait for a flush: they are written at once, in their own transaction,
 together with the entry's pending playback (see tracking).
@@ -41,6 +43,10 @@ def _dt(value: float | None) -> datetime | None:
 
 @dataclass(slots=True)
 class Entry:
+    """A learner-lesson in this process: the record as last read or written (``stored_*``,
+    the credited intervals with it), the newest position known here, and the wall-clock
+    intervals credited by heartbeats here that no flush has confirmed yet (``pending``)."""
+
     id: int
     user_id: str
     course_id: int
@@ -50,35 +56,75 @@ class Entry:
     created_at: datetime
     updated_at: datetime
     playback: domain.Playback
-    pending_time: float = 0.0  # time spent added since the last flush
+    stored_time: float
+    stored_credited: domain.Intervals
+    stored_until: float | None
+    pending: domain.Intervals = ()
+    version: int = 0  # accepted heartbeats so far: a flush confirms the position of the version it wrote
     dirty: bool = False
     unlocked: bool = False  # sequential courses: passed the lock check while cached
     touched: float = 0.0  # monotonic time of last use, for eviction
 
     @classmethod
     def of(cls, row: store.ProgressRow) -> Entry:
+        seen = _ts(row.position_seen_at)
+        if seen is None:
+            # Never played (or written before migration 004): time spent counts from the last
+            # write, on this clock at the latest, so that a database clock ahead of ours does
+            # not make the first heartbeat look older than the position.
+            seen = min(row.updated_at.timestamp(), time.time())
         return cls(
             row.id, row.user_id, row.course_id, row.lesson_id, row.completed, row.completed_at,
             row.created_at, row.updated_at,
-            domain.Playback(
-                row.video_progress, row.last_position, _ts(row.position_at), row.updated_at.timestamp(),
-                row.time_spent_seconds,
-            ),
+            domain.Playback(row.video_progress, row.last_position, _ts(row.position_at), seen),
+            row.time_spent_seconds, row.credited, row.credited_until,
             touched=time.monotonic(),
         )
+
+    def refresh(self, row: store.ProgressRow) -> None:
+        """Take what the database holds, where it is not older than what this entry knows:
+        the stored time spent and intervals (they never shrink), and the position if it is
+        newer by the ordering rule. Pending intervals stay: they are not in ``row`` yet, or,
+        if they are, the union counts them once."""
+        if row.time_spent_seconds >= self.stored_time:
+            self.stored_time = row.time_spent_seconds
+            self.stored_credited = row.credited
+            self.stored_until = row.credited_until
+        p = self.playback
+        seen = _ts(row.position_seen_at)
+        if seen is not None and (seen, _ts(row.position_at)) != (p.seen_at, p.position_at) and \
+                domain.position_newer(_ts(row.position_at), seen, p.position_at, p.seen_at):
+            p.video_progress = row.video_progress
+            p.last_position = row.last_position
+            p.position_at = _ts(row.position_at)
+            p.seen_at = seen
+        self.updated_at = max(self.updated_at, row.updated_at)
 
     def adopt(self, row: store.ProgressRow) -> None:
         """Take completion state (and anything newer) from a row just written."""
         self.completed = row.completed
         self.completed_at = row.completed_at
-        self.updated_at = max(self.updated_at, row.updated_at)
+        self.refresh(row)
 
     def flush_row(self) -> store.FlushRow:
         p = self.playback
+        assert p.seen_at is not None
         return store.FlushRow(
             self.user_id, self.course_id, self.lesson_id, p.video_progress, p.last_position, _dt(p.position_at),
-            self.pending_time, self.updated_at,
+            datetime.fromtimestamp(p.seen_at, UTC), self.pending, self.updated_at,
         )
+
+    def confirmed(self, written: store.FlushRow, version: int) -> None:
+        """``written`` is in the database: its intervals leave ``pending`` (what heartbeats
+        added meanwhile stays), and the entry is clean unless a heartbeat came since."""
+        self.pending = domain.difference(self.pending, written.credited)
+        self.dirty = self.version != version or bool(self.pending)
+
+    def time_spent(self) -> float:
+        """The stored time plus what the pending intervals will add to it."""
+        if not self.pending:
+            return self.stored_time
+        return self.stored_time + domain.uncovered(self.stored_credited, self.stored_until, self.pending)
 
     def as_json(self) -> dict[str, Any]:
         p = self.playback
@@ -91,7 +137,7 @@ class Entry:
             "completed_at": self.completed_at,
             "video_progress": p.video_progress,
             "last_position": p.last_position,
-            "time_spent_seconds": round(p.time_spent),
+            "time_spent_seconds": round(self.time_spent()),
             "state": domain.progress_state(True, self.completed, p.video_progress, p.last_position),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -133,33 +179,28 @@ class HeartbeatBuffer:
     ) -> Entry:
         entry = await self.entry(user_id, course_id, lesson_id)
         now = datetime.now(UTC)
-        before = entry.playback.seen_at
-        added = domain.merge_heartbeat(entry.playback, video_progress, last_position, client_at, now.timestamp())
-        if entry.playback.seen_at != before:  # accepted
-            entry.pending_time += added
+        at = now.timestamp()
+        added = domain.merge_heartbeat(entry.playback, video_progress, last_position, client_at, at)
+        if added is not None:  # accepted
+            if added > 0:
+                entry.pending = domain.add_pending(entry.pending, domain.credited_interval(added, at))
+            entry.version += 1
             entry.updated_at = now
             entry.dirty = True
         entry.touched = time.monotonic()
         return entry
 
     def take_pending(self, user_id: str, lesson_id: int) -> store.FlushRow | None:
-        """Hand an entry's unflushed playback to a writer that stores it right away."""
+        """An entry's unflushed playback, for a writer that stores it right away. It stays
+        pending here as well: writing it twice changes nothing (the position by its ordering
+        keys, the intervals by the union), and a writer that fails loses none of it."""
         entry = self.entries.get((user_id, lesson_id))
         if entry is None or not entry.dirty:
             return None
-        row = entry.flush_row()
-        entry.pending_time = 0.0
-        entry.dirty = False
-        return row
+        return entry.flush_row()
 
     def give_back(self, row: store.FlushRow | None) -> None:
-        """The writer failed: the pending playback goes back to the next flush."""
-        if row is None:
-            return
-        entry = self.entries.get((row.user_id, row.lesson_id))
-        if entry is not None:
-            entry.pending_time += row.time_added
-            entry.dirty = True
+        """The writer failed: nothing to do, the playback it took is still pending here."""
 
     def relock(self, user_id: str, course_id: int) -> None:
         """A lesson of the course was reopened: sequential checks must run again."""
@@ -193,18 +234,20 @@ class HeartbeatBuffer:
             # Same lock order in every flusher: by key.
             dirty.sort(key=lambda e: (e.user_id, e.lesson_id))
             rows = [e.flush_row() for e in dirty]
-            # Taken before the await: heartbeats arriving during the write count towards the next flush.
-            for e in dirty:
-                e.pending_time = 0.0
-                e.dirty = False
-            try:
-                # The statement's analytics trigger locks learner rows, which completions lock
-                # too: should PostgreSQL abort it as a deadlock, it rolled back whole.
-                await db.retrying(lambda: store.flush_heartbeats(self._pool, rows))
-            except BaseException:
-                for row in rows:
-                    self.give_back(row)
-                raise
+            versions = [e.version for e in dirty]
+            # Until it commits the entries keep their pending intervals (reads and answers count
+            # them, and a failed flush loses nothing); heartbeats meanwhile add to them.
+            # The statement's analytics trigger locks learner rows, which completions lock
+            # too: should PostgreSQL abort it as a deadlock, it rolled back whole.
+            stored = await db.retrying(lambda: store.flush_heartbeats(self._pool, rows))
+            for entry, row, version in zip(dirty, rows, versions, strict=True):
+                entry.confirmed(row, version)
+            # The records as they are now, merged with what other replicas wrote: entries
+            # answer from them until the next read or flush.
+            for record in stored:
+                found = self.entries.get((record.user_id, record.lesson_id))
+                if found is not None:
+                    found.refresh(record)
             self.flushes += 1
             self.flushed_rows += len(rows)
             return len(rows)

@@ -11,12 +11,13 @@ from uuid import UUID
 
 import asyncpg
 
+from services.progress import domain
 from shared.db import Connection
 from shared.events import CourseCatalogEntry, CourseCompleted, EnrollmentChanged
 
 _PROGRESS_COLUMNS = (
     "id, user_id, course_id, lesson_id, completed, completed_at, video_progress, last_position, "
-    "position_at, time_spent_seconds, created_at, updated_at"
+    "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at"
 )
 
 # Single statements run on a pool directly (one round trip, no explicit acquire).
@@ -33,8 +34,11 @@ class ProgressRow:
     completed_at: datetime | None
     video_progress: float
     last_position: float
-    position_at: datetime | None
+    position_at: datetime | None  # latest client timestamp behind the position
+    position_seen_at: datetime | None  # server time of the heartbeat that set the position
     time_spent_seconds: float
+    credited: domain.Intervals  # recent credited wall-clock intervals (epoch s), see domain.credit
+    credited_until: float | None  # nothing before this is credited any more
     created_at: datetime
     updated_at: datetime
 
@@ -42,14 +46,16 @@ class ProgressRow:
     def of(cls, r: asyncpg.Record) -> ProgressRow:
         return cls(
             r["id"], r["user_id"], r["course_id"], r["lesson_id"], r["completed"], r["completed_at"],
-            r["video_progress"], r["last_position"], r["position_at"], r["time_spent_seconds"],
+            r["video_progress"], r["last_position"], r["position_at"], r["position_seen_at"],
+            r["time_spent_seconds"], domain.pairs(r["credited"]), r["credited_until"],
             r["created_at"], r["updated_at"],
         )
 
 
 @dataclass(frozen=True, slots=True)
 class FlushRow:
-    """One learner-lesson's coalesced heartbeats: the latest position and the time added."""
+    """One learner-lesson's coalesced heartbeats: the latest position (with its ordering
+    keys) and the wall-clock intervals credited since the last flush (normalized)."""
 
     user_id: str
     course_id: int
@@ -57,8 +63,9 @@ class FlushRow:
     video_progress: float
     last_position: float
     position_at: datetime | None
-    time_added: float
-    seen_at: datetime
+    position_seen_at: datetime
+    credited: domain.Intervals
+    updated_at: datetime
 
 
 # ---------------------------------------------------------------- progress rows
@@ -88,34 +95,62 @@ async def ensure_progress(conn: Executor, user_id: str, course_id: int, lesson_i
             return row
 
 
-# Positions follow the merge rule of domain.merge_heartbeat: a batch stamped earlier than
-# the stored position (client timestamps) leaves it alone; time spent only ever adds.
-# Completion columns are never written here, so a heartbeat cannot undo a completion.
-# The merge, shared with bench/progress_ingest.py (its single-row pgbench form).
-FLUSH_ON_CONFLICT = """
+# The merge, one rule per column (shared with bench/progress_ingest.py, its single-row form):
+# - the position moves only for a newer reading (domain.position_newer: client timestamps
+#   when both have one, else server receive times), so replicas flushing in any order agree;
+# - time spent grows by what the fresh intervals add to the record's credited union
+#   (progress_credit, migration 004), so seconds seen by two replicas count once;
+# - completion columns are never written here, so a heartbeat cannot undo a completion.
+_POSITION_NEWER = """(CASE WHEN excluded.position_at IS NOT NULL AND p.position_at IS NOT NULL
+                       THEN excluded.position_at >= p.position_at
+                       ELSE p.position_seen_at IS NULL OR excluded.position_seen_at >= p.position_seen_at END)"""
+_CREDIT = """
+    (time_spent_seconds, credited, credited_until) = (
+        SELECT p.time_spent_seconds + c.added, c.credited, c.credited_until
+        FROM progress_credit(p.credited, p.credited_until, excluded.credited) c)"""
+FLUSH_ON_CONFLICT = f"""
 ON CONFLICT (user_id, lesson_id) DO UPDATE SET
-    video_progress = CASE WHEN p.position_at IS NULL OR excluded.position_at IS NULL
-                            OR excluded.position_at >= p.position_at
-                          THEN excluded.video_progress ELSE p.video_progress END,
-    last_position = CASE WHEN p.position_at IS NULL OR excluded.position_at IS NULL
-                           OR excluded.position_at >= p.position_at
-                         THEN excluded.last_position ELSE p.last_position END,
-    position_at = GREATEST(p.position_at, excluded.position_at),
-    time_spent_seconds = p.time_spent_seconds + excluded.time_spent_seconds,
+    video_progress = CASE WHEN {_POSITION_NEWER} THEN excluded.video_progress ELSE p.video_progress END,
+    last_position = CASE WHEN {_POSITION_NEWER} THEN excluded.last_position ELSE p.last_position END,
+    position_at = CASE WHEN {_POSITION_NEWER} THEN GREATEST(p.position_at, excluded.position_at)
+                       ELSE p.position_at END,
+    position_seen_at = CASE WHEN {_POSITION_NEWER} THEN excluded.position_seen_at ELSE p.position_seen_at END,
+    {_CREDIT.strip()},
     updated_at = GREATEST(p.updated_at, excluded.updated_at)
 """
+# A row that does not exist yet (the flush also creates) gets the fresh intervals as they
+# are, and their length; one that exists gets the merge above.
+# The rows' intervals travel as one flat array ($9), each row's being the slice after
+# offset $10 (exclusive) up to $11 (inclusive).
 FLUSH_SQL = """
 INSERT INTO lesson_progress AS p
-    (user_id, course_id, lesson_id, video_progress, last_position, position_at, time_spent_seconds, updated_at)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[],
-                     $6::timestamptz[], $7::float8[], $8::timestamptz[])
-""" + FLUSH_ON_CONFLICT
+    (user_id, course_id, lesson_id, video_progress, last_position, position_at, position_seen_at,
+     time_spent_seconds, credited, updated_at)
+SELECT u, c, l, v, lp, pa, ps, t, CASE WHEN hi > lo THEN ($9::float8[])[lo + 1:hi] ELSE '{}' END, ua
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[], $6::timestamptz[],
+            $7::timestamptz[], $8::float8[], $10::int[], $11::int[], $12::timestamptz[])
+     AS x (u, c, l, v, lp, pa, ps, t, lo, hi, ua)
+""" + FLUSH_ON_CONFLICT + f"RETURNING {_PROGRESS_COLUMNS}"
 
 
-async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> None:
-    """One statement for the whole batch. Rows arrive sorted by key, so concurrent flushers
-    (several replicas) take row locks in the same order and cannot deadlock each other."""
-    await conn.execute(
+async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> list[ProgressRow]:
+    """One statement for the whole batch; returns the records as they are now. Rows arrive
+    sorted by key, so concurrent flushers (several replicas) take row locks in the same
+    order and cannot deadlock each other."""
+    bounds: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    lengths: list[float] = []
+    for r in rows:
+        starts.append(len(bounds))
+        total = 0.0
+        for start, end in r.credited:
+            bounds.append(start)
+            bounds.append(end)
+            total += end - start
+        ends.append(len(bounds))
+        lengths.append(total)
+    records = await conn.fetch(
         FLUSH_SQL,
         [r.user_id for r in rows],
         [r.course_id for r in rows],
@@ -123,37 +158,48 @@ async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> None:
         [r.video_progress for r in rows],
         [r.last_position for r in rows],
         [r.position_at for r in rows],
-        [r.time_added for r in rows],
-        [r.seen_at for r in rows],
+        [r.position_seen_at for r in rows],
+        lengths,
+        bounds,
+        starts,
+        ends,
+        [r.updated_at for r in rows],
     )
+    return [ProgressRow.of(r) for r in records]
 
 
 async def mark_complete(
     conn: Connection, user_id: str, course_id: int, lesson_id: int, now: datetime, playback: FlushRow | None
 ) -> ProgressRow:
-    """Complete the lesson (keeping the first completed_at), writing any pending playback with it."""
-    video = playback.video_progress if playback else None
-    last = playback.last_position if playback else None
-    position_at = playback.position_at if playback else None
-    added = playback.time_added if playback else 0.0
+    """Complete the lesson (keeping the first completed_at), writing any pending playback
+    with it by the flush's rules (position ordering, credited intervals)."""
     r = await conn.fetchrow(
         f"""
         INSERT INTO lesson_progress AS p (user_id, course_id, lesson_id, completed, completed_at,
-            video_progress, last_position, position_at, time_spent_seconds, updated_at)
-        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $4)
+            video_progress, last_position, position_at, position_seen_at, time_spent_seconds, credited, updated_at)
+        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $9, $10::float8[], $4)
         ON CONFLICT (user_id, lesson_id) DO UPDATE SET
             completed = true,
             completed_at = COALESCE(p.completed_at, excluded.completed_at),
-            video_progress = CASE WHEN $5::float8 IS NULL OR (p.position_at IS NOT NULL AND $7 < p.position_at)
-                                  THEN p.video_progress ELSE $5 END,
-            last_position = CASE WHEN $6::float8 IS NULL OR (p.position_at IS NOT NULL AND $7 < p.position_at)
-                                 THEN p.last_position ELSE $6 END,
-            position_at = GREATEST(p.position_at, excluded.position_at),
-            time_spent_seconds = p.time_spent_seconds + $8,
+            video_progress = CASE WHEN $5::float8 IS NOT NULL AND {_POSITION_NEWER}
+                                  THEN $5 ELSE p.video_progress END,
+            last_position = CASE WHEN $6::float8 IS NOT NULL AND {_POSITION_NEWER}
+                                 THEN $6 ELSE p.last_position END,
+            position_at = CASE WHEN $8::timestamptz IS NOT NULL AND {_POSITION_NEWER}
+                               THEN GREATEST(p.position_at, excluded.position_at) ELSE p.position_at END,
+            position_seen_at = CASE WHEN $8::timestamptz IS NOT NULL AND {_POSITION_NEWER}
+                                    THEN excluded.position_seen_at ELSE p.position_seen_at END,
+            {_CREDIT.strip()},
             updated_at = GREATEST(p.updated_at, $4)  -- never backwards (analytics' last activity)
         RETURNING {_PROGRESS_COLUMNS}
         """,
-        user_id, course_id, lesson_id, now, video, last, position_at, added,
+        user_id, course_id, lesson_id, now,
+        playback.video_progress if playback else None,
+        playback.last_position if playback else None,
+        playback.position_at if playback else None,
+        playback.position_seen_at if playback else None,
+        domain.length(playback.credited) if playback else 0.0,
+        domain.flat(playback.credited) if playback else [],
     )
     assert r is not None
     return ProgressRow.of(r)

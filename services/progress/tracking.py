@@ -93,8 +93,12 @@ def lesson_locked(blocker: CatalogLesson) -> ApiError:
 
 
 def row_json(row: store.ProgressRow, entry: Entry | None = None) -> dict[str, Any]:
-    """A stored row as the API shows it; unflushed heartbeats of this process win."""
+    """A stored row as the API shows it, with this process's unflushed heartbeats on top:
+    the entry first takes from ``row`` whatever is newer there (another replica's flush),
+    so nothing older than the database is shown; its pending intervals add only what the
+    row's credited intervals do not cover yet."""
     if entry is not None:
+        entry.refresh(row)
         data = entry.as_json()
         data["completed"] = row.completed
         data["completed_at"] = row.completed_at

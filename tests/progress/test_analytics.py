@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,6 +46,7 @@ class Builder:
     def __init__(self, stack: Stack) -> None:
         self.pool = stack.runtime.pool
         self.enrollment_ids: dict[str, int] = {}
+        self.clock = time.time()
 
     async def enroll(self, user: str, day: str, status: str = "active", revision: int = 1) -> None:
         eid = self.enrollment_ids.setdefault(user, len(self.enrollment_ids) + 5000)
@@ -57,7 +59,12 @@ class Builder:
     ) -> None:
         """A flushed heartbeat batch: the position and `seconds` of time spent, written at `when`."""
         pos = seconds if position is None else position
-        await store.flush_heartbeats(self.pool, [store.FlushRow(user, COURSE, lesson, pos, pos, when, seconds, when)])
+        # Credited wall-clock intervals that never overlap: each watch adds all its seconds.
+        start = self.clock
+        self.clock += seconds + 1
+        await store.flush_heartbeats(self.pool, [
+            store.FlushRow(user, COURSE, lesson, pos, pos, when, when, ((start, start + seconds),), when)
+        ])
 
     async def complete(self, user: str, lesson: int, seconds: float, when: datetime) -> None:
         await self.watch(user, lesson, seconds, when - timedelta(minutes=5))

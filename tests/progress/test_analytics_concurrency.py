@@ -11,7 +11,7 @@ import contextlib
 import random
 from datetime import UTC, datetime, timedelta
 
-from services.progress import analytics_store, store
+from services.progress import analytics_store, domain, store
 from services.progress.analytics_folder import AnalyticsFolder
 from services.progress.analytics_histogram import ALL
 from shared import db
@@ -22,6 +22,11 @@ COURSE = 80
 LESSONS = [801, 802, 803, 804]
 USERS = [f"w{i}" for i in range(8)]
 CHURN = [f"x{i}" for i in range(4)]  # their enrolments change under the writes
+
+
+def credited(now: datetime, seconds: float) -> domain.Intervals:
+    """``seconds`` of watching just before ``now``, as a flush brings them."""
+    return (domain.credited_interval(seconds, now.timestamp()),) if seconds else ()
 
 
 class Rollback(Exception):
@@ -71,8 +76,8 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
         for _ in range(30):
             keys = sorted({(rng.choice(USERS + CHURN), rng.choice(LESSONS)) for _ in range(6)})
             now = datetime.now(UTC) + timedelta(milliseconds=rng.randrange(1000))
-            rows = [store.FlushRow(u, COURSE, lid, rng.uniform(0, 100), rng.uniform(0, 100), now,
-                                   rng.choice([0.0, 0.4, 0.6, 7.5]), now) for u, lid in keys]
+            rows = [store.FlushRow(u, COURSE, lid, rng.uniform(0, 100), rng.uniform(0, 100), now, now,
+                                   credited(now, rng.choice([0.0, 0.4, 0.6, 7.5])), now) for u, lid in keys]
             roll_back = rng.random() < 0.2
 
             async def flush(rows: list[store.FlushRow] = rows, roll_back: bool = roll_back) -> None:

@@ -91,17 +91,28 @@ def test_time_spent_never_exceeds_wall_clock_nor_playback_covered(
     state = domain.Playback(seen_at=0.0)
     now = 0.0
     covered = 0.0
+    pending: domain.Intervals = ()
+    credited = 0.0
     for gap, position, client_at in beats:
         now += gap
         before, last_accepted = state.video_progress, state.seen_at
         added = domain.merge_heartbeat(state, position, position, client_at, now)
         assert last_accepted is not None
+        if added is None:
+            continue
         # Capped by the wall-clock time since the last heartbeat that was taken into account.
         assert 0 <= added <= now - last_accepted + 1e-9
         if added:
             covered += position - before
-    assert state.time_spent <= now + 1e-6  # never more than the wall-clock time that passed
-    assert state.time_spent <= covered + 1e-6  # never more than the playback moved forward
+            credited += added
+            start, end = domain.credited_interval(added, now)
+            assert last_accepted - 1e-9 <= start <= end == now  # inside the gap it credits
+            pending = domain.add_pending(pending, (start, end), max_count=40)
+    assert credited <= now + 1e-6  # never more than the wall-clock time that passed
+    assert credited <= covered + 1e-6  # never more than the playback moved forward
+    # One process's pairs credit disjoint intervals: their union is their total.
+    assert abs(domain.length(pending) - credited) <= 1e-6
+    assert all(0 - 1e-9 <= start < end <= now + 1e-9 for start, end in pending)
 
 
 @given(heartbeats)
