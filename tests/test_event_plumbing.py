@@ -334,3 +334,70 @@ async def test_a_database_restart_delays_events_but_loses_and_repeats_none(
         await consumer.stop()
         await sender.stop()
         server.stop()
+
+
+async def test_a_services_state_is_open_before_its_subscribers_start_and_closed_after_they_stop(
+    test_env: TestEnv,
+) -> None:
+    """Events already waiting on the topic are delivered only once the state is open, and no
+    event arrives while it is being closed."""
+    seen: list[str] = []
+
+    class State:
+        def __init__(self) -> None:
+            self.open = True
+
+    holder: list[State] = []
+
+    async def on_lesson_completed(event: LessonCompleted, ctx: EventContext) -> None:
+        # The handler needs the state: it must be open whenever an event arrives.
+        seen.append("event" if holder and holder[-1].open else "event-without-state")
+        async with ctx.transaction() as conn:
+            await conn.execute("INSERT INTO applied VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                               event.user_id, event.lesson_id)
+
+    async def open_state(runtime: Runtime[State]) -> State:
+        seen.append(f"open (subscribers running: {runtime.broker.running})")
+        state = State()
+        holder.append(state)
+        return state
+
+    async def close_state(state: State) -> None:
+        seen.append(f"close (subscribers running: {runtime.broker.running})")
+        state.open = False
+
+    # Events wait on the topic before the consumer exists.
+    topic = test_env.topic_prefix + Topic.LESSON_COMPLETED.value
+    for i in range(3):
+        event = record_completion_event(i)
+        await produce_raw(test_env.kafka_bootstrap, topic, event.model_dump_json().encode(), event.key().encode())
+    runtime: Runtime[State] = Runtime(
+        ServiceSpec(
+            name="receiver",
+            settings=test_env.settings(database="receiver", service_name="receiver"),
+            migrations=FIXTURES / "receiver_migrations",
+            subscriptions=[Subscription(Topic.LESSON_COMPLETED, LessonCompleted, on_lesson_completed, "receiver")],
+            open_state=open_state,
+            close_state=close_state,
+        )
+    )
+    await runtime.start()
+    try:
+        assert runtime.state is holder[0]
+        await eventually(lambda: _has_rows(runtime, 3), what="the waiting events applied")
+    finally:
+        await runtime.stop()
+    assert seen[0] == "open (subscribers running: False)"
+    assert seen[-1] == "close (subscribers running: False)"
+    assert seen[1:-1] == ["event"] * 3
+
+
+def record_completion_event(lesson_id: int) -> LessonCompleted:
+    return LessonCompleted(
+        user_id="early", course_id=1, lesson_id=lesson_id, completed_at=datetime.now(UTC),
+        progress_percentage=10, completed_lessons=1, total_lessons=10,
+    )
+
+
+async def _has_rows(runtime: Runtime[Any], n: int) -> bool:
+    return bool(await runtime.pool.fetchval("SELECT count(*) FROM applied") == n)
