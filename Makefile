@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(VENV)/bin/lessonstream dev
 
+# Two test processes (pytest-xdist): most suites wait on brokers and processes as much as
+# they compute. The fault suite keeps its one stack on one of them (xdist_group).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

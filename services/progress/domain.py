@@ -26,11 +26,24 @@ def progress_state(exists: bool, completed: bool, video_progress: float, last_po
     return "not_started"
 
 
-def time_increment(prev_position: float, prev_seen_at: float | None, position: float, seen_at: float) -> float:
+# Heartbeats reach the server a little late or early (network, a busy process): one that
+# arrives late makes its gap look longer and the next one's shorter than the playback
+# between them, and the seconds of the late gap would be lost. So a pair that follows a
+# credited pair may reach back before the previous arrival by up to this much, and never
+# past the start of the previous pair's interval: the next heartbeat makes up what the
+# late one could not, inside seconds already credited as watching, which the union of
+# intervals does not count twice.
+ARRIVAL_JITTER_S = 0.5
+
+
+def time_increment(
+    prev_position: float, prev_seen_at: float | None, position: float, seen_at: float, reach_back: float = 0.0
+) -> float:
     """Seconds of watching between two accepted heartbeats of one process.
 
     Playback actually covered (forward movement of the position), never more than the
-    wall-clock time that passed: a tab left open, or a jump forward, adds nothing extra.
+    wall-clock time that passed plus ``reach_back`` (into the previous pair's credited
+    interval): a tab left open, or a jump forward, adds nothing extra.
     """
     if prev_seen_at is None:
         return 0.0
@@ -38,7 +51,7 @@ def time_increment(prev_position: float, prev_seen_at: float | None, position: f
     wall = seen_at - prev_seen_at
     if covered <= 0 or wall <= 0:
         return 0.0
-    return min(covered, wall)
+    return min(covered, wall + reach_back)
 
 
 def position_newer(
@@ -60,6 +73,7 @@ class Playback:
     last_position: float = 0.0
     position_at: float | None = None  # latest client timestamp (epoch s) behind the position, if any
     seen_at: float | None = None  # server time (epoch s) of the heartbeat that set the position
+    last_credit: float = 0.0  # seconds the last accepted pair credited (ending at seen_at)
 
 
 def merge_heartbeat(
@@ -84,7 +98,8 @@ def merge_heartbeat(
     # Time spent follows the playback position (video_progress when sent, else last_position).
     before = state.video_progress if video_progress is not None else state.last_position
     after = new_video if video_progress is not None else new_last
-    added = time_increment(before, state.seen_at, after, now)
+    added = time_increment(before, state.seen_at, after, now, min(ARRIVAL_JITTER_S, state.last_credit))
+    state.last_credit = added
     state.video_progress = new_video
     state.last_position = new_last
     if client_at is not None:

@@ -19,6 +19,7 @@ from tests.devstack import DevStack, running_dev_stack
 from tests.faults.support import Figures, Lms
 
 FIGURES = Figures()
+FIGURES_FILE = "fault-figures.txt"
 
 STACK_ENV = {
     "CERTIFICATE_RENDER_PROCESSES": "1",  # two workers on two cores
@@ -47,6 +48,7 @@ class FaultEnv:
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultEnv]:
+    FIGURES.path = tmp_path_factory.getbasetemp() / FIGURES_FILE
     root = tmp_path_factory.mktemp("faults")
     postgres = infra.start_embedded_postgres(root / "postgres" / "data", keep=False)
     var_dir = root / "var"
@@ -63,8 +65,12 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultEnv]:
             env.lms.close()
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if FIGURES.rows:
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The figures of this run: written by whichever process ran the cases (an xdist
+    worker keeps its files under the run's base directory)."""
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    rows = [line for path in sorted(base.rglob(FIGURES_FILE)) for line in path.read_text().splitlines()]
+    if rows:
         terminalreporter.section("fault suite figures")
-        for row in FIGURES.rows:
+        for row in rows:
             terminalreporter.write_line(row)

@@ -58,12 +58,20 @@ class Course:
 
 @dataclass
 class Figures:
-    """What a case measured, for the run's summary: N, lost, duplicated, time to converge."""
+    """What a case measured, for the run's summary: N, lost, duplicated, time to converge.
+
+    Kept in a file as well: under pytest-xdist the cases run in a worker process, and the
+    summary is printed by the controller."""
 
     rows: list[str] = field(default_factory=list)
+    path: Path | None = None
 
     def add(self, case: str, **values: Any) -> None:
-        self.rows.append(f"{case}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        row = f"{case}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+        self.rows.append(row)
+        if self.path is not None:
+            with open(self.path, "a") as out:
+                out.write(row + "\n")
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
