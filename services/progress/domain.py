@@ -117,7 +117,7 @@ def merge_heartbeat(
 # intervals and adds only what a flush brings that is not in it yet. Two replicas that
 # saw the same seconds therefore credit them once. Intervals older than a horizon fold
 # into a watermark (``credited_until``) before which nothing is credited any more.
-# The SQL function ``progress_credit`` (migration 004) is the same algorithm as ``credit``.
+# The SQL function ``progress_credit`` (migration 006) is the same algorithm as ``credit``.
 
 Interval = tuple[float, float]
 Intervals = tuple[Interval, ...]

@@ -69,7 +69,7 @@ class Entry:
     def of(cls, row: store.ProgressRow) -> Entry:
         seen = _ts(row.position_seen_at)
         if seen is None:
-            # Never played (or written before migration 004): time spent counts from the last
+            # Never played (or written before migration 006): time spent counts from the last
             # write, on this clock at the latest, so that a database clock ahead of ours does
             # not make the first heartbeat look older than the position.
             seen = min(row.updated_at.timestamp(), time.time())

@@ -99,7 +99,7 @@ async def ensure_progress(conn: Executor, user_id: str, course_id: int, lesson_i
 # - the position moves only for a newer reading (domain.position_newer: client timestamps
 #   when both have one, else server receive times), so replicas flushing in any order agree;
 # - time spent grows by what the fresh intervals add to the record's credited union
-#   (progress_credit, migration 004), so seconds seen by two replicas count once;
+#   (progress_credit, migration 006), so seconds seen by two replicas count once;
 # - completion columns are never written here, so a heartbeat cannot undo a completion.
 _POSITION_NEWER = """(CASE WHEN excluded.position_at IS NOT NULL AND p.position_at IS NOT NULL
                        THEN excluded.position_at >= p.position_at
