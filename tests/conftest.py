@@ -99,3 +99,17 @@ async def db_url(test_env: TestEnv) -> AsyncIterator[str]:
 
 def pytest_report_header(config: Any) -> list[str]:
     return [f"lessonstream test run id: t{RUN_ID}", f"root: {Path(__file__).parent.parent}"]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """What the fault suite measured (``tests/faults``), from whichever process ran it: an
+    xdist worker keeps its files under this run's base directory. Here, in the root
+    conftest, because the controller of an xdist run never loads the suite's own."""
+    from tests.faults.support import FIGURES_FILE
+
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    rows = [line for path in sorted(base.rglob(FIGURES_FILE)) for line in path.read_text().splitlines()]
+    if rows:
+        terminalreporter.section("fault suite figures")
+        for row in rows:
+            terminalreporter.write_line(row)

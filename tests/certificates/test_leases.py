@@ -8,8 +8,6 @@ import asyncio
 import functools
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 from lessonstream import infra
 from services.certificates import domain, store
 from tests.certificates.support import certificate_stack, completion
-from tests.certificates.test_scaling import ready
+from tests.certificates.test_scaling import ready, start_worker
 from tests.certificates.test_service import wait_for_certificate
 from tests.helpers import TestEnv, eventually
 
@@ -60,14 +58,6 @@ LEARNERS = 8
 RENDER_SLACK_S = 5
 
 
-def start_slow_worker(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "tests.certificates.slow_worker:build_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.mark.slow
 async def test_a_worker_killed_mid_render_leaves_no_learner_waiting_past_session_timeout_plus_lease(
     test_env: TestEnv, tmp_path: Path
@@ -92,7 +82,7 @@ async def test_a_worker_killed_mid_render_leaves_no_learner_waiting_past_session
             "SLOW_RENDER_S": "600",
         }
         port = infra.free_port()
-        slow = start_slow_worker(env, port, tmp_path / "slow-worker.log")
+        slow = start_worker(env, port, tmp_path / "slow-worker.log", "tests.certificates.slow_worker:build_app")
         try:
             await eventually(functools.partial(ready, port), timeout=90, interval=0.5, what="slow worker ready")
             await asyncio.sleep(SESSION_TIMEOUT_S)  # let the group settle with both workers in it

@@ -26,9 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 LEARNERS = 120
 
 
-def start_worker(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    env: dict[str, str], port: int, log: Path, factory: str = "services.certificates.worker:build_app"
+) -> subprocess.Popen[bytes]:
+    """A worker process as deployed: uvicorn with the worker's factory (or a test's own)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "services.certificates.worker:build_app",
+        [sys.executable, "-m", "uvicorn", "--factory", factory,
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )

@@ -10,16 +10,14 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lessonstream import infra
 from tests.devstack import DevStack, running_dev_stack
-from tests.faults.support import Figures, Lms
+from tests.faults.support import FIGURES_FILE, Figures, Lms
 
 FIGURES = Figures()
-FIGURES_FILE = "fault-figures.txt"
 
 STACK_ENV = {
     "CERTIFICATE_RENDER_PROCESSES": "1",  # two workers on two cores
@@ -63,14 +61,3 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultEnv]:
             yield env
         finally:
             env.lms.close()
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """The figures of this run: written by whichever process ran the cases (an xdist
-    worker keeps its files under the run's base directory)."""
-    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-    rows = [line for path in sorted(base.rglob(FIGURES_FILE)) for line in path.read_text().splitlines()]
-    if rows:
-        terminalreporter.section("fault suite figures")
-        for row in rows:
-            terminalreporter.write_line(row)

@@ -56,6 +56,9 @@ class Course:
     title: str
 
 
+FIGURES_FILE = "fault-figures.txt"
+
+
 @dataclass
 class Figures:
     """What a case measured, for the run's summary: N, lost, duplicated, time to converge.
