@@ -88,6 +88,11 @@ async def ensure_topics(settings: ServiceSettings, topics: list[Topic] | None = 
     return created
 
 
+async def topic_listed(settings: ServiceSettings, name: str) -> bool:
+    async with admin_client(settings) as admin:
+        return name in set(await admin.list_topics())
+
+
 async def create_marker_topic(settings: ServiceSettings, name: str) -> None:
     """A one-partition topic that holds nothing: its existence is the information."""
     async with admin_client(settings) as admin:

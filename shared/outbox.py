@@ -191,7 +191,12 @@ class OutboxRelay:
             backoff = 0.1
             while not self._stopping:
                 self._wake.clear()
-                await self._meet_broker(conn, relay_id)
+                if not await self._meet_broker(conn, relay_id):
+                    # Nothing is published to a broker whose marker was not looked at: rows
+                    # published first would be queued again once the look succeeds.
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
                 await self._prune(conn)
                 rows = await conn.fetch(
                     "SELECT id, topic, key, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
@@ -228,25 +233,28 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
 
-    async def _meet_broker(self, conn: asyncpg.Connection, relay_id: UUID) -> None:
+    async def _meet_broker(self, conn: asyncpg.Connection, relay_id: UUID) -> bool:
         """Queue every retained row again if the broker has not seen this relay's marker.
 
         Looked at whenever a new producer connected and every ``MARKER_CHECK_S``: a broker
-        restarted under a live producer is found without a failed send. The broker being
-        unreachable is not an answer: the publish that follows fails and is retried.
+        restarted under a live producer is found without a failed send. Returns whether the
+        broker has been looked at on this connection: an unreachable broker is no answer,
+        and nothing is published until there is one.
         """
         now = time.monotonic()
         if self._checked_generation == self._generation and now - self._checked_at < MARKER_CHECK_S:
-            return
+            return True
         settings = self._settings
         marker = marker_topic(settings, relay_id)
         try:
             producer = await self._ensure_producer()
             generation = self._generation
             metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 10)
-            if marker in metadata.topics():
+            if marker in metadata.topics() or await bus.topic_listed(settings, marker):
+                # Asked twice before concluding it is missing: queueing every retained row
+                # again on a wrong answer would publish them all twice.
                 self._checked_generation, self._checked_at = generation, now
-                return
+                return True
             # Order matters: topics first (publishing must not auto-create them with other
             # partition counts), the rows queued again durably, and the marker last.
             await bus.ensure_topics(settings)
@@ -256,13 +264,17 @@ class OutboxRelay:
             await bus.create_marker_topic(settings, marker)
         except Exception as exc:
             log.info("could not look for the relay marker on the broker: %r", exc)
-            return
+            if self._checked_generation == self._generation:
+                return True  # a later look failed; this connection's broker was met already
+            await self._close_producer()
+            return False
         if requeued:
             self.republished += requeued
             metrics.OUTBOX_REPUBLISHED.labels(settings.service_name).inc(requeued)
             log.warning("the broker has not received this database's events: publishing %d retained rows again",
                         requeued)
         self._checked_generation, self._checked_at = generation, now
+        return True
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         """Forget published rows past the retention window (a few thousand at a time)."""

@@ -94,6 +94,12 @@ class Service:
     client: httpx.AsyncClient
     settings: NotificationsSettings
 
+    async def sent(self, event_id: Any) -> dict[str, Any] | None:
+        """The event's one mail once recorded as sent (the SMTP server has a message a moment
+        before the sender records the outcome)."""
+        rows = await self.mail(event_id=event_id)
+        return rows[0] if len(rows) == 1 and rows[0]["status"] == "sent" else None
+
     async def mail(self, **where: Any) -> list[dict[str, Any]]:
         conditions = " AND ".join(f"{k} = ${i + 1}" for i, k in enumerate(where)) or "true"
         rows = await self.runtime.pool.fetch(

@@ -10,7 +10,7 @@ import pypdf
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from tests.helpers import served
+from tests.helpers import eventually, served
 from tests.notifications.conftest import FROM_ADDRESS, FROM_NAME, Publisher, ServiceFactory, wait_for
 from tests.notifications.events import certificate, completed
 from tests.notifications.smtp_server import MailServer
@@ -67,7 +67,7 @@ async def test_completion_email_has_content_headers_and_escaping(
         assert "&amp; Co" in html
         assert 'href="https://learn.example/courses"' in html
 
-        [row] = await service.mail(event_id=event.event_id)
+        row = await eventually(lambda: service.sent(event.event_id), what="the mail recorded as sent")
         assert row["status"] == "sent" and row["kind"] == "course_completed"
         assert [a["outcome"] for a in await service.attempts(row["id"])] == ["sent"]
 
@@ -128,7 +128,7 @@ async def test_certificate_email_links_and_attached_pdf(
         assert content == pdf
         assert len(pypdf.PdfReader(io.BytesIO(content)).pages) == 1
         assert downloads == ["cert-cy-7.pdf"]
-        [row] = await service.mail(event_id=event.event_id)
+        row = await eventually(lambda: service.sent(event.event_id), what="the mail recorded as sent")
         assert row["status"] == "sent" and row["kind"] == "certificate_ready"
 
 
