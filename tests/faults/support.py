@@ -5,12 +5,13 @@ database, mail the SMTP sink kept on disk)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.policy import default as default_policy
@@ -118,6 +119,13 @@ class Lms:
         lesson_id: int = added.json()["data"]["lesson"]["id"]
         return lesson_id
 
+    def cohort(self, tag: str, n: int, lessons: int = 1) -> tuple[Course, list[Learner]]:
+        """A published course of its own and ``n`` learners enrolled in it: each case's world."""
+        course = self.course(tag, lessons)
+        learners = self.learners(tag, n)
+        self.enroll(learners, course)
+        return course, learners
+
     def learners(self, tag: str, n: int) -> list[Learner]:
         return [Learner(f"{tag}-{RUN_ID}-{i}", f"{tag}-{i}-{RUN_ID}@example.com") for i in range(n)]
 
@@ -217,6 +225,16 @@ class Lms:
         pid = self.pid(name)
         os.kill(pid, sig)
         return pid
+
+    @contextlib.contextmanager
+    def broker_paused(self) -> Iterator[None]:
+        """SIGSTOP the broker for the block: it neither answers nor drops connections."""
+        broker = self.pid("broker")
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(broker, signal.SIGCONT)
 
     def wait_restarted(self, name: str, old_pid: int, timeout: float = 60) -> float:
         """Seconds until the supervisor runs ``name`` again under a new pid and it is ready."""

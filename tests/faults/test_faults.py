@@ -12,7 +12,6 @@ last: it replaces the stack.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 import uuid
@@ -63,9 +62,7 @@ def heartbeats_served(lms: Lms, replica: str) -> float:
 
 def test_the_gateway_spreads_learners_over_progress_replicas_and_keeps_each_on_one(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("balance")
-    learners = lms.learners("lb", 24)
-    lms.enroll(learners, course)
+    course, learners = lms.cohort("lb", 24)
     replicas = ["progress-1", "progress-2"]
     before = {r: heartbeats_served(lms, r) for r in replicas}
     for learner in learners:
@@ -90,9 +87,7 @@ def test_the_gateway_spreads_learners_over_progress_replicas_and_keeps_each_on_o
 
 def test_a_certificate_worker_killed_mid_burst_loses_and_repeats_nothing(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("worker-kill")
-    learners = lms.learners("wk", 60)
-    lms.enroll(learners, course)
+    course, learners = lms.cohort("wk", 60)
     with ThreadPoolExecutor(1) as pool:
         burst = pool.submit(lms.complete_course, learners, course)
         wait_for(lambda: sum(lms.certificates(course).values()) >= 3, 120, "the first certificates")
@@ -112,12 +107,8 @@ def test_a_certificate_worker_killed_mid_burst_loses_and_repeats_nothing(faults:
 
 def test_a_paused_broker_delays_completions_and_loses_none(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("broker-pause")
-    learners = lms.learners("bp", 20)
-    lms.enroll(learners, course)
-    broker = lms.pid("broker")
-    os.kill(broker, signal.SIGSTOP)
-    try:
+    course, learners = lms.cohort("bp", 20)
+    with lms.broker_paused():
         paused = time.monotonic()
         acknowledged = lms.complete_course(learners, course)
         # Writes go on while the broker is away: they wait in the outboxes.
@@ -126,8 +117,6 @@ def test_a_paused_broker_delays_completions_and_loses_none(faults: FaultEnv) -> 
         remaining = 20 - (time.monotonic() - paused)
         if remaining > 0:
             wait_for(lambda: time.monotonic() - paused >= 20, remaining + 5, "the 20 s pause")
-    finally:
-        os.kill(broker, signal.SIGCONT)
     resumed = time.monotonic()
     lms.wait_converged(learners, course, 120, "certificates and emails after the broker pause")
     settle_and_count(faults, learners, course, "broker SIGSTOP 20 s", converge_s=round(time.monotonic() - resumed, 1))
@@ -135,9 +124,7 @@ def test_a_paused_broker_delays_completions_and_loses_none(faults: FaultEnv) -> 
 
 def test_a_stopped_database_gets_503_never_500_and_every_acknowledged_completion_counts(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("db-stop", lessons=2)
-    learners = lms.learners("db", 12)
-    lms.enroll(learners, course)
+    course, learners = lms.cohort("db", 12, lessons=2)
     # The first lesson before the outage, the second during it (retried until acknowledged).
     for learner in learners:
         assert lms.complete(learner, course, course.lessons[0]).status_code == 200
@@ -177,9 +164,7 @@ def test_a_stopped_database_gets_503_never_500_and_every_acknowledged_completion
 
 def test_a_killed_smtp_sink_is_restarted_and_every_email_arrives_once(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("smtp-kill")
-    learners = lms.learners("sm", 10)
-    lms.enroll(learners, course)
+    course, learners = lms.cohort("sm", 10)
     old = lms.kill("smtp-sink")
     acknowledged = lms.complete_course(learners, course)
     assert len(acknowledged) == len(learners)
@@ -190,9 +175,7 @@ def test_a_killed_smtp_sink_is_restarted_and_every_email_arrives_once(faults: Fa
 
 def test_a_killed_progress_replica_loses_at_most_one_flush_interval_of_positions(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("progress-kill")
-    [learner] = lms.learners("pk", 1)
-    lms.enroll([learner], course)
+    course, [learner] = lms.cohort("pk", 1)
     replica = faults.stack.url("progress-1")
     acknowledged: list[tuple[float, float]] = []  # (when, position) of every 200
     position = 0.0
@@ -226,9 +209,7 @@ def test_a_killed_progress_replica_loses_at_most_one_flush_interval_of_positions
 
 def test_two_progress_replicas_with_alternating_routing_store_the_true_time_spent(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("replicas")
-    [learner] = lms.learners("rp", 1)
-    lms.enroll([learner], course)
+    course, [learner] = lms.cohort("rp", 1)
     replicas = [httpx.Client(base_url=faults.stack.url(f"progress-{i}"), headers=learner.headers, timeout=5)
                 for i in (1, 2)]
     try:
@@ -266,12 +247,8 @@ def test_two_progress_replicas_with_alternating_routing_store_the_true_time_spen
 
 def test_a_stale_catalog_under_a_paused_broker_never_completes_a_course_early(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("stale-catalog", lessons=2)
-    [learner] = lms.learners("sc", 1)
-    lms.enroll([learner], course)
-    broker = lms.pid("broker")
-    os.kill(broker, signal.SIGSTOP)
-    try:
+    course, [learner] = lms.cohort("sc", 1, lessons=2)
+    with lms.broker_paused():
         # The catalog changes while progress cannot hear of it.
         course.lessons.append(lms.add_lesson(course.id, "Added while the broker was paused"))
         last: dict[str, Any] = {}
@@ -282,8 +259,6 @@ def test_a_stale_catalog_under_a_paused_broker_never_completes_a_course_early(fa
         assert last["total_lessons"] == 3 and last["completed_lessons"] == 2, last
         assert last["progress_percentage"] < 100
         assert not lms.course_completions(course), "no course-completed on a stale catalog"
-    finally:
-        os.kill(broker, signal.SIGCONT)
     # Completing the added lesson completes the course, once.
     assert lms.complete(learner, course, course.lessons[2]).status_code == 200
     lms.wait_converged([learner], course, 90, "the certificate once the course is really complete")
@@ -339,9 +314,7 @@ def test_forged_and_malformed_events_make_no_certificate_and_no_email(faults: Fa
 
 def test_a_killed_broker_is_restarted_with_every_client_and_nothing_is_lost(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("broker-kill")
-    learners = lms.learners("bk", 20)
-    lms.enroll(learners, course)
+    course, learners = lms.cohort("bk", 20)
     acknowledged = lms.complete_course(learners[:10], course)
     old = lms.kill("broker")
     killed = time.monotonic()
@@ -355,9 +328,7 @@ def test_a_killed_broker_is_restarted_with_every_client_and_nothing_is_lost(faul
 
 def test_the_runner_killed_right_after_a_burst_and_started_again_loses_nothing(faults: FaultEnv) -> None:
     lms = faults.lms
-    course = lms.course("runner-kill")
-    learners = lms.learners("rk", 30)
-    lms.enroll(learners, course)
+    course, learners = lms.cohort("rk", 30)
     acknowledged = lms.complete_course(learners, course)
     assert len(acknowledged) == len(learners)
     faults.stack.process.send_signal(signal.SIGKILL)  # the runner; its children get SIGTERM
