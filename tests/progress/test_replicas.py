@@ -107,7 +107,7 @@ async def settled(stack: Stack, clients: list[httpx.AsyncClient]) -> dict[str, A
 
 async def check_time_spent(stack: Stack, clients: list[httpx.AsyncClient], route: Callable[[int], int],
                            seconds: float, late: Callable[[float, float], Awaitable[None]] | None = None,
-                           least: float | None = 0.95) -> tuple[float, dict[str, Any]]:
+                           least: float | None = None) -> tuple[float, dict[str, Any]]:
     started, answered, position = await watch(stack, clients, route, seconds)
     if late is not None:
         await late(started, position)
