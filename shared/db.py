@@ -8,10 +8,8 @@ with its checksum so that an edited, already-applied migration is refused.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,8 +21,12 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from shared.retry import Backoff, retry
+
 # What a store function takes: a plain connection or one borrowed from a pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
+# What a query that needs no transaction of its own runs on: a connection, or the pool.
+Executor = Connection | asyncpg.Pool
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +173,11 @@ T = TypeVar("T")
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
+# A deadlock victim retries at once with a little jitter: the winner has committed.
+DEADLOCK_BACKOFF = Backoff(first_s=0.01, max_s=0.16, jitter=1.0)
+
+
 async def retrying(transaction: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
     """Run ``transaction`` (which opens and commits its own transaction), again on a deadlock."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await transaction()
-        except RETRYABLE_ERRORS as exc:
-            if attempt == attempts:
-                raise
-            log.info("transaction aborted by %s; retrying (attempt %d)", type(exc).__name__, attempt + 1)
-            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # jitter: do not collide again
-    raise AssertionError("unreachable")
+    return await retry(transaction, on=RETRYABLE_ERRORS, backoff=DEADLOCK_BACKOFF, attempts=attempts,
+                       what="transaction")

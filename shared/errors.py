@@ -12,6 +12,8 @@ over the limit (431) and NUL characters in the path or query string (400).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +44,19 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.data = data
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """How one kind of error is answered: its status, its code, and (if set) a message
+    replacing the exception's own."""
+
+    status: int
+    code: str
+    message: str | None = None
+
+
+ErrorMap = Mapping[type[Exception], HttpError]
 
 
 def error_body(status: int, code: str, message: str, **data: Any) -> dict[str, Any]:
@@ -212,18 +227,33 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """The exception handlers of the error shape, and the ``RequestGuard`` in front of the routes."""
+def _mapped_handler(mapped: HttpError) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        message = mapped.message or getattr(exc, "message", None) or str(exc)
+        data: dict[str, Any] = getattr(exc, "data", None) or {}
+        return error_response(mapped.status, mapped.code, message, headers=_headers(mapped.status), **data)
+
+    return handle
+
+
+def _headers(status: int) -> dict[str, str] | None:
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if status == 503:  # a peer service away: every 503 says when to try again
+        return {"Retry-After": str(RETRY_AFTER_S)}
+    return None
+
+
+def install_error_handlers(app: FastAPI, errors: ErrorMap | None = None) -> None:
+    """The exception handlers of the error shape, the service's own ``errors`` (each kind
+    and its subclasses), and the ``RequestGuard`` in front of the routes."""
     app.add_middleware(RequestGuard)
+    for kind, mapped in (errors or {}).items():
+        app.add_exception_handler(kind, _mapped_handler(mapped))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = None
-        if exc.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        elif exc.status == 503:  # a peer service away: every 503 says when to try again
-            headers = {"Retry-After": str(RETRY_AFTER_S)}
-        return error_response(exc.status, exc.code, exc.message, headers=headers, **exc.data)
+        return error_response(exc.status, exc.code, exc.message, headers=_headers(exc.status), **exc.data)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def utcnow() -> datetime:
@@ -210,18 +210,6 @@ class DeadLetter(Event):
         # PostgreSQL text column stores): the dead letter must still be writable.
         return (self.message_key or f"{self.source_topic}:{self.partition}").replace("\x00", "\ufffd")
 
-
-AnyEvent = Annotated[
-    CourseCatalogEntry
-    | EnrollmentChanged
-    | LessonCompleted
-    | LessonReopened
-    | CourseCompleted
-    | CertificateIssued
-    | CertificateRequested,
-    Field(discriminator="type"),
-]
-any_event_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 EVENT_TYPES: dict[Topic, type[Event]] = {
     Topic.COURSE_CATALOG: CourseCatalogEntry,

@@ -35,11 +35,13 @@ from shared import metrics, outbox
 from shared.db import Connection
 from shared.events import DeadLetter, Event, Topic
 from shared.logs import event_id_var
+from shared.retry import Backoff
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
+S = TypeVar("S")
 
 
 class AlreadyApplied(Exception):
@@ -76,19 +78,32 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
 )
 TRANSIENT_PAUSE_S = 1.0
+# A failing handler is retried in place, the partition waiting: never longer than this.
+CONSUMER_RETRY_MAX_S = 30.0
 
 
 class EventContext:
+    """What a handler gets beside its event: the pool, the inbox transaction, and the
+    service's state (``ServiceSpec.open_state``), as ``state_of`` gives it to a route."""
+
     def __init__(
-        self, pool: asyncpg.Pool, consumer: str, event: Event, *, partition: int = -1, offset: int = -1
+        self, pool: asyncpg.Pool, consumer: str, event: Event, *, partition: int = -1, offset: int = -1,
+        state: object = None,
     ) -> None:
         self.pool = pool
         self.consumer = consumer
         self.event = event
+        self._state = state
         # Where the message came from (-1 when unknown): lets a handler that defers
         # work name the source message in a later dead letter.
         self.partition = partition
         self.offset = offset
+
+    def state(self, kind: type[S]) -> S:
+        """The service's typed state; it is open whenever a subscriber runs."""
+        if not isinstance(self._state, kind):
+            raise TypeError(f"the service's state is {type(self._state).__name__}, not {kind.__name__}")
+        return self._state
 
     async def already_applied(self) -> bool:
         """A cheap check before expensive work done outside the transaction."""
@@ -133,6 +148,7 @@ def subscribe(
     settings: ServiceSettings,
     pool_getter: Callable[[], asyncpg.Pool],
     sub: Subscription[Any],
+    state_getter: Callable[[], object] = lambda: None,
 ) -> None:
     """Register ``sub`` on ``broker``: apply once, retry, dead-letter.
 
@@ -147,7 +163,9 @@ def subscribe(
         started = time.perf_counter()
         token = event_id_var.set(str(event.event_id))
         try:
-            await _handle_with_retries(pool_getter(), settings, sub, event, message.raw_message, message.body)
+            await _handle_with_retries(
+                pool_getter(), settings, sub, event, message.raw_message, message.body, state_getter()
+            )
         finally:
             event_id_var.reset(token)
             metrics.EVENT_HANDLING.labels(service, topic_label).observe(time.perf_counter() - started)
@@ -210,12 +228,15 @@ async def _handle_with_retries(
     event: Event,
     record: Any,
     raw: bytes,
+    state: object = None,
 ) -> None:
     service, topic_label = settings.service_name, sub.topic.value
     attempts = settings.consumer_max_attempts
     for attempt in range(1, attempts + 1):
         try:
-            ctx = EventContext(pool, sub.consumer, event, partition=record.partition, offset=record.offset)
+            ctx = EventContext(
+                pool, sub.consumer, event, partition=record.partition, offset=record.offset, state=state
+            )
             await sub.handler(event, ctx)
         except AlreadyApplied:
             metrics.EVENTS_CONSUMED.labels(service, topic_label, "duplicate").inc()
@@ -236,7 +257,7 @@ async def _handle_with_retries(
                 await _dead_letter(pool, settings, sub, record, raw, repr(exc), attempt, event.event_id)
                 metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
                 return
-            delay = settings.consumer_retry_base_s * 2 ** (attempt - 1)
+            delay = Backoff(first_s=settings.consumer_retry_base_s, max_s=CONSUMER_RETRY_MAX_S).delay(attempt)
             log.warning("handling %s failed (attempt %d): %r; retrying in %.2fs", topic_label, attempt, exc, delay)
             metrics.EVENTS_CONSUMED.labels(service, topic_label, "retried").inc()
             await asyncio.sleep(delay)

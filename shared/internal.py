@@ -6,6 +6,7 @@ Internal routes live under ``/internal/...`` on each service, require the shared
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from urllib.parse import quote
 from uuid import UUID
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from shared.events import CertificateIssued, CourseCatalogEntry, CourseCompleted, EnrollmentChanged
 from shared.inbox import RejectedEvent, TransientError
 from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = "/internal"
 
@@ -28,6 +31,32 @@ def internal_client(settings: ServiceSettings, base_url: str, timeout: float = 3
         timeout=httpx.Timeout(timeout, connect=1.0),
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
     )
+
+
+class PeerUnavailable(TransientError):
+    """A peer service could not be asked: unreachable, timed out, or an answer other than
+    200 or 404. Transient for an event handler (the message comes back); each service maps
+    it to its 503 (``ServiceSpec.errors``)."""
+
+    def __init__(self, peer: str, detail: str) -> None:
+        super().__init__(f"{peer} cannot be asked right now: {detail}")
+        self.peer = peer
+
+
+async def get_internal(client: httpx.AsyncClient, path: str, peer: str) -> bytes | None:
+    """GET an internal route of ``peer``: the body of a 200, None for a 404, and
+    ``PeerUnavailable`` for anything else."""
+    try:
+        response = await client.get(path)
+    except httpx.HTTPError as exc:
+        log.warning("%s internal API unreachable for %s: %r", peer, path, exc)
+        raise PeerUnavailable(peer, repr(exc)) from exc
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        log.warning("%s internal API answered %s to %s", peer, response.status_code, path)
+        raise PeerUnavailable(peer, f"answered {response.status_code} to {path}")
+    return response.content
 
 
 class CourseConfirmation(BaseModel):
@@ -81,19 +110,6 @@ class IssuedCertificate(BaseModel):
     issued_event_id: UUID | None = None
 
 
-async def _owner_copy(client: httpx.AsyncClient, path: str, owner: str) -> bytes | None:
-    """The owner's answer; None when it does not know the thing (404)."""
-    try:
-        response = await client.get(path)
-    except httpx.HTTPError as exc:
-        raise TransientError(f"{owner} cannot be asked right now: {exc!r}") from exc
-    if response.status_code == 404:
-        return None
-    if response.status_code != 200:
-        raise TransientError(f"{owner} answered {response.status_code} to {path}")
-    return response.content
-
-
 def _differences(claimed: BaseModel, owned: BaseModel, fields: tuple[str, ...]) -> list[str]:
     return [name for name in fields if getattr(claimed, name) != getattr(owned, name)]
 
@@ -105,7 +121,7 @@ async def confirm_completion(progress: httpx.AsyncClient, claimed: CourseComplet
     who completed what (a forged or altered message), ``TransientError`` when progress
     cannot answer. The returned event is the one to act on.
     """
-    body = await _owner_copy(progress, f"{INTERNAL_PREFIX}/completions/{claimed.event_id}", "progress")
+    body = await get_internal(progress, f"{INTERNAL_PREFIX}/completions/{claimed.event_id}", "progress")
     if body is None:
         raise RejectedEvent(f"progress published no course-completed with event_id {claimed.event_id}")
     owned = CourseCompleted.model_validate_json(body)
@@ -124,7 +140,7 @@ async def confirm_certificate(certificates: httpx.AsyncClient, claimed: Certific
     copy of a real event under a new id, which would otherwise mail the learner again).
     """
     path = f"{INTERNAL_PREFIX}/certificates/{quote(claimed.certificate_id, safe='')}"
-    body = await _owner_copy(certificates, path, "certificates")
+    body = await get_internal(certificates, path, "certificates")
     if body is None:
         raise RejectedEvent(f"certificates issued no certificate {claimed.certificate_id!r}")
     record = IssuedCertificate.model_validate_json(body)

@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaProducer
 from shared import bus, metrics
 from shared.db import Connection
 from shared.events import Event
+from shared.retry import Backoff, Delays
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ _KEY_LOCK_SPACE = 73_051_140
 BATCH_SIZE = 500
 # Fallback poll for a notification lost while the listening connection was down.
 IDLE_POLL_S = 2.0
-MAX_BACKOFF_S = 5.0
+RELAY_BACKOFF = Backoff(first_s=0.1, max_s=5.0)
 # How often the relay looks for its marker on the broker while the producer is unchanged.
 MARKER_CHECK_S = 5.0
 PRUNE_EVERY_S = 60.0
@@ -163,19 +164,19 @@ class OutboxRelay:
             return self._producer
 
     async def _run(self) -> None:
-        backoff = 0.1
+        delays = Delays(RELAY_BACKOFF)
         while not self._stopping:
             try:
                 await self._relay_while_holding_lock()
-                backoff = 0.1
+                delays.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.active = False
                 self.last_error = repr(exc)
-                log.warning("outbox relay interrupted: %r; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                pause = delays.next()
+                log.warning("outbox relay interrupted: %r; retrying in %.1fs", exc, pause)
+                await asyncio.sleep(pause)
 
     async def _relay_while_holding_lock(self) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(self._settings.database_url)
@@ -188,14 +189,13 @@ class OutboxRelay:
             relay_id: UUID = await conn.fetchval("SELECT relay_id FROM outbox_relay")
             self._checked_generation = -1  # a new holder looks at the broker first
             await conn.add_listener("outbox", self._on_notify)
-            backoff = 0.1
+            delays = Delays(RELAY_BACKOFF)
             while not self._stopping:
                 self._wake.clear()
                 if not await self._meet_broker(conn, relay_id):
                     # Nothing is published to a broker whose marker was not looked at: rows
                     # published first would be queued again once the look succeeds.
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    await asyncio.sleep(delays.next())
                     continue
                 await self._prune(conn)
                 rows = await conn.fetch(
@@ -222,11 +222,11 @@ class OutboxRelay:
                         failed_id, error[:2000],
                     )
                     self.last_error = error
-                    log.warning("outbox publish failed: %s; retrying in %.1fs", error, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    pause = delays.next()
+                    log.warning("outbox publish failed: %s; retrying in %.1fs", error, pause)
+                    await asyncio.sleep(pause)
                 else:
-                    backoff = 0.1
+                    delays.reset()
                     self.last_error = None
         finally:
             self.active = False

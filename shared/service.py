@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,21 +21,25 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
-from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import bus, db, metrics
 from shared.auth import TokenVerifier
-from shared.errors import error_response, install_error_handlers
+from shared.errors import ErrorMap, error_response, install_error_handlers
 from shared.events import EVENT_TYPES, Topic
+from shared.http import RequestContextMiddleware
 from shared.inbox import Subscription, invalid_message_middleware, prune, subscribe
-from shared.logs import configure_logging, request_id_var
+from shared.logs import configure_logging
 from shared.outbox import OutboxRelay
+from shared.periodic import Periodic
+from shared.retry import Backoff, retry
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+
+# Kafka may start after the service: its subscribers keep trying, at most every 5 s.
+BROKER_START_BACKOFF = Backoff(first_s=0.2, max_s=5.0)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class ServiceSpec(Generic[S]):
     # closed after the subscribers have stopped (see ``Runtime.start`` and ``stop``).
     open_state: Callable[[Runtime[S]], Awaitable[S]] | None = None
     close_state: Callable[[S], Awaitable[None]] | None = None
+    # Where the service's domain errors become HTTP answers: one place per service (its api.py).
+    errors: ErrorMap = field(default_factory=dict)
     title: str = ""
     # (method, route template) whose successful requests get no access-log line: the
     # heartbeat path would write thousands a second. Metrics still count them; errors log.
@@ -75,9 +79,9 @@ class Runtime(Generic[S]):
         self.relay = OutboxRelay(spec.settings)
         self.broker_started = False
         self._broker_task: asyncio.Task[None] | None = None
-        self._prune_task: asyncio.Task[None] | None = None
+        self._pruning = Periodic(3600, self._prune_inbox, "inbox pruning", at_once=True)
         for sub in spec.subscriptions:
-            subscribe(self.broker, spec.settings, lambda: self.pool, sub)
+            subscribe(self.broker, spec.settings, lambda: self.pool, sub, lambda: self._state)
         for topic in spec.publishes:
             # Declared for the AsyncAPI document only: events leave through the outbox relay.
             self.broker.publisher(
@@ -114,44 +118,35 @@ class Runtime(Generic[S]):
         # Kafka may come up after us: subscribers start in the background, the API serves now.
         self._broker_task = asyncio.create_task(self._start_broker(), name="broker-start")
         if self.spec.subscriptions:
-            self._prune_task = asyncio.create_task(self._prune_inbox(), name="inbox-prune")
+            self._pruning.start()
 
     async def _start_broker(self) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                await bus.ensure_topics(self.settings)
-                if self.spec.subscriptions:
-                    await self.broker.start()
-                self.broker_started = True
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("broker not available yet: %r; retrying in %.1fs", exc, backoff)
-                with contextlib.suppress(Exception):
-                    await self.broker.stop()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        async def start_once() -> None:
+            await bus.ensure_topics(self.settings)
+            if self.spec.subscriptions:
+                await self.broker.start()
+
+        async def stop_half_started() -> None:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+
+        await retry(start_once, on=(Exception,), backoff=BROKER_START_BACKOFF, what="starting the subscribers",
+                    after_failure=stop_half_started)
+        self.broker_started = True
 
     async def _prune_inbox(self) -> None:
-        while True:
-            try:
-                deleted = await prune(self.pool, self.settings.inbox_retention_days)
-                if deleted:
-                    log.info("pruned %d applied-event markers", deleted)
-            except Exception as exc:
-                log.warning("inbox pruning failed: %r", exc)
-            await asyncio.sleep(3600)
+        deleted = await prune(self.pool, self.settings.inbox_retention_days)
+        if deleted:
+            log.info("pruned %d applied-event markers", deleted)
 
     async def stop(self) -> None:
         """Subscribers first (no event arrives at a half-stopped service), then the state,
         the relay (which may still publish what closing the state wrote), and the pool."""
-        for task in (self._broker_task, self._prune_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._pruning.stop()
+        if self._broker_task is not None:
+            self._broker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._broker_task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.broker.stop(), 10)
         state, self._state = self._state, None
@@ -178,71 +173,6 @@ class Runtime(Generic[S]):
         return checks
 
 
-class BareRoute(Route):
-    """A route to a bare ASGI endpoint (a hot path skipping FastAPI's request handling) that
-    still names its template in the scope, as FastAPI's routes do, for metrics and logs."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match != Match.NONE:
-            child["route"] = self
-        return match, child
-
-
-class RequestContextMiddleware:
-    """Request id in and out, per-route latency metrics, one JSON access-log line.
-
-    Pure ASGI (not BaseHTTPMiddleware): it sits on the heartbeat hot path.
-    """
-
-    def __init__(
-        self, app: ASGIApp, service: str, quiet_routes: frozenset[tuple[str, str]] = frozenset()
-    ) -> None:
-        self.app = app
-        self.service = service
-        self.quiet = quiet_routes | {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")}
-        self.log = logging.getLogger(f"{service}.access")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-                break
-        request_id = request_id or uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status = 500
-        extra_headers = [
-            (b"x-request-id", request_id.encode("latin-1")),
-            (b"x-lessonstream-service", self.service.encode()),
-        ]
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = list(message.get("headers", [])) + extra_headers
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            metrics.HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).observe(elapsed)
-            if status >= 400 or (scope["method"], template) not in self.quiet:
-                self.log.info(
-                    "%s %s %d", scope["method"], scope["path"], status,
-                    extra={"fields": {"status": status, "ms": round(elapsed * 1000, 2), "route": template}},
-                )
-            request_id_var.reset(token)
-
-
 def create_app(spec: ServiceSpec[Any]) -> FastAPI:
     configure_logging(spec.name, spec.settings.log_level)
     runtime = Runtime(spec)
@@ -259,7 +189,7 @@ def create_app(spec: ServiceSpec[Any]) -> FastAPI:
     app.state.runtime = runtime
     app.state.settings = spec.settings
     app.state.token_verifier = TokenVerifier(spec.settings)
-    install_error_handlers(app)
+    install_error_handlers(app, spec.errors)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:

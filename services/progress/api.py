@@ -17,7 +17,8 @@ from services.progress.domain import MAX_POSITION_SECONDS
 from services.progress.tracking import ProgressState, Tracker
 from shared.auth import CurrentUser, InternalCaller, current_user
 from shared.errors import not_found
-from shared.service import BareRoute, state_of
+from shared.http import BareRoute
+from shared.service import state_of
 from shared.validation import MAX_BIGINT
 
 Position = Annotated[float, Field(ge=0, le=MAX_POSITION_SECONDS, allow_inf_nan=False)]
