@@ -7,10 +7,14 @@ the JWKS does not know are refused.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import math
 import time
 from typing import Annotated, Any, Literal
 
+import httpx
 import jwt
 from fastapi import Depends, Request
 from pydantic import BaseModel, Field
@@ -18,6 +22,8 @@ from pydantic import BaseModel, Field
 from shared.errors import ApiError, forbidden, unauthorized
 from shared.settings import ServiceSettings
 from shared.validation import storable
+
+log = logging.getLogger(__name__)
 
 Role = Literal["learner", "instructor", "admin"]
 # Verified tokens are remembered briefly: a client sends the same token with every
@@ -47,37 +53,78 @@ class User(BaseModel):
         return "instructor" in self.roles
 
 
+class JwksKeys:
+    """The signing keys published at a JWKS URL, fetched with an async client so that a
+    cache miss never blocks the event loop (PyJWT's ``PyJWKClient`` fetches synchronously).
+
+    Keys are kept ``lifespan_s``; an unknown key id triggers a refetch (a rotated key), at
+    most every ``min_refetch_s`` so that tokens with made-up key ids cannot flood the issuer.
+    """
+
+    def __init__(self, url: str, lifespan_s: float = 300.0, min_refetch_s: float = 10.0) -> None:
+        self.url = url
+        self._lifespan_s = lifespan_s
+        self._min_refetch_s = min_refetch_s
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> Any:
+        if kid in self._keys and time.monotonic() - self._fetched_at < self._lifespan_s:
+            return self._keys[kid].key
+        async with self._lock:  # one fetch at a time; waiters use its result
+            age = time.monotonic() - self._fetched_at
+            if age >= self._lifespan_s or (kid not in self._keys and age >= self._min_refetch_s):
+                await self._fetch()
+        found = self._keys.get(kid)
+        if found is None:
+            raise unauthorized("Invalid token")
+        return found.key
+
+    async def _fetch(self) -> None:
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0)) as client:
+                response = await client.get(self.url)
+                response.raise_for_status()
+            keys = jwt.PyJWKSet.from_dict(response.json()).keys
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            # Keys already held stay usable until the next successful fetch.
+            log.warning("JWKS fetch from %s failed: %r", self.url, exc)
+            return
+        self._keys = {k.key_id: k for k in keys if k.key_id}
+        self._fetched_at = time.monotonic()
+
+
 class TokenVerifier:
     def __init__(self, settings: ServiceSettings) -> None:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._secret = settings.jwt_secret
-        self._jwks = (
-            jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300)
-            if settings.jwt_jwks_url
-            else None
-        )
+        self._jwks = JwksKeys(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
         self._verified: dict[str, tuple[float, User]] = {}
 
-    def verify(self, token: str) -> User:
+    async def verify(self, token: str) -> User:
         now = time.time()
         cached = self._verified.get(token)
         if cached is not None and cached[0] > now:
             return cached[1]
-        user, expires = self._verify(token)
+        user, expires = await self._verify(token)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()  # crude but bounded; refills with the tokens in use
         self._verified[token] = (min(expires, now + VERIFIED_CACHE_S), user)
         return user
 
-    def _verify(self, token: str) -> tuple[User, float]:
+    async def _verify(self, token: str) -> tuple[User, float]:
         try:
             header = jwt.get_unverified_header(token)
             options: Any = {"require": ["exp", "iss", "aud", "sub"]}
             if self._jwks is not None:
                 if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
                     raise unauthorized("Token algorithm not accepted")
-                key = self._jwks.get_signing_key_from_jwt(token).key
+                kid = header.get("kid")
+                if not isinstance(kid, str):
+                    raise unauthorized("Invalid token")
+                key = await self._jwks.key(kid)
                 claims = jwt.decode(
                     token, key, algorithms=ASYMMETRIC_ALGORITHMS, audience=self._audience,
                     issuer=self._issuer, options=options,
@@ -182,7 +229,7 @@ async def current_user(request: Request) -> User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized()
-    return _verifier(request).verify(token.strip())
+    return await _verifier(request).verify(token.strip())
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

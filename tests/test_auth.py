@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -27,9 +28,9 @@ def hs256(claims: dict[str, Any], secret: str = SETTINGS.jwt_secret) -> str:
     return jwt.encode({**base, **claims}, secret, algorithm="HS256")
 
 
-def test_a_valid_development_token_gives_the_user() -> None:
+async def test_a_valid_development_token_gives_the_user() -> None:
     token = issue_token(SETTINGS, user_id="42", name="Ada", email="ada@example.com", roles=["instructor"])
-    user = TokenVerifier(SETTINGS).verify(token)
+    user = await TokenVerifier(SETTINGS).verify(token)
     assert (user.id, user.name, user.email, user.roles) == ("42", "Ada", "ada@example.com", ["instructor"])
     assert user.is_instructor and not user.is_admin
 
@@ -44,38 +45,42 @@ def test_a_valid_development_token_gives_the_user() -> None:
     ],
     ids=["expired", "wrong-issuer", "wrong-audience", "wrong-secret"],
 )
-def test_bad_tokens_are_refused(claims: dict[str, Any], secret: str, message: str) -> None:
+async def test_bad_tokens_are_refused(claims: dict[str, Any], secret: str, message: str) -> None:
     if "exp" in claims:  # relative to now: tokens are made when the test runs
         claims = {**claims, "exp": int(time.time()) + claims["exp"]}
     with pytest.raises(ApiError) as info:
-        TokenVerifier(SETTINGS).verify(hs256(claims, secret))
+        await TokenVerifier(SETTINGS).verify(hs256(claims, secret))
     assert info.value.status == 401 and info.value.code == "unauthorized"
     assert info.value.message == message
 
 
-def test_garbage_is_refused() -> None:
+async def test_garbage_is_refused() -> None:
     with pytest.raises(ApiError) as info:
-        TokenVerifier(SETTINGS).verify("not-a-jwt")
+        await TokenVerifier(SETTINGS).verify("not-a-jwt")
     assert info.value.status == 401 and info.value.message == "Invalid token"
 
 
-def test_missing_claims_are_refused() -> None:
+async def test_missing_claims_are_refused() -> None:
     token = jwt.encode({"sub": "1", "iss": "lessonstream", "aud": "lessonstream"}, SETTINGS.jwt_secret, "HS256")
     with pytest.raises(ApiError):
-        TokenVerifier(SETTINGS).verify(token)  # no exp
+        await TokenVerifier(SETTINGS).verify(token)  # no exp
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def test_alg_none_is_refused() -> None:
+async def test_alg_none_is_refused() -> None:
     header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     claims = {"sub": "1", "iss": "lessonstream", "aud": "lessonstream", "exp": int(time.time()) + 60}
     token = f"{header}.{_b64(json.dumps(claims).encode())}."
     with pytest.raises(ApiError) as info:
-        TokenVerifier(SETTINGS).verify(token)
+        await TokenVerifier(SETTINGS).verify(token)
     assert info.value.status == 401
+
+
+SLOW_RELEASE = threading.Event()
+SLOW_ANSWERED = threading.Event()
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +91,9 @@ def jwks_server() -> Iterator[tuple[str, Any]]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if "slow" in self.path:  # answers once the test releases it (or after 5 s)
+                SLOW_RELEASE.wait(5)
+                SLOW_ANSWERED.set()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -107,21 +115,36 @@ def rs256(key: Any, kid: str, **claims: Any) -> str:
     return jwt.encode({**base, **claims}, key, algorithm="RS256", headers={"kid": kid})
 
 
-def test_rs256_tokens_are_verified_against_the_jwks(jwks_server: tuple[str, Any]) -> None:
+async def test_rs256_tokens_are_verified_against_the_jwks(jwks_server: tuple[str, Any]) -> None:
     url, key = jwks_server
     verifier = TokenVerifier(ServiceSettings(env="test", jwt_jwks_url=url))
-    user = verifier.verify(rs256(key, "k1"))
+    user = await verifier.verify(rs256(key, "k1"))
     assert user.id == "9" and user.is_admin
 
 
-def test_unknown_keys_and_symmetric_tokens_are_refused_with_a_jwks(jwks_server: tuple[str, Any]) -> None:
+async def test_unknown_keys_and_symmetric_tokens_are_refused_with_a_jwks(jwks_server: tuple[str, Any]) -> None:
     url, _ = jwks_server
     verifier = TokenVerifier(ServiceSettings(env="test", jwt_jwks_url=url))
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     for token in (rs256(other, "k1"), rs256(other, "unknown-kid"), hs256({})):
         with pytest.raises(ApiError) as info:
-            verifier.verify(token)
+            await verifier.verify(token)
         assert info.value.status == 401
+
+
+async def test_fetching_the_jwks_does_not_block_the_event_loop(jwks_server: tuple[str, Any]) -> None:
+    url, key = jwks_server
+    verifier = TokenVerifier(ServiceSettings(env="test", jwt_jwks_url=url.replace("jwks.json", "slow/jwks.json")))
+    verifying = asyncio.create_task(verifier.verify(rs256(key, "k1")))
+    ticks = 0
+    while ticks < 20:  # the loop keeps running while the issuer has not answered
+        await asyncio.sleep(0.01)
+        assert not SLOW_ANSWERED.is_set()
+        ticks += 1
+    assert not verifying.done()
+    SLOW_RELEASE.set()
+    user = await asyncio.wait_for(verifying, 10)
+    assert user.id == "9"
 
 
 async def test_routes_answer_401_in_the_error_shape_without_a_valid_token() -> None:

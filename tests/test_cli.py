@@ -17,7 +17,7 @@ from tests.helpers import TestEnv
 runner = CliRunner()
 
 
-def test_token_prints_only_a_token_the_services_accept() -> None:
+async def test_token_prints_only_a_token_the_services_accept() -> None:
     result = runner.invoke(
         app, ["token", "--user", "17", "--name", "Grace Hopper", "--email", "grace@example.com",
               "--role", "instructor", "--role", "admin"],
@@ -25,7 +25,7 @@ def test_token_prints_only_a_token_the_services_accept() -> None:
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
     assert token.count(".") == 2 and "\n" not in token
-    user = TokenVerifier(ServiceSettings()).verify(token)
+    user = await TokenVerifier(ServiceSettings()).verify(token)
     assert (user.id, user.name, user.email) == ("17", "Grace Hopper", "grace@example.com")
     assert user.roles == ["instructor", "admin"]
 

@@ -115,15 +115,26 @@ async def test_nul_in_path_or_query_and_oversized_headers_are_refused(client: ht
     assert (await client.get("/teapot", headers={"X-Padding": "a" * 8000})).status_code == 403
 
 
+PUBLIC = "https://learn.example"
+
+
 def test_production_refuses_the_development_secrets() -> None:
     with pytest.raises(ValidationError, match="JWT_SECRET"):
         ServiceSettings(env="production")
     with pytest.raises(ValidationError, match="JWT_SECRET"):
         ServiceSettings(env="production", jwt_secret="short", internal_token="t" * 40)
-    ok = ServiceSettings(env="production", jwt_secret="s" * 40, internal_token="t" * 40)
+    ok = ServiceSettings(env="production", jwt_secret="s" * 40, internal_token="t" * 40, public_base_url=PUBLIC)
     assert ok.jwt_secret != DEV_JWT_SECRET
-    jwks = ServiceSettings(env="production", jwt_jwks_url="https://id.example/jwks", internal_token="t" * 40)
+    jwks = ServiceSettings(
+        env="production", jwt_jwks_url="https://id.example/jwks", internal_token="t" * 40, public_base_url=PUBLIC
+    )
     assert jwks.jwt_jwks_url
+
+
+def test_production_refuses_a_missing_public_url() -> None:
+    with pytest.raises(ValidationError, match="PUBLIC_BASE_URL must be set"):
+        ServiceSettings(env="production", jwt_secret="s" * 40, internal_token="t" * 40)
+    assert ServiceSettings(env="development").public_base_url == "http://127.0.0.1:8080"
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +143,9 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("INTERNAL_TOKEN", "i" * 48)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/progress")
+    monkeypatch.setenv("PUBLIC_BASE_URL", PUBLIC)
     settings = ServiceSettings()
+    assert settings.public_base_url == PUBLIC
     assert settings.env == "production"
     assert settings.kafka_bootstrap_servers == "kafka:9092"
     assert settings.database_url.endswith("/progress")

@@ -14,13 +14,13 @@ async def test_a_cached_token_is_still_refused_once_expired() -> None:
     settings = ServiceSettings(env="test")
     verifier = TokenVerifier(settings)
     token = issue_token(settings, user_id="u1", name="A", roles=["instructor"], ttl_seconds=1)
-    first = verifier.verify(token)
+    first = await verifier.verify(token)
     assert (first.id, first.name, first.roles) == ("u1", "A", ["instructor"])
-    assert verifier.verify(token) is first  # served from the cache
+    assert await verifier.verify(token) is first  # served from the cache
 
     async def refused() -> bool:
         try:
-            verifier.verify(token)
+            await verifier.verify(token)
         except ApiError as exc:
             return exc.status == 401 and exc.message == "Token has expired"
         return False
@@ -28,11 +28,11 @@ async def test_a_cached_token_is_still_refused_once_expired() -> None:
     await eventually(refused, timeout=5, what="expired token refused")
 
 
-def test_a_bad_signature_is_never_cached_as_valid() -> None:
+async def test_a_bad_signature_is_never_cached_as_valid() -> None:
     settings = ServiceSettings(env="test")
     verifier = TokenVerifier(settings)
     forged = issue_token(ServiceSettings(env="test", jwt_secret="x" * 40), user_id="u1")
     for _ in range(2):
         with pytest.raises(ApiError) as caught:
-            verifier.verify(forged)
+            await verifier.verify(forged)
         assert caught.value.status == 401
