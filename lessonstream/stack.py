@@ -24,6 +24,7 @@ import httpx
 from lessonstream import infra
 from shared.bus import ensure_topics
 from shared.db import with_database
+from shared.retry import Backoff, Delays
 from shared.settings import ServiceSettings
 
 
@@ -47,7 +48,7 @@ SERVICES = [p.name for p in PROCESSES if p.routed]
 # Restart backoff per process: doubled at each exit, back to the first step once the
 # process has stayed up for STABLE_S.
 FIRST_BACKOFF_S = 0.5
-MAX_BACKOFF_S = 30.0
+RESTART_BACKOFF = Backoff(first_s=FIRST_BACKOFF_S, max_s=30.0)
 STABLE_S = 60.0
 
 
@@ -146,7 +147,7 @@ class Child:
     uses_broker: bool
     proc: infra.Process | None = None
     restarts: int = 0
-    backoff: float = FIRST_BACKOFF_S
+    delays: Delays = field(default_factory=lambda: Delays(RESTART_BACKOFF))
     restart_at: float | None = None  # monotonic time of a scheduled restart
     up_since: float = 0.0
 
@@ -261,16 +262,16 @@ class Stack:
             if child.restart_at is None:
                 if child.alive:
                     if now - child.up_since > STABLE_S:
-                        child.backoff = FIRST_BACKOFF_S
+                        child.delays.reset()
                     continue
                 status = child.proc.popen.returncode if child.proc is not None else None
                 tail = child.proc.log_tail(5) if child.proc is not None else ""
                 if child.proc is not None:
                     child.proc.stop()  # closes its log file
-                child.restart_at = now + child.backoff
-                self._log(f"{child.name} exited (status {status}); restarting in {child.backoff:.1f}s"
+                pause = child.delays.next()
+                child.restart_at = now + pause
+                self._log(f"{child.name} exited (status {status}); restarting in {pause:.1f}s"
                           + (f"\n{tail}" if tail else ""))
-                child.backoff = min(child.backoff * 2, MAX_BACKOFF_S)
             elif now >= child.restart_at:
                 self._restart(child)
 
@@ -278,9 +279,9 @@ class Stack:
         try:
             self._launch(child)
         except Exception as exc:
-            child.restart_at = time.monotonic() + child.backoff
-            self._log(f"{child.name} did not start: {exc}; next try in {child.backoff:.1f}s")
-            child.backoff = min(child.backoff * 2, MAX_BACKOFF_S)
+            pause = child.delays.next()
+            child.restart_at = time.monotonic() + pause
+            self._log(f"{child.name} did not start: {exc}; next try in {pause:.1f}s")
             return
         child.restarts += 1
         self._log(f"{child.name} restarted (restart {child.restarts}, pid {child.pid})")

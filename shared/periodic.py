@@ -47,6 +47,10 @@ class Periodic:
                 every(self.interval_s, self._work, self.what, at_once=self._at_once), name=self.what
             )
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         """Cancels the loop; a tick in progress is cancelled with it."""
         task, self._task = self._task, None
