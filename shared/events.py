@@ -122,26 +122,27 @@ class EnrollmentChanged(LearnerEvent):
     avatar: str | None = None
 
 
-class LessonCompleted(LearnerEvent):
+class LessonStanding(LearnerEvent):
+    """A lesson that changed state, with the course progress it left behind."""
+
+    lesson_id: int
+    progress_percentage: int
+    completed_lessons: int
+    total_lessons: int
+
+
+class LessonCompleted(LessonStanding):
     topic: ClassVar[Topic] = Topic.LESSON_COMPLETED
     type: Literal["lesson-completed"] = "lesson-completed"
 
-    lesson_id: int
     completed_at: datetime
-    progress_percentage: int
-    completed_lessons: int
-    total_lessons: int
 
 
-class LessonReopened(LearnerEvent):
+class LessonReopened(LessonStanding):
     topic: ClassVar[Topic] = Topic.LESSON_REOPENED
     type: Literal["lesson-reopened"] = "lesson-reopened"
 
-    lesson_id: int
     reopened_at: datetime
-    progress_percentage: int
-    completed_lessons: int
-    total_lessons: int
 
 
 class CourseCompleted(LearnerEvent):
@@ -159,9 +160,9 @@ class CourseCompleted(LearnerEvent):
     instructor_ids: list[str] = Field(default_factory=list)
 
 
-class CertificateIssued(LearnerEvent):
-    topic: ClassVar[Topic] = Topic.CERTIFICATE_ISSUED
-    type: Literal["certificate-issued"] = "certificate-issued"
+class CertificateRecord(BaseModel):
+    """What an issued certificate says: carried by ``certificate-issued`` and by the
+    certificates service's internal answer about one certificate."""
 
     certificate_id: str
     verification_code: str
@@ -171,6 +172,11 @@ class CertificateIssued(LearnerEvent):
     course_title: str
     student_name: str
     student_email: str
+
+
+class CertificateIssued(LearnerEvent, CertificateRecord):
+    topic: ClassVar[Topic] = Topic.CERTIFICATE_ISSUED
+    type: Literal["certificate-issued"] = "certificate-issued"
 
 
 class CertificateRequested(LearnerEvent):

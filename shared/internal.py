@@ -7,14 +7,13 @@ Internal routes live under ``/internal/...`` on each service, require the shared
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from urllib.parse import quote
 from uuid import UUID
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from shared.events import CertificateIssued, CourseCatalogEntry, CourseCompleted, EnrollmentChanged
+from shared.events import CertificateIssued, CertificateRecord, CourseCatalogEntry, CourseCompleted, EnrollmentChanged
 from shared.inbox import RejectedEvent, TransientError
 from shared.settings import ServiceSettings
 
@@ -94,19 +93,11 @@ CERTIFICATE_FIELDS = (
 )
 
 
-class IssuedCertificate(BaseModel):
+class IssuedCertificate(CertificateRecord):
     """The certificates service's internal answer for one certificate."""
 
     user_id: str
     course_id: int
-    certificate_id: str
-    verification_code: str
-    certificate_url: str
-    verification_url: str
-    issued_at: datetime
-    course_title: str
-    student_name: str
-    student_email: str
     issued_event_id: UUID | None = None
 
 
