@@ -12,45 +12,25 @@ import hmac
 import logging
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import httpx
 import jwt
 from fastapi import Depends, Request
-from pydantic import BaseModel, Field
 
+from shared.domain import User as User  # re-exported: routes type their caller with it
 from shared.errors import ApiError, forbidden, unauthorized
 from shared.settings import ServiceSettings
 from shared.validation import storable
 
 log = logging.getLogger(__name__)
 
-Role = Literal["learner", "instructor", "admin"]
 # Verified tokens are remembered briefly: a client sends the same token with every
 # request (a heartbeat every few seconds), and checking it again costs more than the
 # rest of a small request. Never beyond the token's own expiry.
 VERIFIED_CACHE_SIZE = 50_000
 VERIFIED_CACHE_S = 60.0
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
-
-
-class User(BaseModel):
-    id: str = Field(alias="sub")
-    name: str = ""
-    email: str = ""
-    roles: list[Role] = Field(default_factory=lambda: list[Role](["learner"]))
-    username: str = ""
-    avatar: str | None = None
-
-    model_config = {"populate_by_name": True, "frozen": True}
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.roles
-
-    @property
-    def is_instructor(self) -> bool:
-        return "instructor" in self.roles
 
 
 class JwksKeys:

@@ -1,4 +1,5 @@
-"""What every service's pure domain may use: the base of the refusals it states.
+"""What every service's pure domain may use: who is acting (``User``, from a verified
+token) and the base of the refusals it states.
 
 Nothing here (or imported from here) does I/O or knows HTTP; each service maps its
 refusals to a status and code in one place, its ``api.py`` (``ServiceSpec.errors``).
@@ -6,7 +7,11 @@ refusals to a status and code in one place, its ``api.py`` (``ServiceSpec.errors
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Role = Literal["learner", "instructor", "admin"]
 
 
 class DomainError(Exception):
@@ -17,3 +22,24 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.data = data
+
+
+class User(BaseModel):
+    """The caller, as its verified token describes it (``shared.auth`` verifies it)."""
+
+    id: str = Field(alias="sub")
+    name: str = ""
+    email: str = ""
+    roles: list[Role] = Field(default_factory=lambda: list[Role](["learner"]))
+    username: str = ""
+    avatar: str | None = None
+
+    model_config = {"populate_by_name": True, "frozen": True}
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    @property
+    def is_instructor(self) -> bool:
+        return "instructor" in self.roles
