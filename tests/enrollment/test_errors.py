@@ -3,7 +3,9 @@ code, message and data the service has always answered."""
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -86,3 +88,17 @@ async def test_a_refusal_is_answered_as_before(refusal: DomainError, body: dict[
         response = await client.get("/refuse")
     assert response.status_code == body["data"]["status"]
     assert response.json() == body
+
+
+def test_the_domain_knows_no_http_and_does_no_io() -> None:
+    tree = ast.parse(Path(domain.__file__).read_text())
+    imported = {
+        name
+        for node in ast.walk(tree)
+        for name in (
+            [alias.name for alias in node.names] if isinstance(node, ast.Import)
+            else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        )
+    }
+    forbidden = ("fastapi", "starlette", "asyncpg", "httpx", "shared.errors", "shared.auth", "shared.db")
+    assert not {name for name in imported if name.startswith(forbidden)}
