@@ -31,8 +31,8 @@ from hypothesis.errors import Unsatisfiable
 
 from services.certificates.app import CertificatesSettings
 from services.certificates.app import build_app as build_certificates
-from services.enrollment.app import EnrollmentSettings
 from services.enrollment.app import build_app as build_enrollment
+from services.enrollment.settings import EnrollmentSettings
 from services.notifications.app import NotificationsSettings
 from services.notifications.app import build_app as build_notifications
 from services.progress.app import ProgressSettings

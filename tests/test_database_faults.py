@@ -19,7 +19,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from services.enrollment.app import EnrollmentSettings, build_app
+from services.enrollment.app import build_app
+from services.enrollment.settings import EnrollmentSettings
 from services.progress.heartbeats import HeartbeatBuffer
 from shared.auth import issue_token
 from shared.errors import is_database_unavailable, is_unstorable_input

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from services.enrollment import actions, domain, store
+from services.enrollment import domain, usecases
 from services.enrollment.domain import MyCoursesStatus, SortOrder, StudentOrderBy
 from services.enrollment.schemas import (
     CourseCreate,
@@ -24,7 +24,7 @@ from services.enrollment.schemas import (
     StudentList,
 )
 from shared.auth import AdminUser, CurrentUser, InternalCaller
-from shared.errors import not_found
+from shared.errors import ErrorMap, HttpError
 from shared.service import DbPool
 from shared.validation import MAX_BIGINT, MAX_PAGE
 
@@ -43,33 +43,33 @@ internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=Fa
 
 @admin.post("", status_code=201)
 async def create_course(body: CourseCreate, user: AdminUser, pool: DbPool) -> Message[CourseOut]:
-    course = await actions.create_course(pool, body.model_dump())
+    course = await usecases.create_course(pool, body.model_dump())
     return Message(message="Course created", data=CourseOut.of(course))
 
 
 @admin.get("/{course_id}")
 async def get_any_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Data[CourseOut]:
     """Any status (drafts too), for the course's instructors and administrators."""
-    return Data(data=CourseOut.of(await actions.manageable_course(pool, user, course_id)))
+    return Data(data=CourseOut.of(await usecases.manageable_course(pool, user, course_id)))
 
 
 @admin.patch("/{course_id}")
 async def update_course(
     course_id: CourseId, body: CourseUpdate, user: CurrentUser, pool: DbPool
 ) -> Message[CourseOut]:
-    course = await actions.update_course(pool, user, course_id, body.changes())
+    course = await usecases.update_course(pool, user, course_id, body.changes())
     return Message(message="Course updated", data=CourseOut.of(course))
 
 
 @admin.post("/{course_id}/publish")
 async def publish_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[CourseOut]:
-    course = await actions.set_course_status(pool, user, course_id, "published")
+    course = await usecases.set_course_status(pool, user, course_id, "published")
     return Message(message="Course published", data=CourseOut.of(course))
 
 
 @admin.post("/{course_id}/archive")
 async def archive_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[CourseOut]:
-    course = await actions.set_course_status(pool, user, course_id, "archived")
+    course = await usecases.set_course_status(pool, user, course_id, "archived")
     return Message(message="Course archived", data=CourseOut.of(course))
 
 
@@ -78,7 +78,7 @@ async def add_lesson(
     course_id: CourseId, body: LessonCreate, user: CurrentUser, pool: DbPool
 ) -> Message[dict[str, Any]]:
     fields = body.model_dump(exclude={"order"})
-    course, lesson_id = await actions.add_lesson(pool, user, course_id, fields, body.order)
+    course, lesson_id = await usecases.add_lesson(pool, user, course_id, fields, body.order)
     out = CourseOut.of(course)
     lesson = next(lesson for lesson in out.lessons if lesson.id == lesson_id)
     return Message(message="Lesson added", data={"lesson": lesson, "course": out})
@@ -88,7 +88,7 @@ async def add_lesson(
 async def reorder_lessons(
     course_id: CourseId, body: LessonOrder, user: CurrentUser, pool: DbPool
 ) -> Message[CourseOut]:
-    course = await actions.reorder_lessons(pool, user, course_id, body.lesson_ids)
+    course = await usecases.reorder_lessons(pool, user, course_id, body.lesson_ids)
     return Message(message="Lessons reordered", data=CourseOut.of(course))
 
 
@@ -97,7 +97,7 @@ async def update_lesson(
     course_id: CourseId, lesson_id: LessonId, body: LessonUpdate, user: CurrentUser, pool: DbPool
 ) -> Message[dict[str, Any]]:
     order = body.order if "order" in body.model_fields_set else None
-    course = await actions.update_lesson(pool, user, course_id, lesson_id, body.changes(exclude={"order"}), order)
+    course = await usecases.update_lesson(pool, user, course_id, lesson_id, body.changes(exclude={"order"}), order)
     out = CourseOut.of(course)
     lesson = next(lesson for lesson in out.lessons if lesson.id == lesson_id)
     return Message(message="Lesson updated", data={"lesson": lesson, "course": out})
@@ -115,19 +115,18 @@ async def my_courses(
     page: Page = 1,
     per_page: PerPage = domain.DEFAULT_PER_PAGE,
 ) -> MyCourseList:
-    size = domain.page_size(per_page)
-    total, rows = await store.my_courses(pool, user.id, domain.statuses_for(status), size, (page - 1) * size)
+    total, size, rows = await usecases.my_courses(pool, user, status, page=page, per_page=per_page)
     return MyCourseList(data=rows, meta=PageMeta(total=total, per_page=size, current_page=page))
 
 
 @public.get("/{course_id}")
 async def get_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Data[CourseOut]:
-    return Data(data=CourseOut.of(await actions.published_course(pool, course_id)))
+    return Data(data=CourseOut.of(await usecases.published_course(pool, course_id)))
 
 
 @public.post("/{course_id}/enroll")
 async def enroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[EnrollmentOut]:
-    result = await actions.enroll(pool, user, course_id)
+    result = await usecases.enroll(pool, user, course_id)
     return Message(
         message="Successfully enrolled in course", data=EnrollmentOut.of(result.enrollment, result.resumed)
     )
@@ -135,7 +134,7 @@ async def enroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Messag
 
 @public.post("/{course_id}/unenroll")
 async def unenroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[EnrollmentOut]:
-    enrollment = await actions.unenroll(pool, user, course_id)
+    enrollment = await usecases.unenroll(pool, user, course_id)
     return Message(message="Successfully unenrolled from course", data=EnrollmentOut.of(enrollment))
 
 
@@ -149,7 +148,7 @@ async def students(
     orderby: StudentOrderBy = "enrolled_at",
     order: SortOrder = "desc",
 ) -> StudentList:
-    total, size, rows = await actions.students(
+    total, size, rows = await usecases.students(
         pool, user, course_id, page=page, per_page=per_page, orderby=orderby, order=order
     )
     return StudentList(data=rows, meta=PageMeta(total=total, per_page=size, current_page=page))
@@ -160,17 +159,13 @@ async def students(
 
 @internal.get("/courses/{course_id}")
 async def internal_course(course_id: CourseId, _: InternalCaller, pool: DbPool) -> JSONResponse:
-    course = await actions.any_course(pool, course_id)
-    if course is None:
-        raise domain.course_not_found()
+    course = await usecases.any_course(pool, course_id)
     return JSONResponse(domain.catalog_entry(course).model_dump(mode="json"))
 
 
 @internal.get("/courses/{course_id}/enrollments/{user_id}")
 async def internal_enrollment(course_id: CourseId, user_id: str, _: InternalCaller, pool: DbPool) -> JSONResponse:
-    enrollment = await actions.current_enrollment(pool, user_id, course_id)
-    if enrollment is None:
-        raise not_found("not_enrolled", "No current enrollment of this learner in this course")
+    enrollment = await usecases.current_enrollment(pool, user_id, course_id)
     return JSONResponse(domain.enrollment_event(enrollment).model_dump(mode="json"))
 
 
@@ -185,10 +180,23 @@ async def internal_confirmation(
     """For progress, before it decides a completion: the course's current revision and status,
     the whole course if newer than ``revision`` (the one the caller holds), and the learner's
     current enrollment in any status (null if they never enrolled)."""
-    found = await actions.confirmation(pool, course_id, user_id, revision)
-    if found is None:
-        raise domain.course_not_found()
+    found = await usecases.confirmation(pool, course_id, user_id, revision)
     return JSONResponse(found.model_dump(mode="json"))
 
 
 ROUTERS = [admin, public, internal]
+
+# The one place the enrollment's refusals become HTTP answers (message: the refusal's own).
+ERRORS: ErrorMap = {
+    domain.CourseNotFound: HttpError(404, "course_not_found"),
+    domain.LessonNotFound: HttpError(404, "lesson_not_found"),
+    domain.NotCourseManager: HttpError(403, "forbidden"),
+    domain.InstructorsByAdminsOnly: HttpError(403, "forbidden"),
+    domain.NoReturnToDraft: HttpError(400, "invalid_status"),
+    domain.CourseHasNoLessons: HttpError(400, "course_has_no_lessons"),
+    domain.InvalidLessonOrder: HttpError(400, "invalid_request"),
+    domain.SlugTaken: HttpError(409, "slug_taken"),
+    domain.AlreadyEnrolled: HttpError(400, "already_enrolled"),
+    domain.NotEnrolled: HttpError(403, "not_enrolled"),
+    domain.NoCurrentEnrollment: HttpError(404, "not_enrolled"),
+}

@@ -1,4 +1,4 @@
-"""Composition root of the enrollment service: settings, routes, subscriptions, lifespan."""
+"""Composition root of the enrollment service: settings, routes, errors, subscriptions."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.enrollment.api import ROUTERS
-from services.enrollment.handlers import SUBSCRIPTIONS
+from services.enrollment import api, handlers
+from services.enrollment.settings import EnrollmentSettings
 from shared.service import ServiceSpec, create_app
-from shared.settings import ServiceSettings
 
-
-class EnrollmentSettings(ServiceSettings):
-    DEFAULT_DATABASE = "lessonstream_enrollment"
-    service_name: str = "enrollment"
+# EnrollmentSettings is re-exported: tests of other services still import it from here.
+__all__ = ["EnrollmentSettings", "build_app"]
 
 
 def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
@@ -25,8 +22,9 @@ def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
             name="enrollment",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
-            routers=list(ROUTERS),
-            subscriptions=list(SUBSCRIPTIONS),
+            routers=list(api.ROUTERS),
+            errors=api.ERRORS,
+            subscriptions=handlers.subscriptions(settings),
             title="Lessonstream enrollment: course catalog and enrollments",
         )
     )

@@ -8,13 +8,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.auth import User
-from shared.errors import ApiError, bad_request, forbidden, not_found
+from shared.domain import DomainError
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged
 
 CourseStatus = Literal["draft", "published", "archived"]
@@ -84,6 +83,84 @@ class Enrollment(BaseModel):
     last_event_at: datetime
 
 
+class User(Protocol):
+    """Who acts, as far as the rules look (``shared.auth.User`` is one, without its HTTP)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def avatar(self) -> str | None: ...
+    @property
+    def is_admin(self) -> bool: ...
+
+
+# --- refusals (answered over HTTP as mapped in api.ERRORS) ------------------------------
+
+
+class CourseNotFound(DomainError):
+    def __init__(self) -> None:
+        super().__init__("Course not found")
+
+
+class LessonNotFound(DomainError):
+    def __init__(self) -> None:
+        super().__init__("Lesson not found in this course")
+
+
+class NotCourseManager(DomainError):
+    def __init__(self) -> None:
+        super().__init__("Only this course's instructors and administrators may do this")
+
+
+class InstructorsByAdminsOnly(DomainError):
+    def __init__(self) -> None:
+        super().__init__("Only administrators may change a course's instructors")
+
+
+class NoReturnToDraft(DomainError):
+    def __init__(self, current: CourseStatus) -> None:
+        super().__init__(f"A {current} course cannot go back to draft", status_from=current)
+
+
+class CourseHasNoLessons(DomainError):
+    def __init__(self) -> None:
+        super().__init__("A course needs at least one lesson to be published")
+
+
+class InvalidLessonOrder(DomainError):
+    """A reorder that is not a permutation of the course's lessons; ``data`` says why."""
+
+
+class SlugTaken(DomainError):
+    def __init__(self, slug: str) -> None:
+        super().__init__("Another course already uses this slug", params={"slug": slug})
+
+
+class AlreadyEnrolled(DomainError):
+    def __init__(self) -> None:
+        super().__init__("You are already enrolled in this course")
+
+
+class NotEnrolled(DomainError):
+    """A learner acting on a course they are not (or no longer) enrolled in."""
+
+    def __init__(self) -> None:
+        super().__init__("You must be enrolled in this course")
+
+
+class NoCurrentEnrollment(DomainError):
+    """Another service asking for a learner's current enrollment, and there is none."""
+
+    def __init__(self) -> None:
+        super().__init__("No current enrollment of this learner in this course")
+
+
 # --- who may do what -------------------------------------------------------------------
 
 
@@ -94,13 +171,13 @@ def can_manage(user: User, course: Course) -> bool:
 
 def ensure_can_manage(user: User, course: Course) -> None:
     if not can_manage(user, course):
-        raise forbidden("Only this course's instructors and administrators may do this")
+        raise NotCourseManager()
 
 
 def ensure_can_set_instructors(user: User) -> None:
     # Instructors edit their courses but do not decide who teaches them.
     if not user.is_admin:
-        raise forbidden("Only administrators may change a course's instructors")
+        raise InstructorsByAdminsOnly()
 
 
 # --- courses ---------------------------------------------------------------------------
@@ -121,9 +198,9 @@ def check_transition(current: CourseStatus, target: CourseStatus, lesson_count: 
     if current == target:
         return False
     if target == "draft":
-        raise bad_request("invalid_status", f"A {current} course cannot go back to draft", status_from=current)
+        raise NoReturnToDraft(current)
     if target == "published" and lesson_count == 0:
-        raise bad_request("course_has_no_lessons", "A course needs at least one lesson to be published")
+        raise CourseHasNoLessons()
     return True
 
 
@@ -140,12 +217,11 @@ def place_lesson(order_now: list[int], lesson_id: int, position: int | None) -> 
 
 def check_reorder(order_now: list[int], wanted: list[int]) -> None:
     if len(wanted) != len(set(wanted)):
-        raise bad_request("invalid_request", "lesson_ids lists a lesson twice", params={"lesson_ids": "duplicate"})
+        raise InvalidLessonOrder("lesson_ids lists a lesson twice", params={"lesson_ids": "duplicate"})
     if sorted(wanted) != sorted(order_now):
         missing = sorted(set(order_now) - set(wanted))
         unknown = sorted(set(wanted) - set(order_now))
-        raise bad_request(
-            "invalid_request",
+        raise InvalidLessonOrder(
             "lesson_ids must list every lesson of the course exactly once",
             params={"lesson_ids": "not a permutation of the course's lessons"},
             missing=missing,
@@ -179,12 +255,8 @@ def catalog_entry(course: Course) -> CourseCatalogEntry:
 
 def ensure_enrollable(course: Course | None) -> Course:
     if course is None or course.status != "published":
-        raise course_not_found()
+        raise CourseNotFound()
     return course
-
-
-def course_not_found() -> ApiError:
-    return not_found("course_not_found", "Course not found")
 
 
 # --- enrollments -----------------------------------------------------------------------

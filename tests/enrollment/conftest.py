@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
-from services.enrollment.app import EnrollmentSettings, build_app
+from services.enrollment.app import build_app
+from services.enrollment.settings import EnrollmentSettings
 from shared.bus import ensure_topics
 from shared.events import Event, Topic
 from shared.service import Runtime

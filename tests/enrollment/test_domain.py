@@ -11,7 +11,6 @@ import pytest
 from services.enrollment import domain
 from services.enrollment.domain import Enrollment
 from shared.auth import User
-from shared.errors import ApiError
 
 T0 = datetime(2025, 10, 1, tzinfo=UTC)
 
@@ -51,9 +50,9 @@ def test_moving_a_lesson_keeps_the_others_in_order() -> None:
 def test_reorder_must_be_a_permutation() -> None:
     domain.check_reorder([1, 2, 3], [3, 1, 2])
     for wanted in ([1, 2], [1, 2, 3, 4], [1, 1, 2, 3], [1, 2, 5]):
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(domain.InvalidLessonOrder) as err:
             domain.check_reorder([1, 2, 3], wanted)
-        assert err.value.status == 400
+        assert "lesson_ids" in err.value.data["params"]
 
 
 def test_course_status_transitions() -> None:
@@ -61,11 +60,11 @@ def test_course_status_transitions() -> None:
     assert domain.check_transition("published", "archived", 1) is True
     assert domain.check_transition("archived", "published", 1) is True
     assert domain.check_transition("published", "published", 1) is False
-    with pytest.raises(ApiError, match="back to draft"):
+    with pytest.raises(domain.NoReturnToDraft, match="back to draft") as back:
         domain.check_transition("published", "draft", 1)
-    with pytest.raises(ApiError) as err:
+    assert back.value.data == {"status_from": "published"}
+    with pytest.raises(domain.CourseHasNoLessons):
         domain.check_transition("draft", "published", 0)
-    assert err.value.code == "course_has_no_lessons"
 
 
 def test_who_manages_a_course() -> None:
@@ -78,6 +77,12 @@ def test_who_manages_a_course() -> None:
     assert domain.can_manage(User(id="t1", roles=["instructor"]), course)
     assert not domain.can_manage(User(id="t2", roles=["instructor"]), course)
     assert not domain.can_manage(User(id="u1", roles=["learner"]), course)
+    domain.ensure_can_manage(User(id="t1", roles=["instructor"]), course)
+    with pytest.raises(domain.NotCourseManager):
+        domain.ensure_can_manage(User(id="t2", roles=["instructor"]), course)
+    domain.ensure_can_set_instructors(User(id="a", roles=["admin"]))
+    with pytest.raises(domain.InstructorsByAdminsOnly):
+        domain.ensure_can_set_instructors(User(id="t1", roles=["instructor"]))
 
 
 def test_profile_falls_back_sensibly() -> None:

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from lessonstream import cli
 from lessonstream.infra import free_port
-from services.enrollment.app import EnrollmentSettings, build_app
+from services.enrollment.app import build_app
+from services.enrollment.settings import EnrollmentSettings
 from shared.bus import ensure_topics
 from tests.enrollment.conftest import Service
 from tests.helpers import TestEnv, served

@@ -1,9 +1,16 @@
 """Use cases of the enrollment service, one transaction each: lock what changes, decide
 (domain), write (store), and queue the resulting event in the same transaction (outbox).
+
+Routes call them with the pool; event handlers call the ``record_*`` ones with
+the connection of the inbox transaction (``ctx.transaction()``), so a redelivery changes
+nothing. Those lock the enrollment row and compare the event's own timestamps with what
+is stored, so an older event never overwrites newer state whatever the order of arrival
+across topics. Refusals are the domain's errors (``api.ERRORS`` answers them).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,13 +23,10 @@ from services.enrollment.domain import Course, Enrollment
 from shared import outbox
 from shared.auth import User
 from shared.db import Connection
-from shared.errors import ApiError, bad_request, forbidden, not_found
-from shared.events import utcnow
+from shared.events import CertificateIssued, CourseCompleted, LessonCompleted, LessonReopened, utcnow
 from shared.internal import CourseConfirmation
 
-
-def slug_taken(slug: str) -> ApiError:
-    return ApiError(409, "slug_taken", "Another course already uses this slug", params={"slug": slug})
+log = logging.getLogger(__name__)
 
 
 # --- catalog ---------------------------------------------------------------------------
@@ -41,14 +45,14 @@ async def _commit_change(conn: Connection, course_id: int, changes: dict[str, An
     try:
         await store.bump_course(conn, course_id, changes, now, uuid4())
     except store.SlugTaken as exc:
-        raise slug_taken(str(changes.get("slug"))) from exc
+        raise domain.SlugTaken(str(changes.get("slug"))) from exc
     return await _publish_course(conn, course_id)
 
 
 async def _locked_course(conn: Connection, user: User, course_id: int) -> Course:
     course = await store.get_course(conn, course_id, lock=True)
     if course is None:
-        raise domain.course_not_found()
+        raise domain.CourseNotFound()
     domain.ensure_can_manage(user, course)
     return course
 
@@ -68,7 +72,7 @@ async def create_course(pool: asyncpg.Pool, fields: dict[str, Any]) -> Course:
         try:
             course_id = await store.insert_course(conn, fields, now, uuid4())
         except store.SlugTaken as exc:
-            raise slug_taken(fields["slug"]) from exc
+            raise domain.SlugTaken(fields["slug"]) from exc
         return await _publish_course(conn, course_id)
 
 
@@ -76,7 +80,7 @@ async def manageable_course(pool: asyncpg.Pool, user: User, course_id: int) -> C
     async with pool.acquire() as conn:
         course = await store.get_course(conn, course_id)
     if course is None:
-        raise domain.course_not_found()
+        raise domain.CourseNotFound()
     domain.ensure_can_manage(user, course)
     return course
 
@@ -126,7 +130,7 @@ async def update_lesson(
         course = await _locked_course(conn, user, course_id)
         lesson = next((lesson for lesson in course.lessons if lesson.id == lesson_id), None)
         if lesson is None:
-            raise not_found("lesson_not_found", "Lesson not found in this course")
+            raise domain.LessonNotFound()
         changes = {k: v for k, v in fields.items() if getattr(lesson, k) != v}
         ids = [item.id for item in course.lessons]
         new_order = ids if order is None else domain.place_lesson(ids, lesson_id, order)
@@ -153,7 +157,7 @@ async def published_course(pool: asyncpg.Pool, course_id: int) -> Course:
     async with pool.acquire() as conn:
         course = await store.get_course(conn, course_id)
     if course is None or course.status != "published":
-        raise domain.course_not_found()
+        raise domain.CourseNotFound()
     return course
 
 
@@ -166,10 +170,6 @@ class EnrollResult:
     resumed: bool
 
 
-def already_enrolled() -> ApiError:
-    return bad_request("already_enrolled", "You are already enrolled in this course")
-
-
 async def enroll(pool: asyncpg.Pool, user: User, course_id: int) -> EnrollResult:
     now = utcnow()
     profile = domain.profile_of(user)
@@ -179,7 +179,7 @@ async def enroll(pool: asyncpg.Pool, user: User, course_id: int) -> EnrollResult
         existing = await store.get_enrollment(conn, user.id, course_id, lock=True)
         if existing is not None:
             if domain.is_enrolled(existing):
-                raise already_enrolled()
+                raise domain.AlreadyEnrolled()
             enrollment = await store.change_enrollment(
                 conn, existing.id, domain.resumed_status(existing), now, uuid4(), profile=profile
             )
@@ -187,7 +187,7 @@ async def enroll(pool: asyncpg.Pool, user: User, course_id: int) -> EnrollResult
         else:
             created = await store.insert_enrollment(conn, user.id, course_id, profile, now, uuid4())
             if created is None:  # a concurrent request enrolled this learner first
-                raise already_enrolled()
+                raise domain.AlreadyEnrolled()
             enrollment, resumed = created, False
         await outbox.add(conn, domain.enrollment_event(enrollment))
         return EnrollResult(enrollment, resumed)
@@ -197,10 +197,10 @@ async def unenroll(pool: asyncpg.Pool, user: User, course_id: int) -> Enrollment
     now = utcnow()
     async with pool.acquire() as conn, conn.transaction():
         if await store.get_course(conn, course_id) is None:
-            raise domain.course_not_found()
+            raise domain.CourseNotFound()
         existing = await store.get_enrollment(conn, user.id, course_id, lock=True)
         if existing is None or not domain.is_enrolled(existing):
-            raise forbidden("You must be enrolled in this course", code="not_enrolled")
+            raise domain.NotEnrolled()
         enrollment = await store.change_enrollment(conn, existing.id, "unenrolled", now, uuid4())
         await outbox.add(conn, domain.enrollment_event(enrollment))
         return enrollment
@@ -222,27 +222,43 @@ async def students(
     return total, size, rows
 
 
-async def current_enrollment(pool: asyncpg.Pool, user_id: str, course_id: int) -> Enrollment | None:
+async def my_courses(
+    pool: asyncpg.Pool, user: User, status: domain.MyCoursesStatus, *, page: int, per_page: int
+) -> tuple[int, int, list[store.MyCourseRow]]:
+    """The learner's enrollments in ``status``: (total, page size, this page's rows)."""
+    size = domain.page_size(per_page)
+    total, rows = await store.my_courses(pool, user.id, domain.statuses_for(status), size, (page - 1) * size)
+    return total, size, rows
+
+
+# --- internal API (read-your-writes for other services) ---------------------------------
+
+
+async def current_enrollment(pool: asyncpg.Pool, user_id: str, course_id: int) -> Enrollment:
     async with pool.acquire() as conn:
         enrollment = await store.get_enrollment(conn, user_id, course_id)
-    return enrollment if domain.is_enrolled(enrollment) else None
+    if enrollment is None or not domain.is_enrolled(enrollment):
+        raise domain.NoCurrentEnrollment()
+    return enrollment
 
 
-async def any_course(pool: asyncpg.Pool, course_id: int) -> Course | None:
+async def any_course(pool: asyncpg.Pool, course_id: int) -> Course:
+    """The course in any status (drafts too)."""
     async with pool.acquire() as conn:
-        return await store.get_course(conn, course_id)
+        course = await store.get_course(conn, course_id)
+    if course is None:
+        raise domain.CourseNotFound()
+    return course
 
 
-async def confirmation(
-    pool: asyncpg.Pool, course_id: int, user_id: str, known_revision: int
-) -> CourseConfirmation | None:
+async def confirmation(pool: asyncpg.Pool, course_id: int, user_id: str, known_revision: int) -> CourseConfirmation:
     """What another service needs to decide an irreversible act on current data: the course's
     current revision (the whole course only if newer than ``known_revision``) and the
-    learner's current enrollment in any status, read in one snapshot. None: no such course."""
+    learner's current enrollment in any status, read in one snapshot."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         head = await store.course_head(conn, course_id)
         if head is None:
-            return None
+            raise domain.CourseNotFound()
         revision, status = head
         course = await store.get_course(conn, course_id) if revision > known_revision else None
         enrollment = await store.get_enrollment(conn, user_id, course_id)
@@ -251,3 +267,57 @@ async def confirmation(
         course=domain.catalog_entry(course) if course is not None else None,
         enrollment=domain.enrollment_event(enrollment) if enrollment is not None else None,
     )
+
+
+# --- progress and certificates, as events report them -----------------------------------
+
+
+class UnknownEnrollment(Exception):
+    """The owner of enrollments has no enrollment for this event: retried, then dead-lettered."""
+
+
+async def _enrollment(conn: Connection, user_id: str, course_id: int) -> Enrollment:
+    enrollment = await store.get_enrollment(conn, user_id, course_id, lock=True)
+    if enrollment is None:
+        # Progress only accepts work from enrolled learners, and this service commits an
+        # enrollment before anyone can learn of it: this is not a replica lag to wait out.
+        raise UnknownEnrollment(f"no enrollment of user {user_id!r} in course {course_id}")
+    return enrollment
+
+
+async def record_progress(conn: Connection, event: LessonCompleted | LessonReopened, at: datetime) -> None:
+    """A lesson completed or reopened at ``at``: last access moves on, and the progress
+    figures are replaced unless newer ones are stored."""
+    enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    await store.touch_last_accessed(conn, enrollment.id, at)
+    if domain.is_newer_progress(enrollment, at, event.occurred_at):
+        await store.set_progress(
+            conn, enrollment.id, percentage=event.progress_percentage, completed_lessons=event.completed_lessons,
+            total_lessons=event.total_lessons, at=at, seq=event.occurred_at,
+        )
+    else:
+        log.info("ignoring progress of %s older than what is stored", event.event_id)
+
+
+async def record_completion(conn: Connection, event: CourseCompleted) -> None:
+    """A course completed (see ``domain.apply_completion``); a change of status is published."""
+    enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    change = domain.apply_completion(enrollment, event.completed_at, event.occurred_at)
+    await store.set_completion(
+        conn, enrollment.id, completed_at=change.completed_at, progress_to_full=change.progress_to_full,
+        seq=event.occurred_at,
+    )
+    await store.touch_last_accessed(conn, enrollment.id, event.completed_at)
+    if change.status_changed:
+        updated = await store.change_enrollment(conn, enrollment.id, change.status, utcnow(), uuid4())
+        await outbox.add(conn, domain.enrollment_event(updated))
+
+
+async def record_certificate(conn: Connection, event: CertificateIssued) -> None:
+    """A certificate issued: kept unless a newer one is stored."""
+    enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    if domain.is_newer_certificate(enrollment, event.issued_at):
+        await store.set_certificate(
+            conn, enrollment.id, certificate_id=event.certificate_id, url=event.certificate_url,
+            issued_at=event.issued_at,
+        )
