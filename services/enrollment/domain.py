@@ -8,12 +8,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.domain import DomainError
+from shared.domain import DomainError, User
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged
 
 CourseStatus = Literal["draft", "published", "archived"]
@@ -81,23 +81,6 @@ class Enrollment(BaseModel):
     certificate_issued_at: datetime | None
     last_event_id: UUID
     last_event_at: datetime
-
-
-class User(Protocol):
-    """Who acts, as far as the rules look (``shared.auth.User`` is one, without its HTTP)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def email(self) -> str: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def avatar(self) -> str | None: ...
-    @property
-    def is_admin(self) -> bool: ...
 
 
 # --- refusals (answered over HTTP as mapped in api.ERRORS) ------------------------------
