@@ -1,5 +1,6 @@
 """The rules of sending mail, without I/O: what to send for an event, how a mail is
-identified, how failures are classified, and when the next try is due.
+identified, how failures are classified, when the next try is due, and what the service
+refuses.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
+from shared.domain import DomainError
 from shared.events import CertificateIssued, CourseCompleted
 from shared.retry import Backoff
 
@@ -157,3 +159,21 @@ def after_failure(failure: Failure, attempt: int, *, max_attempts: int, delay_s:
     if attempt >= max_attempts:
         return Decision(MailStatus.EXPIRED, AttemptOutcome.TEMPORARY_FAILURE, dead_letter=True)
     return Decision(MailStatus.PENDING, AttemptOutcome.TEMPORARY_FAILURE, retry_in_s=delay_s)
+
+
+@dataclass(frozen=True)
+class MailFilter:
+    """What an admin narrows the sent-notification log to (unset: any)."""
+
+    user_id: str | None = None
+    course_id: int | None = None
+    event_id: UUID | None = None
+    status: MailStatus | None = None
+    kind: MailKind | None = None
+
+
+class NotificationNotFound(DomainError):
+    """An admin asked for a mail the log does not hold."""
+
+    def __init__(self, mail_id: int) -> None:
+        super().__init__("No such notification", mail_id=mail_id)
