@@ -9,14 +9,20 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from services.notifications import store
-from services.notifications.domain import MailKind, MailStatus
+from services.notifications import usecases
+from services.notifications.domain import MailFilter, MailKind, MailStatus, NotificationNotFound
 from shared.auth import AdminUser
-from shared.errors import not_found
+from shared.errors import ErrorMap, HttpError
 from shared.service import DbPool
 from shared.validation import MAX_BIGINT, MAX_PAGE
 
 router = APIRouter(prefix="/api/admin/notifications", tags=["notifications"])
+ROUTERS = [router]
+
+# The one place the service's refusals become HTTP answers.
+ERRORS: ErrorMap = {
+    NotificationNotFound: HttpError(404, "notification_not_found"),
+}
 
 
 class AttemptOut(BaseModel):
@@ -67,11 +73,11 @@ async def list_notifications(
     page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> MailPage:
-    rows, total = await store.list_mail(
+    rows, total = await usecases.list_mail(
         pool,
-        store.MailFilter(user_id=user_id, course_id=course_id, event_id=event_id, status=status, kind=kind),
-        limit=per_page,
-        offset=(page - 1) * per_page,
+        MailFilter(user_id=user_id, course_id=course_id, event_id=event_id, status=status, kind=kind),
+        page=page,
+        per_page=per_page,
     )
     return MailPage(
         data=[MailOut.model_validate(r) for r in rows],
@@ -83,7 +89,4 @@ async def list_notifications(
 async def get_notification(
     pool: DbPool, _: AdminUser, mail_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)]
 ) -> dict[str, MailDetailOut]:
-    row = await store.get_mail(pool, mail_id)
-    if row is None:
-        raise not_found("notification_not_found", "No such notification", mail_id=mail_id)
-    return {"data": MailDetailOut.model_validate(row)}
+    return {"data": MailDetailOut.model_validate(await usecases.get_mail(pool, mail_id))}

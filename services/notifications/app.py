@@ -1,54 +1,41 @@
-"""Composition root of the notifications service: settings, routes, subscriptions, lifespan."""
+"""Composition root of the notifications service: settings, routes, errors, subscriptions,
+and the state (the mail sender and the owners' clients) opened on the runtime's pool."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.notifications.api import router
-from services.notifications.handlers import Handlers, Owners
+from services.notifications import api, handlers
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
+from services.notifications.usecases import NotificationsState, Owners, max_event_age
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
 __all__ = ["NotificationsSettings", "build_app"]
 
 
-@dataclass
-class NotificationsState:
-    sender: MailSender
-    owners: Owners
-
-    async def close(self) -> None:
-        await self.sender.stop()
-        await self.owners.close()
-
-
 def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.notifications.app:build_app`) and tests."""
     settings = settings or NotificationsSettings()
-    sender = MailSender(settings)
-    opened: list[NotificationsState] = []  # the running state, for the handlers
-
-    def owners() -> Owners:
-        return opened[-1].owners
-
-    handlers = Handlers(settings, sender, owners)
 
     async def open_state(runtime: Runtime[NotificationsState]) -> NotificationsState:
-        state = NotificationsState(sender, Owners(
-            progress=internal_client(settings, settings.progress_internal_url),
-            certificates=internal_client(settings, settings.certificates_internal_url),
-        ))
+        sender = MailSender(settings)
+        state = NotificationsState(
+            sender=sender,
+            owners=Owners(
+                progress=internal_client(settings, settings.progress_internal_url),
+                certificates=internal_client(settings, settings.certificates_internal_url),
+            ),
+            from_address=settings.mail_from_address,
+            max_event_age=max_event_age(settings),
+        )
         await sender.start(runtime.pool)
-        opened.append(state)
         return state
 
     async def close_state(state: NotificationsState) -> None:
-        opened.remove(state)
         await state.close()
 
     return create_app(
@@ -56,8 +43,9 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             name="notifications",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
-            routers=[router],
-            subscriptions=handlers.subscriptions(),
+            routers=api.ROUTERS,
+            errors=api.ERRORS,
+            subscriptions=handlers.subscriptions(settings),
             open_state=open_state,
             close_state=close_state,
         )

@@ -1,5 +1,6 @@
 """The rules of sending mail, without I/O: what to send for an event, how a mail is
-identified, how failures are classified, and when the next try is due.
+identified, how failures are classified, when the next try is due, and what the service
+refuses.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
+from shared.domain import DomainError
 from shared.events import CertificateIssued, CourseCompleted
+from shared.retry import Backoff
 
 
 class MailKind(StrEnum):
@@ -125,11 +128,21 @@ def classify_smtp_code(code: int) -> bool:
     return not 500 <= code < 600
 
 
-def retry_delay(attempt: int, *, base_s: float, max_s: float, jitter: float) -> float:
-    """Exponential backoff after the ``attempt``-th try; ``jitter`` in [0, 1) spreads retries
-    of a burst that failed together so they do not all hit the server at the same instant."""
-    delay: float = min(base_s * 2.0 ** (attempt - 1), max_s)
-    return delay * (0.8 + 0.4 * jitter)
+# How far the retries of a burst that failed together are spread: a delay is drawn from
+# [d * (1 - RETRY_JITTER), d], d being the exponential step, so it never exceeds the cap.
+RETRY_JITTER = 0.4
+
+
+def retry_backoff(*, base_s: float, max_s: float) -> Backoff:
+    """The schedule of a temporarily failing mail: ``base_s`` doubling after each try, at
+    most ``max_s``, jittered downwards by up to ``RETRY_JITTER``."""
+    return Backoff(first_s=base_s, max_s=max_s, jitter=RETRY_JITTER)
+
+
+def retry_delay(attempt: int, *, base_s: float, max_s: float, draw: float | None = None) -> float:
+    """Seconds until the next try after the ``attempt``-th one failed; ``draw`` in [0, 1)
+    replaces the random draw (tests)."""
+    return retry_backoff(base_s=base_s, max_s=max_s).delay(attempt, draw)
 
 
 @dataclass(frozen=True)
@@ -146,3 +159,21 @@ def after_failure(failure: Failure, attempt: int, *, max_attempts: int, delay_s:
     if attempt >= max_attempts:
         return Decision(MailStatus.EXPIRED, AttemptOutcome.TEMPORARY_FAILURE, dead_letter=True)
     return Decision(MailStatus.PENDING, AttemptOutcome.TEMPORARY_FAILURE, retry_in_s=delay_s)
+
+
+@dataclass(frozen=True)
+class MailFilter:
+    """What an admin narrows the sent-notification log to (unset: any)."""
+
+    user_id: str | None = None
+    course_id: int | None = None
+    event_id: UUID | None = None
+    status: MailStatus | None = None
+    kind: MailKind | None = None
+
+
+class NotificationNotFound(DomainError):
+    """An admin asked for a mail the log does not hold."""
+
+    def __init__(self, mail_id: int) -> None:
+        super().__init__("No such notification", mail_id=mail_id)

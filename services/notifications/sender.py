@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
@@ -34,6 +33,7 @@ from services.notifications.mail import Attachment, MailComposer
 from services.notifications.settings import NotificationsSettings
 from services.notifications.smtp import DeliveryError, SmtpConnection
 from shared.events import CertificateIssued, CourseCompleted
+from shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,10 @@ MAIL_SEND_SECONDS = Histogram(
 )
 MAIL_QUEUE = Gauge("lessonstream_mail_queue", "Mail waiting to be sent or being sent", ["status"])
 
-# How long a worker waits before retrying a failed bookkeeping write (database down).
-RECORD_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# How a worker retries a failed bookkeeping write (database down): pauses of 0.25, 0.5,
+# 1, 2 and 4 s between RECORD_ATTEMPTS tries, about 8 s in all.
+RECORD_RETRY = Backoff(first_s=0.25, max_s=5.0)
+RECORD_ATTEMPTS = 6
 
 
 class MailSender:
@@ -169,9 +171,7 @@ class MailSender:
 
     async def _failed(self, mail: store.ClaimedMail, failure: domain.Failure) -> None:
         s = self._settings
-        delay = domain.retry_delay(
-            mail.attempt, base_s=s.mail_retry_base_s, max_s=s.mail_retry_max_s, jitter=random.random()
-        )
+        delay = domain.retry_delay(mail.attempt, base_s=s.mail_retry_base_s, max_s=s.mail_retry_max_s)
         decision = domain.after_failure(failure, mail.attempt, max_attempts=s.mail_max_attempts, delay_s=delay)
         MAIL_ATTEMPTS.labels(mail.kind.value, decision.outcome.value).inc()
         log.warning(
@@ -186,16 +186,16 @@ class MailSender:
     async def _record(self, write: Callable[[], Awaitable[bool]], mail: store.ClaimedMail) -> None:
         """Write an outcome, retrying through a short database outage: until it is written
         the lease is all that stops another worker from sending the mail again."""
-        for pause in (*RECORD_RETRY_S, None):
+        for tried in range(1, RECORD_ATTEMPTS + 1):
             try:
                 if not await write():
                     log.warning("mail %d: lease lost before attempt %d was recorded", mail.id, mail.attempt)
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if pause is None or self._stopping:
+                if tried == RECORD_ATTEMPTS or self._stopping:
                     log.error("mail %d: could not record attempt %d: %r", mail.id, mail.attempt, exc)
                     return
-                await asyncio.sleep(pause)
+                await asyncio.sleep(RECORD_RETRY.delay(tried))
 
     async def _attachment(
         self, mail: store.ClaimedMail, event: CourseCompleted | CertificateIssued

@@ -10,9 +10,9 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from services.notifications.domain import AttemptOutcome, Decision, MailKind, MailStatus, PlannedMail
+from services.notifications.domain import AttemptOutcome, Decision, MailFilter, MailKind, PlannedMail
 from shared import outbox
-from shared.db import Connection
+from shared.db import Connection, Executor
 from shared.events import DeadLetter
 
 
@@ -195,22 +195,13 @@ async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
 # --- Admin reads ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MailFilter:
-    user_id: str | None = None
-    course_id: int | None = None
-    event_id: UUID | None = None
-    status: MailStatus | None = None
-    kind: MailKind | None = None
-
-
 _MAIL_COLUMNS = (
     "id, event_id, kind, user_id, course_id, recipient, message_id, status, attempts, "
     "next_attempt_at, last_error, smtp_response, created_at, updated_at, sent_at"
 )
 
 
-async def list_mail(pool: asyncpg.Pool, f: MailFilter, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+async def list_mail(db: Executor, f: MailFilter, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
     conditions, args = [], []
     for column, value in (
         ("user_id", f.user_id),
@@ -223,8 +214,8 @@ async def list_mail(pool: asyncpg.Pool, f: MailFilter, limit: int, offset: int) 
             args.append(value)
             conditions.append(f"{column} = ${len(args)}")
     where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
-    total = await pool.fetchval(f"SELECT count(*) FROM outgoing_mail {where}", *args)
-    rows = await pool.fetch(
+    total = await db.fetchval(f"SELECT count(*) FROM outgoing_mail {where}", *args)
+    rows = await db.fetch(
         f"SELECT {_MAIL_COLUMNS} FROM outgoing_mail {where} "
         f"ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
         *args, limit, offset,
@@ -232,11 +223,11 @@ async def list_mail(pool: asyncpg.Pool, f: MailFilter, limit: int, offset: int) 
     return [dict(r) for r in rows], int(total)
 
 
-async def get_mail(pool: asyncpg.Pool, mail_id: int) -> dict[str, Any] | None:
-    row = await pool.fetchrow(f"SELECT {_MAIL_COLUMNS} FROM outgoing_mail WHERE id = $1", mail_id)
+async def get_mail(db: Executor, mail_id: int) -> dict[str, Any] | None:
+    row = await db.fetchrow(f"SELECT {_MAIL_COLUMNS} FROM outgoing_mail WHERE id = $1", mail_id)
     if row is None:
         return None
-    attempts = await pool.fetch(
+    attempts = await db.fetch(
         "SELECT attempt, started_at, finished_at, outcome, smtp_code, detail FROM mail_attempts "
         "WHERE mail_id = $1 ORDER BY attempt",
         mail_id,

@@ -45,10 +45,33 @@ def test_header_safe_removes_line_breaks_and_bounds_length() -> None:
 
 @pytest.mark.parametrize(("attempt", "expected"), [(1, 30.0), (2, 60.0), (5, 480.0), (20, 3600.0)])
 def test_retry_delay_grows_exponentially_up_to_the_cap(attempt: int, expected: float) -> None:
-    assert domain.retry_delay(attempt, base_s=30, max_s=3600, jitter=0.5) == pytest.approx(expected)
-    low = domain.retry_delay(attempt, base_s=30, max_s=3600, jitter=0.0)
-    high = domain.retry_delay(attempt, base_s=30, max_s=3600, jitter=0.999)
-    assert 0.8 * expected == pytest.approx(low) and high < 1.2 * expected
+    # The jitter draws below the exponential step, down to 40 % less (docs/notifications.md).
+    assert domain.retry_delay(attempt, base_s=30, max_s=3600, draw=0.0) == pytest.approx(expected)
+    assert domain.retry_delay(attempt, base_s=30, max_s=3600, draw=0.5) == pytest.approx(0.8 * expected)
+    low = domain.retry_delay(attempt, base_s=30, max_s=3600, draw=0.999)
+    assert 0.6 * expected <= low < 0.601 * expected
+
+
+@pytest.mark.parametrize(("base_s", "max_s"), [(30.0, 3600.0), (0.1, 0.5), (7.0, 100.0), (50.0, 20.0)])
+def test_retry_delay_never_exceeds_the_cap(base_s: float, max_s: float) -> None:
+    draws: list[float | None] = [*(i / 100 for i in range(100)), 0.999999]
+    draws += [None] * 100  # random draws
+    for attempt in range(1, 41):
+        for draw in draws:
+            delay = domain.retry_delay(attempt, base_s=base_s, max_s=max_s, draw=draw)
+            assert 0 < delay <= max_s, (attempt, draw, delay)
+
+
+def test_retry_delays_of_a_burst_are_spread() -> None:
+    # 200 mails failing together at their 3rd try: their next tries must not coincide.
+    step = 120.0
+    delays = [domain.retry_delay(3, base_s=30, max_s=3600) for _ in range(200)]
+    assert all(0.6 * step <= d <= step for d in delays)
+    assert max(delays) - min(delays) > 0.3 * step
+    assert len({round(d, 3) for d in delays}) > 150
+    # Also at the cap, where the exponential steps of different tries are all the same.
+    capped = [domain.retry_delay(12, base_s=30, max_s=3600) for _ in range(200)]
+    assert max(capped) <= 3600 and max(capped) - min(capped) > 0.3 * 3600
 
 
 def test_after_failure_decides_retry_give_up_or_fail() -> None:
