@@ -246,8 +246,8 @@ def regenerate_certificates(
     db_prefix: DbPrefix = "lessonstream_",
 ) -> None:
     """Re-render a course's certificates after a template change (the running workers do it)."""
-    from services.certificates.app import CertificatesSettings
     from services.certificates.regenerate import regenerate
+    from services.certificates.settings import CertificatesSettings
 
     with _service_databases(database_url, var_dir, db_prefix) as url_of:
         settings = CertificatesSettings(database_url=url_of("certificates"))

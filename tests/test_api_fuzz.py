@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse
 from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 
-from services.certificates.app import CertificatesSettings
 from services.certificates.app import build_app as build_certificates
+from services.certificates.settings import CertificatesSettings
 from services.enrollment.app import EnrollmentSettings
 from services.enrollment.app import build_app as build_enrollment
 from services.notifications.app import NotificationsSettings

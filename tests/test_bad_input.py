@@ -10,8 +10,8 @@ import os
 import httpx
 
 from lessonstream import infra
-from services.certificates.app import CertificatesSettings
 from services.certificates.app import build_app as build_certificates
+from services.certificates.settings import CertificatesSettings
 from services.enrollment.app import EnrollmentSettings
 from services.enrollment.app import build_app as build_enrollment
 from services.notifications.app import NotificationsSettings

@@ -15,9 +15,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from services.certificates import domain, store
-from services.certificates.app import CertificatesSettings
 from services.certificates.domain import Certificate, CompletionStatus, MissOutcome
 from services.certificates.rendering import TEMPLATES, TemplateError, default_template_source, validate_template
+from services.certificates.settings import CertificatesSettings
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ApiError, bad_request, not_found
 from shared.events import CertificateRequested

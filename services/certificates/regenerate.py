@@ -15,7 +15,7 @@ from pathlib import Path
 
 from services.certificates import store
 from services.certificates.api import regeneration_event
-from services.certificates.app import CertificatesSettings
+from services.certificates.settings import CertificatesSettings
 from shared import db
 
 

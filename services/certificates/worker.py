@@ -16,11 +16,10 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from pydantic import AliasChoices, Field
 
-from services.certificates.app import CertificatesSettings
 from services.certificates.handlers import CertificateWorker
-from services.certificates.rendering import Renderer, default_processes
+from services.certificates.rendering import Renderer
+from services.certificates.settings import WorkerSettings
 from shared.events import CertificateRequested, CourseCompleted, Topic
 from shared.inbox import Subscription
 from shared.internal import internal_client
@@ -28,23 +27,6 @@ from shared.service import Runtime, ServiceSpec, create_app
 
 COMPLETIONS_GROUP = "certificates-worker"
 REQUESTS_GROUP = "certificates-worker-requests"
-
-
-class WorkerSettings(CertificatesSettings):
-    service_name: str = "certificates-worker"
-    # Processes that render PDFs; 0 means one per core this process may use.
-    render_processes: int = Field(
-        0, ge=0, validation_alias=AliasChoices("CERTIFICATE_RENDER_PROCESSES", "render_processes")
-    )
-    # Consumer-group members per topic in this process; 0 means one more than the render
-    # processes, so the pool renders the next certificate while one is being stored.
-    consumers: int = Field(0, ge=0, validation_alias=AliasChoices("CERTIFICATE_WORKER_CONSUMERS", "consumers"))
-
-    def render_pool_size(self) -> int:
-        return self.render_processes or default_processes()
-
-    def consumer_count(self) -> int:
-        return self.consumers or self.render_pool_size() + 1
 
 
 @dataclass
