@@ -1,4 +1,4 @@
-"""Composition root of the certificates service: settings, routes, subscriptions, lifespan.
+"""Composition root of the certificates API: settings, routes, errors, lifespan.
 
 This process serves the API (certificate lookup, PDF download, public verification, admin
 templates and regeneration). It renders nothing: PDFs come from the workers (worker.py).
@@ -10,15 +10,15 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.certificates import api
 from services.certificates.settings import CertificatesSettings
+from services.certificates.usecases import CertificatesState
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
 
 def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.certificates.app:build_app`) and tests."""
-    from services.certificates.api import CertificatesState, admin_router, internal_router, public_router, router
-
     settings = settings or CertificatesSettings()
 
     async def open_state(runtime: Runtime[CertificatesState]) -> CertificatesState:
@@ -32,7 +32,8 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
             name="certificates",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
-            routers=[router, public_router, admin_router, internal_router],
+            routers=api.ROUTERS,
+            errors=api.ERRORS,
             open_state=open_state,
             close_state=close_state,
         )

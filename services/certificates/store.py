@@ -9,7 +9,13 @@ from uuid import UUID
 
 import asyncpg
 
-from services.certificates.domain import Certificate, Identity, WorkInFlight, certificate_number
+from services.certificates.domain import (
+    Certificate,
+    Identity,
+    RegenerationProgress,
+    WorkInFlight,
+    certificate_number,
+)
 from shared import outbox
 from shared.db import Connection, Executor
 from shared.events import CertificateRequested, Event
@@ -261,12 +267,11 @@ async def request_regeneration(
     return regeneration_id, len(users)
 
 
-async def regeneration_status(
-    conn: Executor, course_id: int, regeneration_id: int
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT r.id, r.course_id, r.total, r.requested_at, r.requested_by, "
+async def regeneration_status(conn: Executor, course_id: int, regeneration_id: int) -> RegenerationProgress | None:
+    row = await conn.fetchrow(
+        "SELECT r.id AS regeneration_id, r.course_id, r.total, r.requested_at, r.requested_by, "
         "(SELECT count(*) FROM certificate_files f WHERE f.regeneration_id = r.id) AS done "
         "FROM regenerations r WHERE r.id = $1 AND r.course_id = $2",
         regeneration_id, course_id,
     )
+    return None if row is None else RegenerationProgress(**dict(row))
