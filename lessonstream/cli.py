@@ -246,13 +246,14 @@ def regenerate_certificates(
     db_prefix: DbPrefix = "lessonstream_",
 ) -> None:
     """Re-render a course's certificates after a template change (the running workers do it)."""
-    from services.certificates.app import CertificatesSettings
-    from services.certificates.regenerate import regenerate
+    # The same work as ``python -m services.certificates.regenerate`` (see its docstring for why both exist).
+    from services.certificates.settings import CertificatesSettings
+    from services.certificates.usecases import regenerate_courses
 
     with _service_databases(database_url, var_dir, db_prefix) as url_of:
         settings = CertificatesSettings(database_url=url_of("certificates"))
-        for course_id, regeneration_id, count in asyncio.run(regenerate(settings, course)):
-            typer.echo(f"course {course_id}: regeneration {regeneration_id} queued for {count} certificates")
+        for queued in asyncio.run(regenerate_courses(settings, course)):
+            typer.echo(queued.summary())
 
 
 def main() -> None:

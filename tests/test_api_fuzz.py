@@ -29,8 +29,12 @@ from fastapi.responses import JSONResponse
 from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 
-from services.certificates.app import CertificatesSettings
 from services.certificates.app import build_app as build_certificates
+<<<<<<< HEAD
+=======
+from services.certificates.settings import CertificatesSettings
+from services.enrollment.app import EnrollmentSettings
+>>>>>>> shape-certificates
 from services.enrollment.app import build_app as build_enrollment
 from services.enrollment.settings import EnrollmentSettings
 from services.notifications.app import NotificationsSettings

@@ -1,4 +1,4 @@
-"""Certificate rules without I/O: ids, verification codes, links, and what the API answers."""
+"""Certificate rules without I/O: ids, verification codes, links, what the API answers, and its refusals."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from shared.domain import DomainError
 from shared.events import CourseCompleted
 
 # 15 random bytes = 120 bits: unguessable, and 24 base32 characters that read well in a URL.
@@ -112,3 +113,57 @@ def is_pending(work: WorkInFlight, retry_after: timedelta) -> bool:
     if work.requested_at is None or work.now - work.requested_at >= retry_after:
         return False
     return work.lease_until is None or work.requested_at > work.lease_until
+
+
+@dataclass(frozen=True)
+class QueuedRegeneration:
+    """One course's re-rendering, queued for the workers."""
+
+    course_id: int
+    regeneration_id: int
+    certificates: int
+
+    def summary(self) -> str:
+        """The line both regenerate commands print."""
+        return (f"course {self.course_id}: regeneration {self.regeneration_id} "
+                f"queued for {self.certificates} certificates")
+
+
+@dataclass(frozen=True)
+class RegenerationProgress:
+    regeneration_id: int
+    course_id: int
+    total: int
+    done: int  # certificates re-rendered so far
+    requested_at: datetime
+    requested_by: str
+
+    @property
+    def status(self) -> str:
+        return "done" if self.done >= self.total else "running"
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+class NotEnrolled(DomainError):
+    """Progress does not know the learner in the course."""
+
+
+class CourseNotComplete(DomainError):
+    """The learner has not completed the course yet (``progress_percentage`` in the data)."""
+
+
+class CertificateNotAvailable(DomainError):
+    """The course awards no certificates."""
+
+
+class CertificateNotFound(DomainError):
+    """No certificate has this code or id."""
+
+
+class RegenerationNotFound(DomainError):
+    """No such regeneration for this course."""
+
+
+class InvalidTemplate(DomainError):
+    """A course template that does not compile or render (``error`` in the data)."""

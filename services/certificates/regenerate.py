@@ -4,6 +4,13 @@
 
 Queues the work in the certificates database (outbox); the running workers render it.
 Uses the service's settings (``DATABASE_URL``).
+
+Why a second command line beside ``lessonstream regenerate-certificates``: the service's
+container image (services/certificates/Dockerfile) holds only ``shared/`` and
+``services/certificates/``, not the ``lessonstream`` package, so this module is how an
+operator queues a regeneration from a deployed certificates container. The ``lessonstream``
+command serves the local stack (it finds the database by prefix, embedded or given). Both
+call the same use case, ``usecases.regenerate_courses``, and print the same lines.
 """
 
 from __future__ import annotations
@@ -11,26 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
-from services.certificates import store
-from services.certificates.api import regeneration_event
-from services.certificates.app import CertificatesSettings
-from shared import db
-
-
-async def regenerate(settings: CertificatesSettings, course_ids: list[int]) -> list[tuple[int, int, int]]:
-    await db.migrate_service(settings.database_url, "certificates", Path(__file__).parent / "migrations")
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
-    try:
-        done = []
-        async with pool.acquire() as conn:
-            for course_id in course_ids:
-                regeneration_id, count = await store.request_regeneration(conn, course_id, "cli", regeneration_event)
-                done.append((course_id, regeneration_id, count))
-        return done
-    finally:
-        await pool.close()
+from services.certificates.settings import CertificatesSettings
+from services.certificates.usecases import regenerate_courses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--course", type=int, action="append", required=True, help="course id (repeatable)")
     args = parser.parse_args(argv)
-    for course_id, regeneration_id, count in asyncio.run(regenerate(CertificatesSettings(), args.course)):
-        sys.stdout.write(
-            f"course {course_id}: regeneration {regeneration_id} queued for {count} certificates\n"
-        )
+    for queued in asyncio.run(regenerate_courses(CertificatesSettings(), args.course)):
+        sys.stdout.write(queued.summary() + "\n")
     return 0
 
 

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import logging
 import multiprocessing
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -179,13 +178,6 @@ def _start_render_process() -> None:
 
 def sha256(pdf: bytes) -> str:
     return hashlib.sha256(pdf).hexdigest()
-
-
-def default_processes() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not every platform has affinity
-        return os.cpu_count() or 1
 
 
 class Renderer:

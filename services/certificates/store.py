@@ -9,9 +9,15 @@ from uuid import UUID
 
 import asyncpg
 
-from services.certificates.domain import Certificate, Identity, WorkInFlight, certificate_number
+from services.certificates.domain import (
+    Certificate,
+    Identity,
+    RegenerationProgress,
+    WorkInFlight,
+    certificate_number,
+)
 from shared import outbox
-from shared.db import Connection
+from shared.db import Connection, Executor
 from shared.events import CertificateRequested, Event
 
 _CERT_COLUMNS = (
@@ -24,25 +30,25 @@ def _certificate(row: asyncpg.Record | None) -> Certificate | None:
     return None if row is None else Certificate.model_validate(dict(row))
 
 
-async def get_certificate(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> Certificate | None:
+async def get_certificate(conn: Executor, user_id: str, course_id: int) -> Certificate | None:
     row = await conn.fetchrow(
         f"SELECT {_CERT_COLUMNS} FROM certificates WHERE user_id = $1 AND course_id = $2", user_id, course_id
     )
     return _certificate(row)
 
 
-async def get_certificate_by_code(conn: Connection | asyncpg.Pool, code: str) -> Certificate | None:
+async def get_certificate_by_code(conn: Executor, code: str) -> Certificate | None:
     row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE verification_code = $1", code)
     return _certificate(row)
 
 
-async def get_certificate_by_id(conn: Connection | asyncpg.Pool, certificate_id: str) -> Certificate | None:
+async def get_certificate_by_id(conn: Executor, certificate_id: str) -> Certificate | None:
     row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE certificate_id = $1", certificate_id)
     return _certificate(row)
 
 
 async def list_course_certificates(
-    conn: Connection | asyncpg.Pool, course_id: int, limit: int, offset: int
+    conn: Executor, course_id: int, limit: int, offset: int
 ) -> tuple[list[Certificate], int]:
     rows = await conn.fetch(
         f"SELECT {_CERT_COLUMNS} FROM certificates WHERE course_id = $1 ORDER BY issued_at, certificate_id "
@@ -62,7 +68,7 @@ class PdfFile:
     rendered_at: datetime
 
 
-async def get_pdf(conn: Connection | asyncpg.Pool, code: str, version: int | None) -> PdfFile | None:
+async def get_pdf(conn: Executor, code: str, version: int | None) -> PdfFile | None:
     row = await conn.fetchrow(
         "SELECT f.certificate_id, f.version, f.pdf, f.sha256, f.rendered_at "
         "FROM certificates c JOIN certificate_files f ON f.certificate_id = c.certificate_id "
@@ -119,7 +125,7 @@ async def renew_lease(pool: asyncpg.Pool, user_id: str, course_id: int, *, holde
     return bool(renewed)
 
 
-async def work_in_flight(conn: Connection | asyncpg.Pool, user_id: str, course_id: int) -> WorkInFlight:
+async def work_in_flight(conn: Executor, user_id: str, course_id: int) -> WorkInFlight:
     """A worker's lease and the API's last hand-over for a (learner, course), on the database's clock."""
     row = await conn.fetchrow(
         "SELECT now() AS now, i.lease_until, r.requested_at FROM (SELECT 1) AS one "
@@ -195,7 +201,7 @@ async def add_version(
     return int(version)
 
 
-async def list_versions(conn: Connection | asyncpg.Pool, certificate_id: str) -> list[asyncpg.Record]:
+async def list_versions(conn: Executor, certificate_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT version, sha256, template_revision, regeneration_id, rendered_at, length(pdf) AS size "
         "FROM certificate_files WHERE certificate_id = $1 ORDER BY version",
@@ -225,7 +231,7 @@ class CourseTemplate:
     updated_at: datetime | None
 
 
-async def get_template(conn: Connection | asyncpg.Pool, course_id: int) -> CourseTemplate:
+async def get_template(conn: Executor, course_id: int) -> CourseTemplate:
     row = await conn.fetchrow(
         "SELECT course_id, source, revision, updated_at FROM course_templates WHERE course_id = $1", course_id
     )
@@ -234,7 +240,7 @@ async def get_template(conn: Connection | asyncpg.Pool, course_id: int) -> Cours
     return CourseTemplate(**dict(row))
 
 
-async def set_template(conn: Connection | asyncpg.Pool, course_id: int, source: str | None, by: str) -> int:
+async def set_template(conn: Executor, course_id: int, source: str | None, by: str) -> int:
     revision: int = await conn.fetchval(
         "INSERT INTO course_templates (course_id, source, revision, updated_by) VALUES ($1, $2, 1, $3) "
         "ON CONFLICT (course_id) DO UPDATE SET source = EXCLUDED.source, "
@@ -261,12 +267,11 @@ async def request_regeneration(
     return regeneration_id, len(users)
 
 
-async def regeneration_status(
-    conn: Connection | asyncpg.Pool, course_id: int, regeneration_id: int
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT r.id, r.course_id, r.total, r.requested_at, r.requested_by, "
+async def regeneration_status(conn: Executor, course_id: int, regeneration_id: int) -> RegenerationProgress | None:
+    row = await conn.fetchrow(
+        "SELECT r.id AS regeneration_id, r.course_id, r.total, r.requested_at, r.requested_by, "
         "(SELECT count(*) FROM certificate_files f WHERE f.regeneration_id = r.id) AS done "
         "FROM regenerations r WHERE r.id = $1 AND r.course_id = $2",
         regeneration_id, course_id,
     )
+    return None if row is None else RegenerationProgress(**dict(row))

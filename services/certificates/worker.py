@@ -1,99 +1,44 @@
 """The certificate worker: its own process, scaled out by ops, sharing the certificates database.
 
-It serves only ``/health``, ``/ready`` and ``/metrics`` over HTTP; its work arrives from Kafka:
-``course-completed`` (every learner's completion) and ``certificate-requested`` (completions
-the API handed over, and re-renderings). All workers share one consumer group per topic, so
-the partitions are spread over them; within a process, ``concurrency`` group members consume
-different partitions at once and feed the render pool.
+The second composition root of the service (the API's is app.py, which this imports nothing
+of). It serves only ``/health``, ``/ready`` and ``/metrics`` over HTTP; its work arrives from
+Kafka: ``course-completed`` (every learner's completion) and ``certificate-requested``
+(completions the API handed over, and re-renderings); see handlers.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 from fastapi import FastAPI
-from pydantic import AliasChoices, Field
 
-from services.certificates.app import CertificatesSettings
-from services.certificates.handlers import CertificateWorker
-from services.certificates.rendering import Renderer, default_processes
-from shared.events import CertificateRequested, CourseCompleted, Topic
-from shared.inbox import Subscription
+from services.certificates import handlers
+from services.certificates.rendering import Renderer
+from services.certificates.settings import WorkerSettings
+from services.certificates.usecases import WorkerState
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
-COMPLETIONS_GROUP = "certificates-worker"
-REQUESTS_GROUP = "certificates-worker-requests"
-
-
-class WorkerSettings(CertificatesSettings):
-    service_name: str = "certificates-worker"
-    # Processes that render PDFs; 0 means one per core this process may use.
-    render_processes: int = Field(
-        0, ge=0, validation_alias=AliasChoices("CERTIFICATE_RENDER_PROCESSES", "render_processes")
-    )
-    # Consumer-group members per topic in this process; 0 means one more than the render
-    # processes, so the pool renders the next certificate while one is being stored.
-    consumers: int = Field(0, ge=0, validation_alias=AliasChoices("CERTIFICATE_WORKER_CONSUMERS", "consumers"))
-
-    def render_pool_size(self) -> int:
-        return self.render_processes or default_processes()
-
-    def consumer_count(self) -> int:
-        return self.consumers or self.render_pool_size() + 1
-
-
-@dataclass
-class WorkerState:
-    renderer: Renderer
-    progress: httpx.AsyncClient  # progress confirms every completion before it is certified
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.renderer.close, True)  # waits for a render in flight
-        await self.progress.aclose()
-
 
 def build_app(settings: WorkerSettings | None = None) -> FastAPI:
+    """Factory for uvicorn (`uvicorn --factory services.certificates.worker:build_app`) and tests."""
     settings = settings or WorkerSettings()
-    opened: list[WorkerState] = []  # the running state, for the handlers
-
-    def running() -> WorkerState:
-        return opened[-1]
-
-    worker = CertificateWorker(
-        settings, lambda: running().renderer, lambda: running().progress,
-        signatory_name=settings.signatory_name, signatory_title=settings.signatory_title,
-        platform_name=settings.platform_name, lease_s=settings.lease_s,
-    )
 
     async def open_state(runtime: Runtime[WorkerState]) -> WorkerState:
         renderer = Renderer(settings.render_pool_size())
         await renderer.start()
-        state = WorkerState(renderer, internal_client(settings, settings.progress_internal_url))
-        opened.append(state)
-        return state
+        return WorkerState(settings, renderer, internal_client(settings, settings.progress_internal_url))
 
     async def close_state(state: WorkerState) -> None:
-        opened.remove(state)
         await state.close()
 
-    subscriptions: list[Subscription[Any]] = [
-        Subscription(Topic.COURSE_COMPLETED, CourseCompleted, worker.on_course_completed, COMPLETIONS_GROUP,
-                     concurrency=settings.consumer_count()),
-        Subscription(Topic.CERTIFICATE_REQUESTED, CertificateRequested, worker.on_certificate_requested,
-                     REQUESTS_GROUP, concurrency=settings.consumer_count()),
-    ]
     return create_app(
         ServiceSpec(
             name="certificates-worker",
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
             migration_component="certificates",  # same database and migrations as the API
-            subscriptions=subscriptions,
+            subscriptions=handlers.subscriptions(settings),
             open_state=open_state,
             close_state=close_state,
         )

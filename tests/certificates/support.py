@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 from fastapi import FastAPI, Header, HTTPException
 
-from services.certificates.app import CertificatesSettings, build_app
-from services.certificates.worker import WorkerSettings
+from services.certificates.app import build_app
+from services.certificates.settings import CertificatesSettings, WorkerSettings
 from services.certificates.worker import build_app as build_worker
 from shared.auth import issue_token
 from shared.events import CourseCompleted, Topic

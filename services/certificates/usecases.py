@@ -1,0 +1,360 @@
+"""What the certificates service does: the API's lookups, templates and regenerations, and the
+workers' issuing (once per learner and course) and re-rendering, with the state each runs on.
+
+Refusals are the domain's (``domain.NotEnrolled`` ...); ``api.ERRORS`` answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+import httpx
+
+from services.certificates import domain, store
+from services.certificates.domain import (
+    Certificate,
+    CompletionStatus,
+    MissOutcome,
+    QueuedRegeneration,
+    RegenerationProgress,
+)
+from services.certificates.rendering import (
+    Renderer,
+    RenderJob,
+    TemplateError,
+    default_template_source,
+    sha256,
+    validate_template,
+)
+from services.certificates.settings import CertificatesSettings, WorkerSettings
+from shared import db, outbox
+from shared.db import Executor
+from shared.events import CertificateIssued, CertificateRequested, CourseCompleted
+from shared.inbox import EventContext
+from shared.internal import confirm_completion, get_internal
+from shared.periodic import Periodic
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+@dataclass
+class CertificatesState:
+    """What the certificates API runs on: its client of progress's internal API."""
+
+    progress: httpx.AsyncClient
+
+    async def close(self) -> None:
+        await self.progress.aclose()
+
+
+async def _ask_progress(client: httpx.AsyncClient, course_id: int, user_id: str) -> CompletionStatus | None:
+    """Progress's own answer (read-your-writes); None when the learner is not enrolled.
+    Progress unreachable or failing: ``PeerUnavailable``."""
+    path = f"/internal/courses/{course_id}/learners/{quote(user_id, safe='')}/completion"
+    body = await get_internal(client, path, "progress")
+    return None if body is None else CompletionStatus.model_validate_json(body)
+
+
+async def learner_certificate(
+    pool: asyncpg.Pool, state: CertificatesState, user_id: str, course_id: int, *, retry_after: timedelta
+) -> Certificate | None:
+    """The learner's certificate, or None while it is being made (the API answers "pending").
+
+    On a miss the API's own tables are not trusted: the course-completed event may not have
+    arrived. Refuses with ``NotEnrolled``, ``CourseNotComplete`` or ``CertificateNotAvailable``.
+    """
+    cert = await store.get_certificate(pool, user_id, course_id)
+    if cert is not None:
+        return cert
+    # A worker holds a live lease (it is rendering), or the API handed the completion over a
+    # moment ago: pending. A lease that ran out (its worker died) or a stale hand-over: ask
+    # progress again and hand the work over anew; the next worker keeps the reserved identity.
+    work = await store.work_in_flight(pool, user_id, course_id)
+    if domain.is_pending(work, retry_after):
+        return None
+    # Nothing in flight: the course-completed event may not have arrived. Ask progress.
+    status = await _ask_progress(state.progress, course_id, user_id)
+    if status is None:
+        raise domain.NotEnrolled("You must be enrolled in this course")
+    outcome = domain.decide_on_miss(status)
+    if outcome is MissOutcome.NOT_COMPLETE:
+        raise domain.CourseNotComplete(
+            "You must complete all lessons to get a certificate", progress_percentage=status.progress_percentage
+        )
+    if outcome is MissOutcome.NO_CERTIFICATE:
+        raise domain.CertificateNotAvailable("This course does not award certificates")
+    if outcome is MissOutcome.REQUEST and status.course_completed is not None:
+        # Hand the completion to the workers through the outbox: this process never renders.
+        event = CertificateRequested(
+            user_id=user_id, course_id=course_id, reason="issue", completion=status.course_completed
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            await store.record_request(conn, event, work.now)
+    return None
+
+
+async def certificate_pdf(pool: Executor, code: str, version: int | None) -> store.PdfFile:
+    """The current PDF of the certificate with this code, or the numbered ``version``."""
+    found = await store.get_pdf(pool, code, version) if domain.is_plausible_code(code) else None
+    if found is None:
+        raise domain.CertificateNotFound("No certificate has this code")
+    return found
+
+
+async def certificate_by_code(pool: Executor, code: str) -> Certificate:
+    """The certificate a verification code stands for (public verification)."""
+    cert = await store.get_certificate_by_code(pool, code) if domain.is_plausible_code(code) else None
+    if cert is None:
+        raise domain.CertificateNotFound("No certificate has this verification code")
+    return cert
+
+
+async def issued_certificate(pool: Executor, certificate_id: str) -> Certificate:
+    """What was issued under this id (consumers of certificate-issued confirm events with it)."""
+    cert = await store.get_certificate_by_id(pool, certificate_id)
+    if cert is None:
+        raise domain.CertificateNotFound("No certificate has this id")
+    return cert
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    course_id: int
+    custom: bool  # False: the course uses the default template
+    revision: int
+    template: str
+
+
+async def course_template(pool: Executor, course_id: int) -> TemplateInfo:
+    """The course's template, or the default one."""
+    current = await store.get_template(pool, course_id)
+    return TemplateInfo(
+        course_id=course_id,
+        custom=current.source is not None,
+        revision=current.revision,
+        template=current.source if current.source is not None else default_template_source(),
+    )
+
+
+async def save_template(pool: Executor, course_id: int, source: str, by: str) -> int:
+    """Keep a course's own template once it compiles and renders sample data; its revision."""
+    try:
+        validate_template(source)
+    except TemplateError as exc:
+        raise domain.InvalidTemplate("The template does not render", error=str(exc)) from exc
+    return await store.set_template(pool, course_id, source, by)
+
+
+async def reset_template(pool: Executor, course_id: int, by: str) -> int:
+    """Back to the default template; the new revision."""
+    return await store.set_template(pool, course_id, None, by)
+
+
+def _regeneration_event(user_id: str, course_id: int, regeneration_id: int) -> CertificateRequested:
+    return CertificateRequested(
+        user_id=user_id, course_id=course_id, reason="regenerate", regeneration_id=regeneration_id
+    )
+
+
+async def regenerate(pool: asyncpg.Pool, course_id: int, requested_by: str) -> QueuedRegeneration:
+    """Queue a re-rendering of each of the course's certificates (the workers render them)."""
+    async with pool.acquire() as conn:
+        regeneration_id, count = await store.request_regeneration(
+            conn, course_id, requested_by, _regeneration_event
+        )
+    return QueuedRegeneration(course_id, regeneration_id, count)
+
+
+async def regenerate_courses(
+    settings: CertificatesSettings, course_ids: Sequence[int], requested_by: str = "cli"
+) -> list[QueuedRegeneration]:
+    """The regenerate commands' work, outside a running service: migrate the database if
+    needed, then queue each course's re-rendering in the outbox as the API does."""
+    await db.migrate_service(settings.database_url, "certificates", MIGRATIONS)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        return [await regenerate(pool, course_id, requested_by) for course_id in course_ids]
+    finally:
+        await pool.close()
+
+
+async def regeneration_status(pool: Executor, course_id: int, regeneration_id: int) -> RegenerationProgress:
+    found = await store.regeneration_status(pool, course_id, regeneration_id)
+    if found is None:
+        raise domain.RegenerationNotFound("No such regeneration for this course")
+    return found
+
+
+async def course_certificates(
+    pool: Executor, course_id: int, page: int, per_page: int
+) -> tuple[list[Certificate], int]:
+    """One page of the course's issued certificates, and how many there are."""
+    return await store.list_course_certificates(pool, course_id, per_page, (page - 1) * per_page)
+
+
+# -- the workers ----------------------------------------------------------------------------
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class WorkerState:
+    """What a certificate worker runs on. Rendering goes to the process pool; the database
+    work around it is short, and the final write is one transaction."""
+
+    settings: WorkerSettings
+    renderer: Renderer
+    progress: httpx.AsyncClient  # progress confirms every completion before it is certified
+    identity: str = field(default_factory=_holder)  # this process, as lease holder and renderer
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.renderer.close, True)  # waits for a render in flight
+        await self.progress.aclose()
+
+
+def _job(state: WorkerState, identity: domain.Identity, name: str, title: str, completed_at: datetime,
+         template: str | None) -> RenderJob:
+    settings = state.settings
+    return RenderJob(
+        certificate_id=identity.certificate_id,
+        verification_code=identity.verification_code,
+        verification_url=domain.verification_url(settings.public_base_url, identity.verification_code),
+        student_name=name,
+        course_title=title,
+        issued_at=identity.issued_at,
+        completed_at=completed_at,
+        signatory_name=settings.signatory_name,
+        signatory_title=settings.signatory_title,
+        platform_name=settings.platform_name,
+        template_source=template,
+    )
+
+
+async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext) -> None:
+    """Issue the learner's certificate for a completion, once: confirmed with progress,
+    rendered under a lease, stored with its certificate-issued event in one transaction."""
+    pool = ctx.pool
+    if (
+        not claimed.certificate_enabled
+        or await ctx.already_applied()
+        or await store.get_certificate(pool, claimed.user_id, claimed.course_id) is not None
+    ):
+        async with ctx.transaction():
+            return  # nothing to render; the event is recorded as applied
+    # A certificate is irreversible: issue it only for a completion progress confirms,
+    # with progress's values (a forged or altered event is rejected and dead-lettered).
+    completion = await confirm_completion(state.progress, claimed)
+    if not completion.certificate_enabled:
+        async with ctx.transaction():
+            return
+    lease_s = state.settings.lease_s
+    identity = await store.reserve_identity(
+        pool, completion.user_id, completion.course_id, datetime.now(UTC), domain.new_verification_code,
+        holder=state.identity, lease_s=lease_s,
+    )
+    template = await store.get_template(pool, completion.course_id)
+    job = _job(state, identity, completion.user_name, completion.course_title, completion.completed_at,
+               template.source)
+    async with _leased(pool, identity, holder=state.identity, lease_s=lease_s):
+        pdf = await state.renderer.render(job)
+    issued_event = CertificateIssued(
+        user_id=identity.user_id,
+        course_id=identity.course_id,
+        certificate_id=identity.certificate_id,
+        verification_code=identity.verification_code,
+        certificate_url=domain.pdf_url(state.settings.public_base_url, identity.verification_code),
+        verification_url=job.verification_url,
+        issued_at=identity.issued_at,
+        course_title=completion.course_title,
+        student_name=completion.user_name,
+        student_email=completion.user_email,
+    )
+    async with ctx.transaction() as conn:
+        issued = await store.insert_certificate(
+            conn, identity,
+            student_name=completion.user_name, student_email=completion.user_email,
+            course_title=completion.course_title, completed_at=completion.completed_at,
+            source_event_id=completion.event_id, issued_event_id=issued_event.event_id, pdf=pdf,
+            sha256=sha256(pdf), template_revision=template.revision, rendered_by=state.identity,
+        )
+        if issued:
+            await outbox.add(conn, issued_event)
+    if issued:
+        log.info("issued %s for %s in course %d", identity.certificate_id, identity.user_id, identity.course_id)
+
+
+@contextlib.asynccontextmanager
+async def _leased(pool: asyncpg.Pool, identity: domain.Identity, *, holder: str, lease_s: float) -> AsyncIterator[None]:
+    """Keep the reservation's lease alive while the body (the render) runs.
+
+    The lease tells the API a worker is on it; if this process dies, the renewals stop
+    and the lease runs out, so the work is handed over within one lease.
+    """
+    taken_over = False
+
+    async def renew() -> None:
+        nonlocal taken_over
+        if taken_over:
+            return  # another worker took the reservation over; it renews now
+        # A failed renewal is logged and retried next tick; the render goes on, and at worst
+        # the work is handed over once more.
+        taken_over = not await store.renew_lease(
+            pool, identity.user_id, identity.course_id, holder=holder, lease_s=lease_s
+        )
+
+    renewing = Periodic(lease_s / 3, renew, f"renewing the lease on {identity.certificate_id}")
+    renewing.start()
+    try:
+        yield
+    finally:
+        await renewing.stop()
+
+
+async def fulfil_request(state: WorkerState, event: CertificateRequested, ctx: EventContext) -> None:
+    """Work the API or an admin queued: issue a handed-over completion, or re-render."""
+    if event.reason == "issue" and event.completion is not None:
+        await issue(state, event.completion, ctx)
+    elif event.reason == "regenerate":
+        await rerender(state, event, ctx)
+    else:
+        async with ctx.transaction():
+            pass  # nothing to do; recorded as applied
+
+
+async def rerender(state: WorkerState, event: CertificateRequested, ctx: EventContext) -> None:
+    """Render the learner's certificate again with the course's current template, as a new
+    version (same id and code; earlier versions stay)."""
+    pool = ctx.pool
+    cert = None if await ctx.already_applied() else await store.get_certificate(
+        pool, event.user_id, event.course_id
+    )
+    if cert is None:
+        async with ctx.transaction():
+            return
+    template = await store.get_template(pool, cert.course_id)
+    identity = domain.Identity(cert.user_id, cert.course_id, cert.certificate_id, cert.verification_code,
+                               cert.issued_at)
+    pdf = await state.renderer.render(
+        _job(state, identity, cert.student_name, cert.course_title, cert.completed_at, template.source)
+    )
+    async with ctx.transaction() as conn:
+        version = await store.add_version(
+            conn, cert.certificate_id, pdf=pdf, sha256=sha256(pdf), template_revision=template.revision,
+            regeneration_id=event.regeneration_id, rendered_by=state.identity,
+        )
+    log.info("re-rendered %s as version %d", cert.certificate_id, version)
