@@ -30,15 +30,11 @@ from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 
 from services.certificates.app import build_app as build_certificates
-<<<<<<< HEAD
-=======
 from services.certificates.settings import CertificatesSettings
-from services.enrollment.app import EnrollmentSettings
->>>>>>> shape-certificates
 from services.enrollment.app import build_app as build_enrollment
 from services.enrollment.settings import EnrollmentSettings
-from services.notifications.app import NotificationsSettings
 from services.notifications.app import build_app as build_notifications
+from services.notifications.settings import NotificationsSettings
 from services.progress.app import ProgressSettings
 from services.progress.app import build_app as build_progress
 from shared.auth import issue_token
