@@ -8,14 +8,11 @@ others find the lock taken and wait for their next tick.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import asyncpg
 from prometheus_client import Counter
 
 from services.progress.analytics import store
-from services.progress.periodic import every
+from shared.periodic import Periodic
 
 FOLDED = Counter("lessonstream_analytics_deltas_folded_total", "Analytics deltas folded into the histograms")
 
@@ -25,7 +22,8 @@ class AnalyticsFolder:
         self._pool = pool
         self.interval_s = interval_s
         self.batch = batch
-        self._task: asyncio.Task[None] | None = None
+        # A failed fold leaves its deltas pending; reports stay exact.
+        self._loop = Periodic(interval_s, self.fold, "analytics fold")
 
     async def fold(self) -> int:
         """Fold everything pending now, a batch per transaction; how many deltas it folded."""
@@ -41,11 +39,7 @@ class AnalyticsFolder:
                     return total
 
     def start(self) -> None:
-        # A failed fold leaves its deltas pending; reports stay exact.
-        self._task = asyncio.create_task(every(self.interval_s, self.fold, "analytics fold"), name="analytics-fold")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
