@@ -38,9 +38,13 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import analytics_reference  # noqa: E402
 from lessonstream.infra import free_port  # noqa: E402
-from services.progress import analytics, analytics_api, analytics_histogram, analytics_store, store  # noqa: E402
-from services.progress.analytics_folder import AnalyticsFolder  # noqa: E402
+from services.progress import store  # noqa: E402
+from services.progress.analytics import domain as analytics  # noqa: E402
+from services.progress.analytics import store as analytics_store  # noqa: E402
+from services.progress.analytics import usecases  # noqa: E402
+from services.progress.analytics.folder import AnalyticsFolder  # noqa: E402
 from services.progress.app import ProgressSettings  # noqa: E402
 from shared.auth import issue_token  # noqa: E402
 from shared.db import migrate_service, with_database  # noqa: E402
@@ -219,12 +223,12 @@ async def bench_range(
 
     async def lessons() -> Any:
         async with analytics_store.session(pool, one_snapshot=True) as conn:
-            return await analytics_api.lesson_figures(conn, catalog(), q)
+            return await usecases.lesson_figures(conn, catalog(), q)
 
     st, maintained = await timed(lessons, repeat)
     say(f"    lesson figures (cohort histograms)                {figures(st)}")
-    rt, scratch = await timed(partial(in_session, pool, store_.lesson_figures_from_scratch, COURSE_ID, start, end,
-                                      durations), 1)
+    rt, scratch = await timed(partial(in_session, pool, analytics_reference.lesson_figures_from_scratch, COURSE_ID,
+                                      start, end, durations), 1)
     same = same_figures(maintained, scratch)
     say(f"    lesson figures from the records, for comparison   {figures(rt)}  (equal: {same})")
     if not same:
@@ -247,11 +251,11 @@ def same_figures(a: dict[int, Any], b: dict[int, Any]) -> bool:
 async def print_explains(pool: asyncpg.Pool, q: analytics.ReportQuery) -> None:
     async with analytics_store.session(pool, one_snapshot=True) as conn:
         first, last = q.enrolled_from, q.enrolled_to
-        blocks = analytics_histogram.plan_dates(await analytics_store.cohort_span(conn, COURSE_ID), first, last)
+        blocks = analytics.plan_dates(await analytics_store.cohort_span(conn, COURSE_ID), first, last)
         say(f"    blocks summed: {len(blocks)} {blocks}")
         block_args = ([b[0] for b in blocks], [b[1] for b in blocks], [b[2] for b in blocks])
-        lessons = analytics_histogram.by_lesson(await analytics_store.buckets(conn, COURSE_ID, blocks, first, last))
-        wanted = sorted(analytics_histogram.buckets_to_open(lessons, dict(analytics.durations(catalog()))))
+        lessons = analytics.by_lesson(await analytics_store.buckets(conn, COURSE_ID, blocks, first, last))
+        wanted = sorted(analytics.buckets_to_open(lessons, dict(analytics.durations(catalog()))))
         for name, sql, params in [
             ("learner figures", analytics_store.LEARNER_FIGURES_SQL, (COURSE_ID, q.start, q.end)),
             ("drop-off", analytics_store.DROP_OFF_SQL, (COURSE_ID, q.start, q.end, q.inactive_before)),
@@ -362,7 +366,7 @@ async def bench_write_path(url: str, repeat: int) -> None:
         for name, q in ranges(datetime.now(UTC)):
             async def lessons(q: analytics.ReportQuery = q) -> Any:
                 async with analytics_store.session(pool, one_snapshot=True) as c:
-                    return await analytics_api.lesson_figures(c, catalog(), q)
+                    return await usecases.lesson_figures(c, catalog(), q)
             times, _ = await timed(lessons, repeat)
             say(f"    {name:16} {figures(times)}")
         t = time.perf_counter()

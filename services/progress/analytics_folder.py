@@ -1,51 +1,6 @@
-"""The background task that folds pending analytics deltas into the cohort histograms.
+"""Where ``tracking.py`` still imports the folder from; it is ``analytics.folder`` now.
+Goes once that import names ``services.progress.analytics.folder``."""
 
-Reports are exact whether or not it has run (they add the pending deltas themselves); it
-keeps them fast by keeping the pending set small, and keeps the cost of the histograms'
-upserts off the progress writes. One replica folds at a time (an advisory lock); the
-others find the lock taken and wait for their next tick.
-"""
+from services.progress.analytics.folder import AnalyticsFolder
 
-from __future__ import annotations
-
-import asyncio
-import contextlib
-
-import asyncpg
-from prometheus_client import Counter
-
-from services.progress import analytics_store
-from services.progress.periodic import every
-
-FOLDED = Counter("lessonstream_analytics_deltas_folded_total", "Analytics deltas folded into the histograms")
-
-
-class AnalyticsFolder:
-    def __init__(self, pool: asyncpg.Pool, interval_s: float, batch: int = 20_000) -> None:
-        self._pool = pool
-        self.interval_s = interval_s
-        self.batch = batch
-        self._task: asyncio.Task[None] | None = None
-
-    async def fold(self) -> int:
-        """Fold everything pending now, a batch per transaction; how many deltas it folded."""
-        total = 0
-        async with self._pool.acquire() as conn:
-            while True:
-                folded = await analytics_store.fold(conn, self.batch)
-                if folded is None:  # another replica is folding
-                    return total
-                total += folded
-                FOLDED.inc(folded)
-                if folded < self.batch:
-                    return total
-
-    def start(self) -> None:
-        # A failed fold leaves its deltas pending; reports stay exact.
-        self._task = asyncio.create_task(every(self.interval_s, self.fold, "analytics fold"), name="analytics-fold")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+__all__ = ["AnalyticsFolder"]

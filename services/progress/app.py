@@ -7,8 +7,9 @@ from pathlib import Path
 from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
-from services.progress.analytics_api import router as analytics_router
-from services.progress.analytics_folder import AnalyticsFolder
+from services.progress.analytics.api import ERRORS as ANALYTICS_ERRORS
+from services.progress.analytics.api import router as analytics_router
+from services.progress.analytics.folder import AnalyticsFolder
 from services.progress.api import heartbeat_route, internal_router, router
 from services.progress.handlers import Handlers
 from services.progress.heartbeats import HeartbeatBuffer
@@ -75,6 +76,7 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
             settings=settings,
             migrations=Path(__file__).parent / "migrations",
             routers=[router, analytics_router, internal_router],
+            errors=ANALYTICS_ERRORS,
             quiet_routes=frozenset({("POST", "/api/progress")}),
             subscriptions=[
                 Subscription(Topic.COURSE_CATALOG, CourseCatalogEntry, handlers.on_course, "progress-catalog"),

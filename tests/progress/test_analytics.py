@@ -15,10 +15,14 @@ from typing import Any
 
 import pytest
 
-from services.progress import analytics, analytics_api, analytics_store, store
-from services.progress.analytics_folder import AnalyticsFolder
-from services.progress.analytics_histogram import LessonFigures
-from services.progress.analytics_store import FOLD_LOCK
+from bench import analytics_reference as reference
+from services.progress import store
+from services.progress.analytics import domain as analytics
+from services.progress.analytics import store as analytics_store
+from services.progress.analytics import usecases
+from services.progress.analytics.domain import LessonFigures
+from services.progress.analytics.folder import AnalyticsFolder
+from services.progress.analytics.store import FOLD_LOCK
 from shared.events import CatalogLesson, CourseCatalogEntry, CourseCompleted, EnrollmentChanged
 from tests.progress.conftest import Stack
 
@@ -268,13 +272,13 @@ async def test_lesson_figures_equal_the_records_pending_and_folded(
 
     async def from_histograms() -> dict[int, LessonFigures]:
         async with analytics_store.session(pool, one_snapshot=True) as conn:
-            return await analytics_api.lesson_figures(conn, catalog(), query)
+            return await usecases.lesson_figures(conn, catalog(), query)
 
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", FOLD_LOCK)  # the service's folder skips its turns
         try:
             await build_course(stack)
-            scratch = await analytics_store.lesson_figures_from_scratch(
+            scratch = await reference.lesson_figures_from_scratch(
                 pool, COURSE, query.start, query.end, analytics.durations(catalog()))
             assert scratch  # every range above has started lessons
             assert await analytics_store.pending_deltas(conn) > 0

@@ -11,9 +11,11 @@ import contextlib
 import random
 from datetime import UTC, datetime, timedelta
 
-from services.progress import analytics_store, domain, store
-from services.progress.analytics_folder import AnalyticsFolder
-from services.progress.analytics_histogram import ALL
+from bench import analytics_reference as reference
+from services.progress import domain, store
+from services.progress.analytics import store as analytics_store
+from services.progress.analytics.domain import ALL
+from services.progress.analytics.folder import AnalyticsFolder
 from shared import db
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged
 from tests.progress.conftest import Stack
@@ -138,19 +140,19 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
     await stack.buffer.flush()
 
     async with pool.acquire() as conn:
-        scratch = await analytics_store.histograms_from_scratch(conn, COURSE)
+        scratch = await reference.histograms_from_scratch(conn, COURSE)
         fine, coarse = scratch
         assert sum(n for (level, *_), n in fine.items() if level == ALL) > 10
         assert sum(c for (level, *_), (_, c, _) in coarse.items() if level == ALL) > 0
         assert await analytics_store.pending_deltas(conn) > 0  # the last flush is not folded yet
-        assert await analytics_store.histograms_maintained(conn, COURSE) == scratch
+        assert await reference.histograms_maintained(conn, COURSE) == scratch
         await holder.execute("SELECT pg_advisory_unlock($1)", analytics_store.FOLD_LOCK)
         await pool.release(holder)
         await folder.fold()
         assert await analytics_store.pending_deltas(conn) == 0
-        assert await analytics_store.histograms_maintained(conn, COURSE) == scratch
-        assert await analytics_store.activity_maintained(conn, COURSE) == \
-            await analytics_store.activity_from_scratch(conn, COURSE)
+        assert await reference.histograms_maintained(conn, COURSE) == scratch
+        assert await reference.activity_maintained(conn, COURSE) == \
+            await reference.activity_from_scratch(conn, COURSE)
         # Nothing that folded to zero is kept.
         assert not await conn.fetchval("SELECT count(*) FROM analytics_watch_fine WHERE learners = 0")
 
@@ -162,7 +164,7 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
                                           headers=stack.token("r", "admin"))
         assert response.status_code == 200
         start, end = (datetime.fromisoformat(b).replace(tzinfo=UTC) if b else None for b in bounds)
-        direct = await analytics_store.lesson_figures_from_scratch(
+        direct = await reference.lesson_figures_from_scratch(
             pool, COURSE, start, end + timedelta(days=1) if end else None, durations)
         data = response.json()["data"]
         for row, engagement in zip(sorted(data["lesson_difficulty"], key=lambda r: r["lesson_id"]),

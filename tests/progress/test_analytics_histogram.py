@@ -10,7 +10,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.progress.analytics_histogram import (
+from services.progress.analytics.domain import (
     ALL,
     BUCKET_S,
     LEVEL_BITS,

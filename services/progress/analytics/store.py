@@ -4,30 +4,28 @@ The population of a report is the course's enrollment replica rows with status a
 completed and, when a range is given, ``enrolled_at`` inside it. Per-learner figures come
 from the enrollment, completion and learner rows; lesson figures from the cohort
 histograms of migration 003 plus the deltas not folded into them yet, read in one
-snapshot (see analytics_histogram for the arithmetic).
+snapshot (see analytics.domain for the arithmetic).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
 
 import asyncpg
 
-from services.progress.analytics_histogram import BUCKET_S, Block, Bucket, LessonFigures
-from services.progress.store import Executor
-from shared.db import Connection
+from services.progress.analytics.domain import BUCKET_S, Block, Bucket, LearnerFigures
+from shared.db import Connection, Executor
 
-# Shared predicates. $1 course, $2 enrolled_at lower bound (inclusive) or NULL, $3 upper
-# bound (exclusive) or NULL. Kept as text so every query states the same population.
-_IN_POPULATION = (
+# The population's predicate. $1 course, $2 enrolled_at lower bound (inclusive) or NULL, $3
+# upper bound (exclusive) or NULL. Kept as text so every query (and the reference queries
+# of bench/analytics_reference.py) states the same population.
+IN_POPULATION = (
     "e.status IN ('active', 'completed') "
     "AND ($2::timestamptz IS NULL OR e.enrolled_at >= $2) AND ($3::timestamptz IS NULL OR e.enrolled_at < $3)"
 )
-_STARTED = "(p.completed OR p.video_progress > 0 OR p.last_position > 0)"
 
 
 @contextlib.asynccontextmanager
@@ -42,16 +40,6 @@ async def session(pool: asyncpg.Pool, *, one_snapshot: bool = False) -> AsyncIte
         yield conn
 
 
-@dataclass(frozen=True, slots=True)
-class LearnerFigures:
-    """Per-learner figures of the population."""
-
-    enrolled: int
-    completed: int
-    median_completion_s: float | None
-    p90_completion_s: float | None
-
-
 LEARNER_FIGURES_SQL = f"""
 SELECT count(*) AS enrolled,
        count(c.completed_at) AS completed,
@@ -62,7 +50,7 @@ SELECT count(*) AS enrolled,
 FROM enrollments e
 LEFT JOIN course_completions c
        ON c.course_id = e.course_id AND c.user_id = e.user_id AND c.enrollment_id = e.enrollment_id
-WHERE e.course_id = $1 AND {_IN_POPULATION}
+WHERE e.course_id = $1 AND {IN_POPULATION}
 """
 
 
@@ -80,7 +68,7 @@ DROP_OFF_SQL = f"""
 SELECT a.last_lesson_id, count(*) AS learners
 FROM enrollments e
 LEFT JOIN analytics_learners a ON a.course_id = e.course_id AND a.user_id = e.user_id
-WHERE e.course_id = $1 AND {_IN_POPULATION}
+WHERE e.course_id = $1 AND {IN_POPULATION}
   AND coalesce(a.last_activity_at, e.enrolled_at) < $4
   AND NOT EXISTS (SELECT 1 FROM course_completions c WHERE c.course_id = e.course_id
                   AND c.user_id = e.user_id AND c.enrollment_id = e.enrollment_id)
@@ -250,141 +238,3 @@ async def fold(conn: Connection, limit: int) -> int | None:
 async def pending_deltas(conn: Executor) -> int:
     count: int = await conn.fetchval("SELECT count(*) FROM analytics_deltas")
     return count
-
-
-# ---------------------------------------------------------------- from scratch (checks)
-
-# Each lesson's figures straight from the records of the population's learners, in SQL:
-# the reference the histograms are checked against (tests, bench). The median is
-# percentile_cont(0.5) over whole seconds, found by a running count over the seconds.
-_LESSON_SUMMARY = """
-, h AS (
-    SELECT lesson_id, watch_s, sum(n)::bigint AS n, sum(c)::bigint AS c
-    FROM histogram GROUP BY lesson_id, watch_s HAVING sum(n) > 0
-), ranked AS (
-    SELECT lesson_id, watch_s, n, c,
-           sum(n) OVER (PARTITION BY lesson_id ORDER BY watch_s)::bigint AS upto,
-           sum(n) OVER (PARTITION BY lesson_id)::bigint AS total
-    FROM h
-)
-SELECT r.lesson_id, max(r.total)::bigint AS started, sum(r.c)::bigint AS completed,
-       sum(r.watch_s * r.n)::bigint AS watch_sum,
-       sum(least(1.0::float8, r.watch_s / d.duration) * r.n) FILTER (WHERE d.duration > 0) AS fraction_sum,
-       (min(r.watch_s) FILTER (WHERE r.upto > (r.total - 1) / 2)
-        + min(r.watch_s) FILTER (WHERE r.upto > r.total / 2)) / 2.0::float8 AS median_watch
-FROM ranked r
-JOIN unnest($4::bigint[], $5::float8[]) AS d(lesson_id, duration) ON d.lesson_id = r.lesson_id
-GROUP BY r.lesson_id
-"""
-
-# Straight from the records of the population's learners.
-LESSONS_FROM_SCRATCH_SQL = f"""
-WITH histogram AS (
-    SELECT p.lesson_id, round(p.time_spent_seconds)::integer AS watch_s, count(*) AS n,
-           count(*) FILTER (WHERE p.completed) AS c
-    FROM enrollments e
-    JOIN lesson_progress p ON p.user_id = e.user_id AND p.course_id = e.course_id
-    WHERE e.course_id = $1 AND {_IN_POPULATION} AND {_STARTED}
-    GROUP BY 1, 2
-)
-{_LESSON_SUMMARY}
-"""
-
-
-
-async def lesson_figures_from_scratch(
-    conn: Executor, course_id: int, start: datetime | None, end: datetime | None,
-    durations: Sequence[tuple[int, float | None]],
-) -> dict[int, LessonFigures]:
-    rows = await conn.fetch(
-        LESSONS_FROM_SCRATCH_SQL, course_id, start, end,
-        [lesson_id for lesson_id, _ in durations], [duration for _, duration in durations],
-    )
-    return {
-        r["lesson_id"]: LessonFigures(
-            r["lesson_id"], r["started"], r["completed"], r["watch_sum"], r["fraction_sum"], float(r["median_watch"])
-        )
-        for r in rows
-    }
-
-
-Fine = dict[tuple[int, int, int, int], int]  # (level, block, lesson, watch_s) -> learners
-Coarse = dict[tuple[int, int, int, int], tuple[int, int, int]]  # (level, block, lesson, bucket) -> n, c, sum
-
-
-def _rolled_up(seconds: dict[tuple[int, int, int, int], tuple[int, int]]) -> tuple[Fine, Coarse]:
-    fine: Fine = {}
-    coarse: dict[tuple[int, int, int, int], list[int]] = {}
-    for (level, block, lesson, watch_s), (n, c) in seconds.items():
-        if n:
-            fine[(level, block, lesson, watch_s)] = fine.get((level, block, lesson, watch_s), 0) + n
-        totals = coarse.setdefault((level, block, lesson, watch_s // BUCKET_S), [0, 0, 0])
-        totals[0] += n
-        totals[1] += c
-        totals[2] += n * watch_s
-    return ({k: v for k, v in fine.items() if v},
-            {k: (v[0], v[1], v[2]) for k, v in coarse.items() if any(v)})
-
-
-async def histograms_from_scratch(conn: Executor, course_id: int) -> tuple[Fine, Coarse]:
-    """Both histograms at every level, from the records and the enrollment replica alone."""
-    rows = await conn.fetch(
-        f"""
-        WITH days AS (
-            SELECT analytics_cohort(e.status, e.enrolled_at) AS day, p.lesson_id,
-                   round(p.time_spent_seconds)::integer AS watch_s, count(*) AS n,
-                   count(*) FILTER (WHERE p.completed) AS c
-            FROM lesson_progress p JOIN enrollments e ON e.user_id = p.user_id AND e.course_id = p.course_id
-            WHERE p.course_id = $1 AND {_STARTED} AND analytics_cohort(e.status, e.enrolled_at) IS NOT NULL
-            GROUP BY 1, 2, 3
-        )
-        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c
-        FROM days d CROSS JOIN LATERAL analytics_blocks(d.day) b GROUP BY 1, 2, 3, 4
-        """,
-        course_id,
-    )
-    return _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"]) for r in rows})
-
-
-async def histograms_maintained(conn: Executor, course_id: int) -> tuple[Fine, Coarse]:
-    """Both histograms as a report sees them: the folded rows plus the pending deltas."""
-    pending = await conn.fetch(
-        """
-        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c
-        FROM analytics_deltas d CROSS JOIN LATERAL analytics_blocks(d.cohort_day) b
-        WHERE d.course_id = $1 GROUP BY 1, 2, 3, 4
-        """,
-        course_id,
-    )
-    fine, coarse = _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"])
-                               for r in pending})
-    for r in await conn.fetch(
-        "SELECT level, block, lesson_id, watch_s, learners FROM analytics_watch_fine WHERE course_id = $1", course_id
-    ):
-        key = (r["level"], r["block"], r["lesson_id"], r["watch_s"])
-        fine[key] = fine.get(key, 0) + r["learners"]
-    for r in await conn.fetch(
-        "SELECT level, block, lesson_id, bucket, learners, completed, watch_sum FROM analytics_watch_coarse "
-        "WHERE course_id = $1", course_id,
-    ):
-        key = (r["level"], r["block"], r["lesson_id"], r["bucket"])
-        n, c, w = coarse.get(key, (0, 0, 0))
-        coarse[key] = (n + r["learners"], c + r["completed"], w + r["watch_sum"])
-    return ({k: v for k, v in fine.items() if v}, {k: v for k, v in coarse.items() if any(v)})
-
-
-async def activity_from_scratch(conn: Executor, course_id: int) -> dict[str, tuple[datetime, int]]:
-    rows = await conn.fetch(
-        "SELECT DISTINCT ON (user_id) user_id, updated_at, lesson_id FROM lesson_progress WHERE course_id = $1 "
-        "ORDER BY user_id, updated_at DESC, lesson_id DESC",
-        course_id,
-    )
-    return {r["user_id"]: (r["updated_at"], r["lesson_id"]) for r in rows}
-
-
-async def activity_maintained(conn: Executor, course_id: int) -> dict[str, tuple[datetime, int]]:
-    rows = await conn.fetch(
-        "SELECT user_id, last_activity_at, last_lesson_id FROM analytics_learners "
-        "WHERE course_id = $1 AND last_activity_at IS NOT NULL", course_id
-    )
-    return {r["user_id"]: (r["last_activity_at"], r["last_lesson_id"]) for r in rows}
