@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from lessonstream.infra import free_port  # noqa: E402
 from services.progress import analytics, analytics_api, analytics_histogram, analytics_store, store  # noqa: E402
 from services.progress.analytics_folder import AnalyticsFolder  # noqa: E402
-from services.progress.app import ProgressSettings  # noqa: E402
+from services.progress.settings import ProgressSettings  # noqa: E402
 from shared.auth import issue_token  # noqa: E402
 from shared.db import migrate_service, with_database  # noqa: E402
 from shared.events import CatalogLesson, CourseCatalogEntry  # noqa: E402
