@@ -45,7 +45,7 @@ from services.progress.analytics import domain as analytics  # noqa: E402
 from services.progress.analytics import store as analytics_store  # noqa: E402
 from services.progress.analytics import usecases  # noqa: E402
 from services.progress.analytics.folder import AnalyticsFolder  # noqa: E402
-from services.progress.app import ProgressSettings  # noqa: E402
+from services.progress.settings import ProgressSettings  # noqa: E402
 from shared.auth import issue_token  # noqa: E402
 from shared.db import migrate_service, with_database  # noqa: E402
 from shared.events import CatalogLesson, CourseCatalogEntry  # noqa: E402

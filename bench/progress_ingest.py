@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from lessonstream.infra import free_port, start_caddy  # noqa: E402
 from lessonstream.stack import StackConfig  # noqa: E402
 from services.progress import store  # noqa: E402
-from services.progress.app import ProgressSettings  # noqa: E402
+from services.progress.settings import ProgressSettings  # noqa: E402
 from shared.auth import issue_token  # noqa: E402
 from shared.db import migrate_service, with_database  # noqa: E402
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged  # noqa: E402

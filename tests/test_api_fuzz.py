@@ -35,8 +35,8 @@ from services.enrollment.app import build_app as build_enrollment
 from services.enrollment.settings import EnrollmentSettings
 from services.notifications.app import build_app as build_notifications
 from services.notifications.settings import NotificationsSettings
-from services.progress.app import ProgressSettings
 from services.progress.app import build_app as build_progress
+from services.progress.settings import ProgressSettings
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
 from tests.helpers import TestEnv, served

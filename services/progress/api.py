@@ -1,4 +1,5 @@
-"""Routes of the progress service: validate, call the tracker, shape the response."""
+"""Routes of the progress service: validate, call the tracker, shape the response; and
+``ERRORS``, where the service's refusals become HTTP answers."""
 
 from __future__ import annotations
 
@@ -12,14 +13,29 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from services.progress import store
+from services.progress import domain
 from services.progress.domain import MAX_POSITION_SECONDS
-from services.progress.tracking import ProgressState, Tracker
+from services.progress.usecases import ProgressState, Tracker
 from shared.auth import CurrentUser, InternalCaller, current_user
-from shared.errors import not_found
+from shared.errors import ErrorMap, HttpError
 from shared.http import BareRoute
+from shared.internal import PeerUnavailable
 from shared.service import state_of
 from shared.validation import MAX_BIGINT
+
+# Every refusal of the service (domain.py) and the owner out of reach, as the API answers them.
+ERRORS: ErrorMap = {
+    domain.CourseNotFound: HttpError(404, "course_not_found"),
+    domain.CourseNotPublished: HttpError(404, "course_not_found"),
+    domain.LessonNotFound: HttpError(404, "lesson_not_found"),
+    # As a validation failure of the field: the body names it in data.params.
+    domain.LessonNotInCourse: HttpError(400, "invalid_request", "Invalid or missing fields: lesson_id"),
+    domain.NotEnrolled: HttpError(403, "not_enrolled"),
+    domain.LessonLocked: HttpError(403, "lesson_locked"),
+    domain.NotAllowed: HttpError(403, "forbidden"),
+    domain.CompletionNotFound: HttpError(404, "completion_not_found"),
+    PeerUnavailable: HttpError(503, "service_unavailable", "Enrollment data is unavailable, try again"),
+}
 
 Position = Annotated[float, Field(ge=0, le=MAX_POSITION_SECONDS, allow_inf_nan=False)]
 
@@ -81,8 +97,9 @@ class HeartbeatEndpoint:
     dependency solving and response handling, which cost more than the work itself.
 
     Same checks, same error shapes: ``current_user`` is the shared dependency function,
-    and raised ``ApiError`` / ``RequestValidationError`` reach the app's exception
-    handlers like those of any route. Request ids, metrics and logs still apply.
+    and what it raises (``ApiError``, ``RequestValidationError``, the refusals of ``ERRORS``)
+    propagates to the app's exception middleware, which answers it with the handlers of
+    any route. Request ids, metrics and logs still apply.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,16 +129,37 @@ async def course_progress(
     return json({"data": await tracker.course_progress(user, course_id, user_id)})
 
 
+def _lesson_answer(
+    message: str, lesson_id: int, completed_at: datetime | None, standing: domain.CourseStanding
+) -> dict[str, Any]:
+    return {
+        "message": message,
+        "data": {
+            "lesson_id": lesson_id,
+            "completed_at": completed_at,
+            "progress_percentage": standing.progress_percentage,
+            "completed_lessons": standing.completed_required,
+            "total_lessons": standing.total_required,
+            "next_lesson": domain.lesson_ref(standing.next_lesson),
+        },
+    }
+
+
 @router.post("/courses/{course_id}/lessons/{lesson_id}/complete")
 async def complete_lesson(course_id: Id, lesson_id: Id, user: CurrentUser, tracker: Tracked) -> Response:
-    message, data = await tracker.complete(user, course_id, lesson_id)
-    return json({"message": message, "data": data})
+    done = await tracker.complete(user, course_id, lesson_id)
+    message = "Lesson marked as complete" if done.newly else "Lesson already marked as complete"
+    answer = _lesson_answer(message, lesson_id, done.row.completed_at, done.standing)
+    if not done.confirmed:
+        answer["data"]["confirmation_pending"] = True
+    return json(answer)
 
 
 @router.post("/courses/{course_id}/lessons/{lesson_id}/incomplete")
 async def incomplete_lesson(course_id: Id, lesson_id: Id, user: CurrentUser, tracker: Tracked) -> Response:
-    message, data = await tracker.incomplete(user, course_id, lesson_id)
-    return json({"message": message, "data": data})
+    row, standing = await tracker.incomplete(user, course_id, lesson_id)
+    message = "Lesson marked as incomplete" if row is not None else "Lesson is not marked as complete"
+    return json(_lesson_answer(message, lesson_id, None, standing))
 
 
 @router.get("/admin/learners/{learner_id}/progress")
@@ -146,7 +184,8 @@ async def completion(course_id: Id, user_id: str, _: InternalCaller, tracker: Tr
 @internal_router.get("/completions/{event_id}")
 async def completion_event(event_id: UUID, _: InternalCaller, tracker: Tracked) -> Response:
     """The stored course-completed event: consumers confirm an event with it before they act."""
-    event = await store.completion_by_event_id(tracker.pool, event_id)
-    if event is None:
-        raise not_found("completion_not_found", "Progress published no course completion with this id")
+    event = await tracker.completion_event(event_id)
     return json(event.model_dump(mode="json"))
+
+
+ROUTERS = [router, internal_router]

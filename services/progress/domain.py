@@ -1,12 +1,15 @@
-"""Progress rules, free of I/O: states, heartbeat merging, credited time, percentages, locking."""
+"""Progress rules, free of I/O: states, heartbeat merging, credited time, percentages, locking,
+who may see what, and the refusals they state (``api.ERRORS`` answers them)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
+from shared.domain import DomainError
 from shared.events import CatalogLesson, CourseCatalogEntry
 
 # A playback position beyond a week is not a position but a client bug.
@@ -335,3 +338,127 @@ def lesson_ref(lesson: CatalogLesson | None, *, with_order: bool = True) -> dict
 
 def lesson_refs(lessons: Sequence[CatalogLesson]) -> list[dict[str, object]]:
     return [{"id": lesson.id, "title": lesson.title, "order": lesson.order} for lesson in lessons]
+
+
+# ---------------------------------------------------------------- refusals
+
+
+class CourseNotFound(DomainError):
+    def __init__(self, course_id: int) -> None:
+        super().__init__("Course not found", course_id=course_id)
+
+
+class CourseNotPublished(DomainError):
+    def __init__(self, course_id: int) -> None:
+        super().__init__("This course is not published", course_id=course_id)
+
+
+class LessonNotFound(DomainError):
+    def __init__(self, lesson_id: int) -> None:
+        super().__init__("Lesson not found in this course", lesson_id=lesson_id)
+
+
+class LessonNotInCourse(DomainError):
+    """A heartbeat names a lesson the course does not have: a bad field of the request."""
+
+    def __init__(self, lesson_id: int, course_id: int) -> None:
+        reason = f"lesson {lesson_id} is not in course {course_id}"
+        super().__init__(reason, params={"lesson_id": reason})
+
+
+class NotEnrolled(DomainError):
+    def __init__(self, own: bool = True) -> None:
+        super().__init__(
+            "You must be enrolled in this course" if own else "This learner is not enrolled in this course"
+        )
+
+
+class LessonLocked(DomainError):
+    """A sequential course: ``blocker`` is the required lesson to complete first."""
+
+    def __init__(self, blocker: CatalogLesson) -> None:
+        super().__init__(
+            f'Complete "{blocker.title}" first: this course requires lessons in order',
+            next_lesson=lesson_ref(blocker),
+        )
+
+
+class NotAllowed(DomainError):
+    """Someone else's data, without being an admin or the course's instructor."""
+
+
+class CompletionNotFound(DomainError):
+    def __init__(self) -> None:
+        super().__init__("Progress published no course completion with this id")
+
+
+# ---------------------------------------------------------------- who may see what
+
+
+class Viewer(Protocol):
+    """Who asks: the authenticated user (``shared.auth.User``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def is_admin(self) -> bool: ...
+
+    @property
+    def is_instructor(self) -> bool: ...
+
+
+def teaches(viewer: Viewer, course: CourseCatalogEntry) -> bool:
+    return viewer.is_instructor and viewer.id in course.instructor_ids
+
+
+def check_may_view(viewer: Viewer, course: CourseCatalogEntry, user_id: str) -> None:
+    """One's own progress; anyone's for admins and the course's instructors."""
+    if not (viewer.id == user_id or viewer.is_admin or teaches(viewer, course)):
+        raise NotAllowed("You may only see your own progress")
+
+
+def check_sees_learners(viewer: Viewer) -> None:
+    """Other learners' records: administrators and instructors (of their courses) only."""
+    if not (viewer.is_admin or viewer.is_instructor):
+        raise NotAllowed("Administrators and the course's instructors only")
+
+
+def check_teaches(viewer: Viewer, course: CourseCatalogEntry) -> None:
+    """A course's learners: administrators, and the instructors of that course."""
+    if not viewer.is_admin and viewer.id not in course.instructor_ids:
+        raise NotAllowed("You do not teach this course")
+
+
+# ---------------------------------------------------------------- what the API shows
+
+
+def progress_record(
+    id: int,
+    user_id: str,
+    course_id: int,
+    lesson_id: int,
+    completed: bool,
+    completed_at: datetime | None,
+    video_progress: float,
+    last_position: float,
+    time_spent_seconds: float,
+    created_at: datetime,
+    updated_at: datetime,
+) -> dict[str, Any]:
+    """One learner-lesson record as the API shows it (the heartbeat answer among others):
+    one plain dict, serialised as it is."""
+    return {
+        "id": id,
+        "user_id": user_id,
+        "course_id": course_id,
+        "lesson_id": lesson_id,
+        "completed": completed,
+        "completed_at": completed_at,
+        "video_progress": video_progress,
+        "last_position": last_position,
+        "time_spent_seconds": round(time_spent_seconds),
+        "state": progress_state(True, completed, video_progress, last_position),
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-from services.progress import store
-from services.progress.replicas import Replicas
-from shared.events import CertificateIssued, CourseCatalogEntry, EnrollmentChanged
-from shared.inbox import EventContext
+from typing import Any
+
+from services.progress import usecases
+from services.progress.settings import ProgressSettings
+from services.progress.usecases import ProgressState
+from shared.events import CertificateIssued, CourseCatalogEntry, EnrollmentChanged, Topic
+from shared.inbox import EventContext, Subscription
 
 
-class Handlers:
-    def __init__(self) -> None:
-        self.replicas: Replicas | None = None  # set at start-up, once the pool exists
+async def on_course(event: CourseCatalogEntry, ctx: EventContext) -> None:
+    await usecases.keep_course(ctx.transaction, ctx.state(ProgressState).replicas, event)
 
-    async def on_course(self, event: CourseCatalogEntry, ctx: EventContext) -> None:
-        async with ctx.transaction() as conn:
-            saved = await store.save_course(conn, event)  # older revisions are ignored
-        if saved and self.replicas is not None:
-            self.replicas.on_course(event)
 
-    async def on_enrollment(self, event: EnrollmentChanged, ctx: EventContext) -> None:
-        async with ctx.transaction() as conn:
-            saved = await store.save_enrollment(conn, event)
-        if saved and self.replicas is not None:
-            self.replicas.on_enrollment(event)
+async def on_enrollment(event: EnrollmentChanged, ctx: EventContext) -> None:
+    await usecases.keep_enrollment(ctx.transaction, ctx.state(ProgressState).replicas, event)
 
-    async def on_certificate(self, event: CertificateIssued, ctx: EventContext) -> None:
-        async with ctx.transaction() as conn:
-            await store.save_certificate(conn, event.user_id, event.course_id, event.certificate_url, event.issued_at)
+
+async def on_certificate(event: CertificateIssued, ctx: EventContext) -> None:
+    await usecases.keep_certificate(ctx.transaction, event)
+
+
+def subscriptions(settings: ProgressSettings) -> list[Subscription[Any]]:
+    """One consumer group per topic."""
+    return [
+        Subscription(Topic.COURSE_CATALOG, CourseCatalogEntry, on_course, "progress-catalog"),
+        Subscription(Topic.ENROLLMENT_CHANGED, EnrollmentChanged, on_enrollment, "progress-enrollments"),
+        Subscription(Topic.CERTIFICATE_ISSUED, CertificateIssued, on_certificate, "progress-certificates"),
+    ]

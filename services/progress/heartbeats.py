@@ -8,7 +8,7 @@ which merges them with what other replicas wrote (newest position, union of cred
 wall-clock intervals: see domain.credit) and returns the records, which refresh the entries.
 
 Completions never wait for a flush: they are written at once, in their own transaction,
-together with the entry's pending playback (see tracking).
+together with the entry's pending playback (see usecases).
 
 What a crash can lose: positions and time spent of heartbeats accepted in the last
 flush interval (plus the duration of a flush that was running), never a completion,
@@ -27,8 +27,8 @@ from typing import Any
 import asyncpg
 
 from services.progress import domain, store
-from services.progress.periodic import every
 from shared import db
+from shared.periodic import Periodic
 
 Key = tuple[str, int]  # (user_id, lesson_id): the upsert key of the progress API
 
@@ -128,20 +128,10 @@ class Entry:
 
     def as_json(self) -> dict[str, Any]:
         p = self.playback
-        return {
-            "id": self.id,
-            "user_id": self.user_id,
-            "course_id": self.course_id,
-            "lesson_id": self.lesson_id,
-            "completed": self.completed,
-            "completed_at": self.completed_at,
-            "video_progress": p.video_progress,
-            "last_position": p.last_position,
-            "time_spent_seconds": round(self.time_spent()),
-            "state": domain.progress_state(True, self.completed, p.video_progress, p.last_position),
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+        return domain.progress_record(
+            self.id, self.user_id, self.course_id, self.lesson_id, self.completed, self.completed_at,
+            p.video_progress, p.last_position, self.time_spent(), self.created_at, self.updated_at,
+        )
 
 
 class HeartbeatBuffer:
@@ -150,7 +140,8 @@ class HeartbeatBuffer:
         self.flush_interval_s = flush_interval_s
         self._idle_evict_s = idle_evict_s
         self.entries: dict[Key, Entry] = {}
-        self._task: asyncio.Task[None] | None = None
+        # A failed flush keeps its changes for the next tick.
+        self.flushing = Periodic(flush_interval_s, self._tick, "heartbeat flush")
         self._flush_lock = asyncio.Lock()
         self.flushed_rows = 0
         self.flushes = 0
@@ -210,14 +201,10 @@ class HeartbeatBuffer:
 
     # ------------------------------------------------------------ flushing
     def start(self) -> None:
-        self._task = asyncio.create_task(every(self.flush_interval_s, self._tick, "heartbeat flush"),
-                                         name="heartbeat-flush")
+        self.flushing.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.flushing.stop()
         # Graceful shutdown loses nothing: one last flush.
         with contextlib.suppress(Exception):
             await self.flush()

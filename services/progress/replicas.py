@@ -24,20 +24,13 @@ import asyncpg
 import httpx
 
 from services.progress import store
-from shared.errors import ApiError
 from shared.events import CourseCatalogEntry, EnrollmentChanged
-from shared.internal import CourseConfirmation
+from shared.internal import CourseConfirmation, PeerUnavailable, get_internal
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("active", "completed")
-
-
-class OwnerUnavailable(ApiError):
-    """The enrollment service could not be asked (unreachable, timed out, or not 200/404)."""
-
-    def __init__(self) -> None:
-        super().__init__(503, "service_unavailable", "Enrollment data is unavailable, try again")
+OWNER = "enrollment"  # the service that owns the catalog and the enrollments
 
 
 class Replicas:
@@ -60,23 +53,8 @@ class Replicas:
             self._remember_course(entry)
         return entry
 
-    async def _ask(self, path: str, what: str) -> bytes | None:
-        """GET an internal route of the enrollment service: the body of a 200, None for a 404;
-        anything else (unreachable, timeout, another status) is ``OwnerUnavailable`` (503)."""
-        try:
-            response = await self._api.get(path)
-        except httpx.HTTPError as exc:
-            log.warning("enrollment internal API unreachable for %s: %r", what, exc)
-            raise OwnerUnavailable() from exc
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            log.warning("enrollment internal API answered %s for %s", response.status_code, what)
-            raise OwnerUnavailable()
-        return response.content
-
     async def _fetch_course(self, course_id: int) -> CourseCatalogEntry | None:
-        body = await self._ask(f"/internal/courses/{course_id}", f"course {course_id}")
+        body = await get_internal(self._api, f"/internal/courses/{course_id}", OWNER)
         if body is None:
             return None
         entry = CourseCatalogEntry.model_validate_json(body)
@@ -116,7 +94,7 @@ class Replicas:
         return None
 
     async def _fetch_enrollment(self, user_id: str, course_id: int) -> EnrollmentChanged | None:
-        body = await self._ask(f"/internal/courses/{course_id}/enrollments/{user_id}", f"{user_id}:{course_id}")
+        body = await get_internal(self._api, f"/internal/courses/{course_id}/enrollments/{user_id}", OWNER)
         if body is None:
             return None
         enrollment = EnrollmentChanged.model_validate_json(body)
@@ -138,11 +116,12 @@ class Replicas:
         """Ask the owner for the course's current revision and the learner's enrollment, and
         bring the replica (rows and memory) up to them. After it returns, the replica's row of
         the course is at least at the confirmed revision and its enrollment row at least the
-        owner's current one. None: the owner has no such course. ``OwnerUnavailable`` if it
+        owner's current one. None: the owner has no such course. ``PeerUnavailable`` if it
         cannot be asked."""
-        body = await self._ask(
+        body = await get_internal(
+            self._api,
             f"/internal/courses/{course_id}/confirmation?user_id={quote(user_id, safe='')}&revision={known_revision}",
-            f"confirmation of {user_id}:{course_id}",
+            OWNER,
         )
         if body is None:
             return None
@@ -153,7 +132,7 @@ class Replicas:
         elif answer.revision > known_revision:
             # The owner always sends a newer entry; without one we cannot upgrade.
             log.warning("confirmation of course %s r%s came without the entry", course_id, answer.revision)
-            raise OwnerUnavailable()
+            raise PeerUnavailable(OWNER, f"course {course_id} r{answer.revision} confirmed without its entry")
         if answer.enrollment is not None:
             held = self._enrollments.get((user_id, course_id))
             owned = answer.enrollment

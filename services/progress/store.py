@@ -13,15 +13,14 @@ import asyncpg
 
 from services.progress import domain
 from shared.db import Connection
+from shared.db import Executor as Executor  # re-exported: the analytics store imports it from here
 from shared.events import CourseCatalogEntry, CourseCompleted, EnrollmentChanged
+from shared.retry import Backoff
 
 _PROGRESS_COLUMNS = (
     "id, user_id, course_id, lesson_id, completed, completed_at, video_progress, last_position, "
     "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at"
 )
-
-# Single statements run on a pool directly (one round trip, no explicit acquire).
-Executor = Connection | asyncpg.Pool
 
 
 @dataclass(slots=True)
@@ -288,7 +287,7 @@ async def get_enrollment(conn: Executor, user_id: str, course_id: int) -> Enroll
 
 
 async def lock_enrollment(conn: Connection, user_id: str, course_id: int) -> EnrollmentChanged | None:
-    """Row lock that serialises one learner's completions in one course (see tracking)."""
+    """Row lock that serialises one learner's completions in one course (see usecases)."""
     r = await conn.fetchrow(
         f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
         user_id, course_id,
@@ -375,7 +374,7 @@ async def certificate_url(conn: Executor, user_id: str, course_id: int) -> str |
 async def add_pending_confirmation(
     conn: Connection, user_id: str, course_id: int, name: str, email: str, lesson_id: int | None
 ) -> None:
-    """A completion to confirm with the owner later (see tracking); ``lesson_id``: a lesson
+    """A completion to confirm with the owner later (see usecases); ``lesson_id``: a lesson
     whose lesson-completed event waits for it."""
     await conn.execute(
         """
@@ -415,24 +414,22 @@ class PendingConfirmation:
     attempts: int
 
 
-async def claim_pending_confirmations(
-    conn: Executor, limit: int, backoff_s: float, max_backoff_s: float
-) -> list[PendingConfirmation]:
-    """Up to ``limit`` due rows, each pushed ``backoff_s * 2**attempts`` (at most
-    ``max_backoff_s``) into the future in the same statement: a lease against other
-    processes (rows locked by a concurrent claim are skipped) and the retry backoff if the
-    re-check fails. A re-check that succeeds deletes its row."""
+async def claim_pending_confirmations(conn: Executor, limit: int, backoff: Backoff) -> list[PendingConfirmation]:
+    """Up to ``limit`` due rows, each pushed ``backoff.delay(attempts)`` into the future in
+    the same statement: a lease against other processes (rows locked by a concurrent claim
+    are skipped) and the retry backoff if the re-check fails. A re-check that succeeds
+    deletes its row."""
     rows = await conn.fetch(
         """
         UPDATE pending_confirmations p
         SET attempts = p.attempts + 1,
-            due_at = now() + make_interval(secs => least($2 * power(2, p.attempts), $3))
+            due_at = now() + make_interval(secs => least($2 * power($4::float8, p.attempts), $3))
         FROM (SELECT user_id, course_id FROM pending_confirmations WHERE due_at <= now()
               ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
         WHERE p.user_id = due.user_id AND p.course_id = due.course_id
         RETURNING p.user_id, p.course_id, p.attempts
         """,
-        limit, backoff_s, max_backoff_s,
+        limit, backoff.first_s, backoff.max_s, backoff.factor,
     )
     return [PendingConfirmation(r["user_id"], r["course_id"], r["attempts"]) for r in rows]
 

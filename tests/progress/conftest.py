@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from services.progress import store
-from services.progress.app import ProgressSettings, build_app
+from services.progress.app import build_app
 from services.progress.heartbeats import HeartbeatBuffer
+from services.progress.settings import ProgressSettings
 from shared.auth import issue_token
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged, Event
 from shared.internal import CourseConfirmation

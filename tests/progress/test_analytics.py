@@ -21,7 +21,6 @@ from services.progress.analytics import domain as analytics
 from services.progress.analytics import store as analytics_store
 from services.progress.analytics import usecases
 from services.progress.analytics.domain import LessonFigures
-from services.progress.analytics.folder import AnalyticsFolder
 from services.progress.analytics.store import FOLD_LOCK
 from shared.events import CatalogLesson, CourseCatalogEntry, CourseCompleted, EnrollmentChanged
 from tests.progress.conftest import Stack
@@ -285,7 +284,7 @@ async def test_lesson_figures_equal_the_records_pending_and_folded(
             assert await from_histograms() == scratch
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", FOLD_LOCK)
-    folder: AnalyticsFolder = stack.runtime.state.analytics_folder
+    folder = stack.runtime.state.analytics_folder
     await folder.fold()
     async with pool.acquire() as conn:
         assert await analytics_store.pending_deltas(conn) == 0

@@ -15,7 +15,6 @@ from bench import analytics_reference as reference
 from services.progress import domain, store
 from services.progress.analytics import store as analytics_store
 from services.progress.analytics.domain import ALL
-from services.progress.analytics.folder import AnalyticsFolder
 from shared import db
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged
 from tests.progress.conftest import Stack
@@ -110,7 +109,7 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
             await db.retrying(save)
             await asyncio.sleep(0)
 
-    folder: AnalyticsFolder = stack.runtime.state.analytics_folder
+    folder = stack.runtime.state.analytics_folder
     running = True
 
     async def folding() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from services.progress import store
 from services.progress.replicas import Replicas
-from services.progress.tracking import Tracker
+from services.progress.usecases import Tracker
 from shared.events import CourseCompleted, LessonCompleted, Topic
 from tests.helpers import TopicReader, eventually
 from tests.progress.conftest import Stack, course, enrollment
@@ -152,7 +152,7 @@ async def test_owner_unreachable_defers_course_completed_until_it_confirms(stack
 
 async def test_concurrent_rechecks_decide_each_deferral_once_on_the_owners_data(stack: Stack) -> None:
     tracker: Tracker = stack.runtime.state.tracker
-    await tracker.stop_rechecks()  # this test drives the re-checks itself
+    await stack.runtime.state.rechecks.stop()  # this test drives the re-checks itself
     lessons_topic = stack.settings.topic(Topic.LESSON_COMPLETED.value)
     # s5: the replica's course has one lesson, the owner's has two: deferred, then refuted.
     await stack.catalog(course(84, [(841, True)]))

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from services.enrollment.app import EnrollmentSettings
 from services.enrollment.app import build_app as build_enrollment
 from services.progress import store
-from services.progress.app import ProgressSettings
 from services.progress.app import build_app as build_progress
+from services.progress.settings import ProgressSettings
 from shared.bus import ensure_topics
 from shared.events import CourseCompleted, Topic
 from shared.service import Runtime

@@ -235,7 +235,7 @@ async def test_concurrent_writers_on_two_replicas_never_duplicate_a_row(stack: S
 
 async def test_a_failed_flush_keeps_its_changes_for_the_next(stack: Stack, monkeypatch: Any) -> None:
     await setup_course(stack)
-    stack.buffer._task.cancel()  # type: ignore[union-attr]  # only explicit flushes in this test
+    await stack.buffer.flushing.stop()  # only explicit flushes in this test
     me = stack.token("u1")
     body = {"course_id": 42, "lesson_id": 101}
     await stack.client.post("/api/progress", headers=me, json={**body, "video_progress": 0})

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 
 from services.progress.analytics import domain, usecases
-from services.progress.tracking import ProgressState
+from services.progress.usecases import ProgressState
 from shared.auth import CurrentUser
 from shared.errors import ErrorMap, HttpError, forbidden
 from shared.service import DbPool, state_of

@@ -9,35 +9,45 @@ course-completed event (the course_completions key makes a second one impossible
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+from uuid import UUID
 
 import asyncpg
 import httpx
 from prometheus_client import Counter
 
 from services.progress import domain, store
-from services.progress.analytics_folder import AnalyticsFolder
+from services.progress.domain import (
+    CompletionNotFound,
+    CourseNotFound,
+    CourseNotPublished,
+    LessonLocked,
+    LessonNotFound,
+    LessonNotInCourse,
+    NotEnrolled,
+)
 from services.progress.heartbeats import Entry, HeartbeatBuffer
-from services.progress.periodic import every
-from services.progress.replicas import ACTIVE, OwnerUnavailable, Replicas
+from services.progress.replicas import ACTIVE, OWNER, Replicas
 from shared import db, outbox
 from shared.auth import User
 from shared.db import Connection
-from shared.errors import ApiError, bad_request, forbidden
+from shared.domain import DomainError
 from shared.events import (
-    CatalogLesson,
+    CertificateIssued,
     CourseCatalogEntry,
     CourseCompleted,
     EnrollmentChanged,
     LessonCompleted,
     LessonReopened,
 )
+from shared.internal import PeerUnavailable
+from shared.periodic import Periodic
+from shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +58,13 @@ DEFERRED = Counter(
 RECHECKS = Counter(
     "lessonstream_completion_rechecks_total", "Re-checks of deferred completions, by outcome", ["outcome"]
 )
+# A deferred completion whose re-check fails waits first_s * 2**attempts, at most max_s.
+RECHECK_BACKOFF = Backoff(first_s=1.0, max_s=60.0)
 
 
-def course_not_found(course_id: int) -> ApiError:
-    return ApiError(404, "course_not_found", "Course not found", course_id=course_id)
-
-
-def lesson_not_found(lesson_id: int) -> ApiError:
-    return ApiError(404, "lesson_not_found", "Lesson not found in this course", lesson_id=lesson_id)
-
-
-def course_not_published(course_id: int) -> ApiError:
-    return ApiError(404, "course_not_found", "This course is not published", course_id=course_id)
-
-
-def _not_in_course(lesson_id: int, course_id: int) -> ApiError:
-    return bad_request(
-        "invalid_request", "Invalid or missing fields: lesson_id",
-        params={"lesson_id": f"lesson {lesson_id} is not in course {course_id}"},
-    )
-
-
-def not_enrolled(own: bool = True) -> ApiError:
-    message = "You must be enrolled in this course" if own else "This learner is not enrolled in this course"
-    return ApiError(403, "not_enrolled", message)
+def unconfirmed(what: str) -> PeerUnavailable:
+    """The replica would refuse, but it may only be behind and the owner could not be asked."""
+    return PeerUnavailable(OWNER, f"{what}, and the completion cannot be confirmed")
 
 
 def lesson_completed(
@@ -84,40 +77,22 @@ def lesson_completed(
     )
 
 
-def lesson_locked(blocker: CatalogLesson) -> ApiError:
-    return ApiError(
-        403, "lesson_locked",
-        f'Complete "{blocker.title}" first: this course requires lessons in order',
-        next_lesson=domain.lesson_ref(blocker),
-    )
-
-
-def row_json(row: store.ProgressRow, entry: Entry | None = None) -> dict[str, Any]:
+def record_json(row: store.ProgressRow, entry: Entry | None = None) -> dict[str, Any]:
     """A stored row as the API shows it, with this process's unflushed heartbeats on top:
     the entry first takes from ``row`` whatever is newer there (another replica's flush),
     so nothing older than the database is shown; its pending intervals add only what the
     row's credited intervals do not cover yet."""
     if entry is not None:
         entry.refresh(row)
-        data = entry.as_json()
-        data["completed"] = row.completed
-        data["completed_at"] = row.completed_at
-        data["state"] = domain.progress_state(True, row.completed, data["video_progress"], data["last_position"])
-        return data
-    return {
-        "id": row.id,
-        "user_id": row.user_id,
-        "course_id": row.course_id,
-        "lesson_id": row.lesson_id,
-        "completed": row.completed,
-        "completed_at": row.completed_at,
-        "video_progress": row.video_progress,
-        "last_position": row.last_position,
-        "time_spent_seconds": round(row.time_spent_seconds),
-        "state": domain.progress_state(True, row.completed, row.video_progress, row.last_position),
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }
+        p = entry.playback
+        return domain.progress_record(
+            entry.id, entry.user_id, entry.course_id, entry.lesson_id, row.completed, row.completed_at,
+            p.video_progress, p.last_position, entry.time_spent(), entry.created_at, entry.updated_at,
+        )
+    return domain.progress_record(
+        row.id, row.user_id, row.course_id, row.lesson_id, row.completed, row.completed_at,
+        row.video_progress, row.last_position, row.time_spent_seconds, row.created_at, row.updated_at,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,37 +104,28 @@ class Completion:
 
 
 class Tracker:
+    """The use cases of the progress API, on this process's replicas and heartbeat buffer."""
+
     def __init__(
-        self,
-        pool: asyncpg.Pool,
-        replicas: Replicas,
-        buffer: HeartbeatBuffer,
-        recheck_backoff_s: float = 1.0,
-        recheck_max_backoff_s: float = 60.0,
+        self, pool: asyncpg.Pool, replicas: Replicas, buffer: HeartbeatBuffer, recheck: Backoff = RECHECK_BACKOFF
     ) -> None:
         self.pool = pool
         self.replicas = replicas
         self.buffer = buffer
-        self.recheck_backoff_s = recheck_backoff_s
-        self.recheck_max_backoff_s = recheck_max_backoff_s
-        self._recheck_task: asyncio.Task[None] | None = None
+        self.recheck = recheck
 
     # ------------------------------------------------------------ checks
     async def course(self, course_id: int) -> CourseCatalogEntry:
         course = await self.replicas.course(course_id)
         if course is None:
-            raise course_not_found(course_id)
+            raise CourseNotFound(course_id)
         return course
 
     async def enrollment(self, user_id: str, course_id: int, own: bool = True) -> EnrollmentChanged:
         enrollment = await self.replicas.enrollment(user_id, course_id)
         if enrollment is None:
-            raise not_enrolled(own)
+            raise NotEnrolled(own)
         return enrollment
-
-    @staticmethod
-    def may_view(viewer: User, course: CourseCatalogEntry, user_id: str) -> bool:
-        return viewer.id == user_id or viewer.is_admin or (viewer.is_instructor and viewer.id in course.instructor_ids)
 
     # ------------------------------------------------------------ heartbeats
     async def record(
@@ -177,10 +143,7 @@ class Tracker:
             # The replica may be behind (a lesson added a moment ago): the owner decides.
             course = await self.replicas.refresh_course(course_id) or course
         if domain.find_lesson(course, lesson_id) is None:
-            raise bad_request(
-                "invalid_request", "Invalid or missing fields: lesson_id",
-                params={"lesson_id": f"lesson {lesson_id} is not in course {course_id}"},
-            )
+            raise LessonNotInCourse(lesson_id, course_id)
         enrollment = await self.enrollment(user.id, course_id)
         entry = self.buffer.peek(user.id, lesson_id)
         if course.requires_sequential_progress and (entry is None or not entry.unlocked):
@@ -188,7 +151,7 @@ class Tracker:
                 course, lesson_id, await store.completed_lesson_ids(self.pool, user.id, course_id)
             )
             if blocker is not None:
-                raise lesson_locked(blocker)
+                raise LessonLocked(blocker)
             entry = await self.buffer.entry(user.id, course_id, lesson_id)
             entry.unlocked = True
         entry = await self.buffer.heartbeat(user.id, course_id, lesson_id, video_progress, last_position, client_at)
@@ -196,47 +159,37 @@ class Tracker:
             # Completions are written at once, with the playback merged just above.
             done = await self._complete(
                 user, course, enrollment, lesson_id, take_playback=True,
-                missing=lambda: _not_in_course(lesson_id, course_id),
+                missing=lambda: LessonNotInCourse(lesson_id, course_id),
             )
             entry.adopt(done.row)
         return entry.as_json()
 
     # ------------------------------------------------------------ completion
-    async def complete(self, user: User, course_id: int, lesson_id: int) -> tuple[str, dict[str, Any]]:
+    async def complete(self, user: User, course_id: int, lesson_id: int) -> Completion:
         course = await self.course(course_id)
         enrollment = await self.enrollment(user.id, course_id)
         # The lesson is checked against the confirmed revision (in _complete_tx), not the
-        # replica's: a lesson added a moment ago is found, one removed is 404.
+        # replica's: a lesson added a moment ago is found, one removed is LessonNotFound.
         done = await self._complete(
-            user, course, enrollment, lesson_id, take_playback=True, missing=lambda: lesson_not_found(lesson_id)
+            user, course, enrollment, lesson_id, take_playback=True, missing=lambda: LessonNotFound(lesson_id)
         )
         entry = self.buffer.peek(user.id, lesson_id)
         if entry is not None:
             entry.adopt(done.row)
-        data = {
-            "lesson_id": lesson_id,
-            "completed_at": done.row.completed_at,
-            "progress_percentage": done.standing.progress_percentage,
-            "completed_lessons": done.standing.completed_required,
-            "total_lessons": done.standing.total_required,
-            "next_lesson": domain.lesson_ref(done.standing.next_lesson),
-        }
-        if not done.confirmed:
-            data["confirmation_pending"] = True
-        return ("Lesson marked as complete" if done.newly else "Lesson already marked as complete"), data
+        return done
 
     async def _confirm(self, user_id: str, course: CourseCatalogEntry) -> bool:
         """Bring the replica up to the owner's current course revision and the learner's
-        enrollment (see Replicas.confirm). False if the owner cannot be asked; 404 if it has
-        no such course; 403 if the learner is no longer enrolled there."""
+        enrollment (see Replicas.confirm). False if the owner cannot be asked; ``CourseNotFound``
+        if it has no such course; ``NotEnrolled`` if the learner is no longer enrolled there."""
         try:
             answer = await self.replicas.confirm(user_id, course.course_id, course.revision)
-        except OwnerUnavailable:
+        except PeerUnavailable:
             return False
         if answer is None:
-            raise course_not_found(course.course_id)
+            raise CourseNotFound(course.course_id)
         if answer.enrollment is None or answer.enrollment.status not in ACTIVE:
-            raise not_enrolled()
+            raise NotEnrolled()
         return True
 
     async def _complete(
@@ -246,7 +199,7 @@ class Tracker:
         enrollment: EnrollmentChanged,
         lesson_id: int,
         take_playback: bool,
-        missing: Callable[[], ApiError],
+        missing: Callable[[], DomainError],
     ) -> Completion:
         confirmed = await self._confirm(user.id, course)
         pending = self.buffer.take_pending(user.id, lesson_id) if take_playback else None
@@ -269,24 +222,24 @@ class Tracker:
         lesson_id: int,
         pending: store.FlushRow | None,
         confirmed: bool,
-        missing: Callable[[], ApiError],
+        missing: Callable[[], DomainError],
     ) -> Completion:
         """Decide under the learner's lock, on the newest catalog row the replica holds: after
         a confirmation, at least the owner's revision. Unconfirmed (the owner could not be
         asked), the lesson is still recorded, but its lesson-completed and the course decision
         are left to the re-check, and a course not published or a lesson unknown in the
-        replica is 503 (it may only be behind), not 404."""
+        replica is ``PeerUnavailable`` (it may only be behind), not a refusal."""
         async with self.pool.acquire() as conn, conn.transaction():
             course_id = course.course_id
             locked = await store.lock_enrollment(conn, user.id, course_id)
             if confirmed and (locked is None or locked.status not in ACTIVE):
-                raise not_enrolled()
+                raise NotEnrolled()
             enrollment = locked or enrollment
             course = await store.get_course(conn, course_id) or course
             if course.status != "published":
-                raise course_not_published(course_id) if confirmed else OwnerUnavailable()
+                raise CourseNotPublished(course_id) if confirmed else unconfirmed("course not published here")
             if domain.find_lesson(course, lesson_id) is None:
-                raise missing() if confirmed else OwnerUnavailable()
+                raise missing() if confirmed else unconfirmed(f"lesson {lesson_id} unknown here")
             before = await store.get_progress(conn, user.id, lesson_id)
             ids = await store.completed_lesson_ids(conn, user.id, course_id)
             if before is not None and before.completed and pending is None:
@@ -298,7 +251,7 @@ class Tracker:
                 # Checked under the lock: a concurrent reopen cannot slip in between.
                 blocker = domain.lock_blocker(course, lesson_id, ids)
                 if blocker is not None:
-                    raise lesson_locked(blocker)
+                    raise LessonLocked(blocker)
             now = datetime.now(UTC)
             row = await store.mark_complete(conn, user.id, course_id, lesson_id, now, pending)
             newly = before is None or not before.completed
@@ -360,13 +313,11 @@ class Tracker:
         publish and decide as a confirmed completion would. Rows are claimed in batches with
         a lease (see store.claim_pending_confirmations), so several processes share the work;
         a failed re-check keeps its row, due again after its backoff, and the first
-        ``OwnerUnavailable`` ends the round (the rest of the batch keeps its backoff too).
+        ``PeerUnavailable`` ends the round (the rest of the batch keeps its backoff too).
         Returns how many were settled."""
         settled = 0
         while True:
-            claimed = await store.claim_pending_confirmations(
-                self.pool, limit, self.recheck_backoff_s, self.recheck_max_backoff_s
-            )
+            claimed = await store.claim_pending_confirmations(self.pool, limit, self.recheck)
             for item in claimed:
                 try:
                     await self._recheck(item)
@@ -377,7 +328,7 @@ class Tracker:
                     log.warning("re-check of %s:%s failed (attempt %s): %r", item.user_id, item.course_id,
                                 item.attempts, exc)
                     await store.pending_confirmation_failed(self.pool, item.user_id, item.course_id, repr(exc))
-                    if isinstance(exc, OwnerUnavailable):
+                    if isinstance(exc, PeerUnavailable):
                         return settled
             if len(claimed) < limit:
                 return settled
@@ -413,35 +364,27 @@ class Tracker:
 
         await db.retrying(decide)
 
-    def start_rechecks(self, interval_s: float) -> None:
-        self._recheck_task = asyncio.create_task(
-            every(interval_s, self.recheck_pending, "completion re-check"), name="completion-recheck"
-        )
-
-    async def stop_rechecks(self) -> None:
-        if self._recheck_task is not None:
-            self._recheck_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recheck_task
-
-    async def incomplete(self, user: User, course_id: int, lesson_id: int) -> tuple[str, dict[str, Any]]:
+    async def incomplete(
+        self, user: User, course_id: int, lesson_id: int
+    ) -> tuple[store.ProgressRow | None, domain.CourseStanding]:
+        """Reopen a completed lesson; the row is None when it was not complete."""
         course = await self.course(course_id)
         await self.enrollment(user.id, course_id)
         # The percentage returned (and published) comes from a confirmed revision: without the
-        # owner, 503 and nothing changes.
+        # owner, PeerUnavailable and nothing changes.
         if not await self._confirm(user.id, course):
-            raise OwnerUnavailable()
+            raise PeerUnavailable(OWNER, "the percentage of a reopened lesson cannot be confirmed")
 
         async def reopen() -> tuple[store.ProgressRow | None, domain.CourseStanding]:
             async with self.pool.acquire() as conn, conn.transaction():
                 locked = await store.lock_enrollment(conn, user.id, course_id)
                 if locked is None or locked.status not in ACTIVE:
-                    raise not_enrolled()
+                    raise NotEnrolled()
                 current = await store.get_course(conn, course_id) or course
                 if current.status != "published":
-                    raise course_not_published(course_id)
+                    raise CourseNotPublished(course_id)
                 if domain.find_lesson(current, lesson_id) is None:
-                    raise lesson_not_found(lesson_id)
+                    raise LessonNotFound(lesson_id)
                 now = datetime.now(UTC)
                 row = await store.mark_incomplete(conn, user.id, lesson_id, now)
                 ids = await store.completed_lesson_ids(conn, user.id, course_id)
@@ -460,20 +403,12 @@ class Tracker:
             if entry is not None:
                 entry.adopt(row)
             self.buffer.relock(user.id, course_id)
-        data = {
-            "lesson_id": lesson_id,
-            "completed_at": None,
-            "progress_percentage": standing.progress_percentage,
-            "completed_lessons": standing.completed_required,
-            "total_lessons": standing.total_required,
-            "next_lesson": domain.lesson_ref(standing.next_lesson),
-        }
-        return ("Lesson marked as incomplete" if row is not None else "Lesson is not marked as complete"), data
+        return row, standing
 
     # ------------------------------------------------------------ reads
     def _overlay(self, rows: list[store.ProgressRow]) -> list[dict[str, Any]]:
         peek = self.buffer.peek
-        return [row_json(row, peek(row.user_id, row.lesson_id)) for row in rows]
+        return [record_json(row, peek(row.user_id, row.lesson_id)) for row in rows]
 
     async def records(self, user_id: str, course_id: int | None, course_ids: list[int] | None = None) -> list[Any]:
         return self._overlay(await store.list_progress(self.pool, user_id, course_id, course_ids))
@@ -488,12 +423,9 @@ class Tracker:
             if course_id is not None:
                 await self.course(course_id)
             return await self.records(learner_id, course_id)
-        if not viewer.is_instructor:
-            raise forbidden("Administrators and the course's instructors only")
+        domain.check_sees_learners(viewer)
         if course_id is not None:
-            course = await self.course(course_id)
-            if viewer.id not in course.instructor_ids:
-                raise forbidden("You do not teach this course")
+            domain.check_teaches(viewer, await self.course(course_id))
             return await self.records(learner_id, course_id)
         taught = await store.courses_taught_by(self.pool, viewer.id)
         return await self.records(learner_id, None, taught)
@@ -501,8 +433,7 @@ class Tracker:
     async def course_progress(self, viewer: User, course_id: int, user_id: str | None) -> dict[str, Any]:
         course = await self.course(course_id)
         target = user_id or viewer.id
-        if not self.may_view(viewer, course, target):
-            raise forbidden("You may only see your own progress")
+        domain.check_may_view(viewer, course, target)
         enrollment = await self.enrollment(target, course_id, own=target == viewer.id)
         records = await self.records(target, course_id)
         completed_ids = {r["lesson_id"] for r in records if r["completed"]}
@@ -541,6 +472,47 @@ class Tracker:
             "course_completed": completion.model_dump(mode="json") if completion else None,
         }
 
+    async def completion_event(self, event_id: UUID) -> CourseCompleted:
+        """The stored course-completed event: consumers confirm an event with it before they act."""
+        event = await store.completion_by_event_id(self.pool, event_id)
+        if event is None:
+            raise CompletionNotFound()
+        return event
+
+
+# ---------------------------------------------------------------- the replicas, fed by events
+
+Transaction = Callable[[], AbstractAsyncContextManager[Connection]]
+
+
+async def keep_course(transaction: Transaction, replicas: Replicas, entry: CourseCatalogEntry) -> None:
+    """Store a catalog entry (older revisions are ignored), then remember it in this process."""
+    async with transaction() as conn:
+        saved = await store.save_course(conn, entry)
+    if saved:
+        replicas.on_course(entry)
+
+
+async def keep_enrollment(transaction: Transaction, replicas: Replicas, event: EnrollmentChanged) -> None:
+    async with transaction() as conn:
+        saved = await store.save_enrollment(conn, event)
+    if saved:
+        replicas.on_enrollment(event)
+
+
+async def keep_certificate(transaction: Transaction, event: CertificateIssued) -> None:
+    async with transaction() as conn:
+        await store.save_certificate(conn, event.user_id, event.course_id, event.certificate_url, event.issued_at)
+
+
+class Folder(Protocol):
+    """The analytics folder (``services.progress.analytics.folder``), named by what the
+    state needs of it: the analytics subpackage builds on the use cases, not under them."""
+
+    async def fold(self) -> int: ...
+
+    async def stop(self) -> None: ...
+
 
 @dataclass
 class ProgressState:
@@ -549,12 +521,13 @@ class ProgressState:
     enrollment_client: httpx.AsyncClient
     replicas: Replicas
     heartbeats: HeartbeatBuffer
-    analytics_folder: AnalyticsFolder
+    analytics_folder: Folder
     tracker: Tracker
+    rechecks: Periodic  # the re-check of deferred completions (Tracker.recheck_pending)
 
     async def close(self) -> None:
         """Flush the heartbeats first: their last flush needs the pool, still open."""
         await self.heartbeats.stop()
-        await self.tracker.stop_rechecks()
+        await self.rechecks.stop()
         await self.analytics_folder.stop()
         await self.enrollment_client.aclose()

@@ -1,0 +1,24 @@
+"""Settings of the progress service, read from environment variables (matched to the
+field names case-insensitively: ``HEARTBEAT_FLUSH_INTERVAL_S`` sets ``heartbeat_flush_interval_s``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class ProgressSettings(ServiceSettings):
+    DEFAULT_DATABASE = "lessonstream_progress"
+    service_name: str = "progress"
+    # Heartbeat positions are written in one batch at least this often; a crash can lose
+    # at most this much of them (never a completion).
+    heartbeat_flush_interval_s: float = Field(0.5, gt=0, le=10)
+    # How long this process trusts a catalog entry or an active enrollment it has read.
+    replica_cache_ttl_s: float = Field(5.0, ge=0)
+    # How often pending analytics deltas are folded into the cohort histograms. Reports
+    # are exact either way; folding keeps them fast.
+    analytics_fold_interval_s: float = Field(1.0, gt=0, le=300)
+    # Course-completed decisions deferred while the enrollment service was unreachable are
+    # re-checked this often; a failing one waits this long times 2**attempts (at most 60 s).
+    completion_recheck_interval_s: float = Field(1.0, gt=0, le=60)
