@@ -85,8 +85,11 @@ class MailSender:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await task
+                except Exception:
+                    log.exception("mail sender worker ended with an error")
         self._tasks.clear()
         self._wakes.clear()
         if self._http is not None:
@@ -110,17 +113,29 @@ class MailSender:
             while not self._stopping:
                 wake.clear()
                 try:
-                    mail = await store.claim_next(self.pool, self._settings.mail_lease_s)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("cannot claim mail: %r", exc)
+                    await self._next(wake, connection)
+                except Exception:
+                    # Whatever went wrong (a database driver error of an unexpected kind, a
+                    # bug), the worker goes on: a worker that ended would leave the queue
+                    # to the others, or to nobody, without a word. A claimed mail keeps its
+                    # lease and is sent again once it runs out.
+                    log.exception("mail sender worker failed; going on after a pause")
                     await self._idle(wake, connection, self._settings.mail_poll_interval_s)
-                    continue
-                if mail is None:
-                    await self._idle(wake, connection, await self._until_next_due())
-                    continue
-                await self._deliver(mail, connection)
         finally:
             await connection.close()
+
+    async def _next(self, wake: asyncio.Event, connection: SmtpConnection) -> None:
+        """Claim the next due mail and deliver it, or wait until one may be due."""
+        try:
+            mail = await store.claim_next(self.pool, self._settings.mail_lease_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot claim mail: %r", exc)
+            await self._idle(wake, connection, self._settings.mail_poll_interval_s)
+            return
+        if mail is None:
+            await self._idle(wake, connection, await self._until_next_due())
+            return
+        await self._deliver(mail, connection)
 
     async def _until_next_due(self) -> float:
         poll = self._settings.mail_poll_interval_s

@@ -7,6 +7,10 @@ import itertools
 from collections import Counter
 from typing import Any
 
+import pytest
+from asyncpg.exceptions import InternalClientError
+
+from services.notifications import store
 from services.notifications.domain import MailKind, message_id
 from shared.events import DeadLetter, Topic
 from tests.helpers import TestEnv, TopicReader, eventually, produce_raw
@@ -207,3 +211,27 @@ async def _leave_as_if_crashed_mid_send(service: Service, mail_id: int) -> bool:
             mail_id, row["attempts"],
         )
         return True
+
+
+async def test_a_sender_worker_goes_on_after_an_unexpected_error(
+    smtp: MailServer, notifications: ServiceFactory, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error no handler expects (the kind asyncpg raises as InternalClientError when a
+    # connection breaks at an unlucky moment) must not end the workers: every worker meets
+    # it on its first claims, then the database answers again.
+    real_claim = store.claim_next
+    failures = {"left": 2 * 4}
+
+    async def claim_failing_at_first(*args: Any, **kwargs: Any) -> Any:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise InternalClientError("connection broke at an unlucky moment")
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_next", claim_failing_at_first)
+    event = completed("unlucky")
+    async with notifications(smtp, smtp_connections=2):
+        await publisher.publish(event)
+        [received] = await wait_for(lambda: smtp.to("unlucky@learners.example"), what="mail after the errors")
+        assert received.message_id == message_id(MailKind.COURSE_COMPLETED, event.event_id, FROM_ADDRESS)
+    assert failures["left"] == 0
