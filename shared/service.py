@@ -53,6 +53,7 @@ class ServiceSpec(Generic[S]):
     # The service's own live objects (clients, buffers, background loops) as one typed
     # value: opened once the pool and the relay are up and before any subscriber starts,
     # closed after the subscribers have stopped (see ``Runtime.start`` and ``stop``).
+    # Without a ``close_state``, a state with an ``async close()`` is closed by it.
     open_state: Callable[[Runtime[S]], Awaitable[S]] | None = None
     close_state: Callable[[S], Awaitable[None]] | None = None
     # Where the service's domain errors become HTTP answers: one place per service (its api.py).
@@ -64,6 +65,12 @@ class ServiceSpec(Generic[S]):
     # Whose migrations these are: processes sharing one database (the certificates API and
     # its workers) must record them under the same name, or each would apply them again.
     migration_component: str = ""
+
+
+async def _close_method(state: object) -> None:
+    close = getattr(state, "close", None)
+    if close is not None:
+        await close()
 
 
 class Runtime(Generic[S]):
@@ -150,9 +157,10 @@ class Runtime(Generic[S]):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.broker.stop(), 10)
         state, self._state = self._state, None
-        if state is not None and self.spec.close_state is not None:
+        close = self.spec.close_state or _close_method
+        if state is not None:
             try:
-                await self.spec.close_state(state)
+                await close(state)
             except Exception:
                 log.exception("closing the service's state failed")
         await self.relay.stop()

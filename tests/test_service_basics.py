@@ -20,8 +20,11 @@ SERVICES = [
 
 
 def build(module_name: str, settings_name: str, test_env: TestEnv, database: str) -> Any:
+    """The composition root ``module_name`` built with the service's settings class (from its
+    ``settings.py``)."""
     module = importlib.import_module(module_name)
-    settings = test_env.settings(getattr(module, settings_name), database=database)
+    settings_module = importlib.import_module(module_name.rsplit(".", 1)[0] + ".settings")
+    settings = test_env.settings(getattr(settings_module, settings_name), database=database)
     return module.build_app(settings)
 
 

@@ -24,9 +24,6 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
     async def open_state(runtime: Runtime[CertificatesState]) -> CertificatesState:
         return CertificatesState(internal_client(settings, settings.progress_internal_url))
 
-    async def close_state(state: CertificatesState) -> None:
-        await state.close()
-
     return create_app(
         ServiceSpec(
             name="certificates",
@@ -35,6 +32,5 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
             routers=api.ROUTERS,
             errors=api.ERRORS,
             open_state=open_state,
-            close_state=close_state,
         )
     )

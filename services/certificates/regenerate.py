@@ -6,7 +6,7 @@ Queues the work in the certificates database (outbox); the running workers rende
 Uses the service's settings (``DATABASE_URL``).
 
 Why a second command line beside ``lessonstream regenerate-certificates``: the service's
-container image (services/certificates/Dockerfile) holds only ``shared/`` and
+container image (the ``Dockerfile`` built with ``SERVICE=certificates``) holds only ``shared/`` and
 ``services/certificates/``, not the ``lessonstream`` package, so this module is how an
 operator queues a regeneration from a deployed certificates container. The ``lessonstream``
 command serves the local stack (it finds the database by prefix, embedded or given). Both

@@ -29,9 +29,6 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
         await renderer.start()
         return WorkerState(settings, renderer, internal_client(settings, settings.progress_internal_url))
 
-    async def close_state(state: WorkerState) -> None:
-        await state.close()
-
     return create_app(
         ServiceSpec(
             name="certificates-worker",
@@ -40,6 +37,5 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
             migration_component="certificates",  # same database and migrations as the API
             subscriptions=handlers.subscriptions(settings),
             open_state=open_state,
-            close_state=close_state,
         )
     )

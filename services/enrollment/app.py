@@ -10,9 +10,6 @@ from services.enrollment import api, handlers
 from services.enrollment.settings import EnrollmentSettings
 from shared.service import ServiceSpec, create_app
 
-# EnrollmentSettings is re-exported: tests of other services still import it from here.
-__all__ = ["EnrollmentSettings", "build_app"]
-
 
 def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.enrollment.app:build_app`) and tests."""

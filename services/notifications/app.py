@@ -14,8 +14,6 @@ from services.notifications.usecases import NotificationsState, Owners, max_even
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
-__all__ = ["NotificationsSettings", "build_app"]
-
 
 def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.notifications.app:build_app`) and tests."""
@@ -35,9 +33,6 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
         await sender.start(runtime.pool)
         return state
 
-    async def close_state(state: NotificationsState) -> None:
-        await state.close()
-
     return create_app(
         ServiceSpec(
             name="notifications",
@@ -47,6 +42,5 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             errors=api.ERRORS,
             subscriptions=handlers.subscriptions(settings),
             open_state=open_state,
-            close_state=close_state,
         )
     )

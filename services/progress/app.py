@@ -37,9 +37,6 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         rechecks.start()
         return ProgressState(client, replicas, buffer, folder, tracker, rechecks)
 
-    async def close_state(state: ProgressState) -> None:
-        await state.close()
-
     app = create_app(
         ServiceSpec(
             name="progress",
@@ -51,7 +48,6 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
             quiet_routes=frozenset({("POST", "/api/progress")}),
             subscriptions=handlers.subscriptions(settings),
             open_state=open_state,
-            close_state=close_state,
         )
     )
     app.router.routes.insert(0, api.heartbeat_route)  # matched first: POST /api/progress, see api.HeartbeatEndpoint

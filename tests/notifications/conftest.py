@@ -14,7 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Header, HTTPException
 
-from services.notifications.app import NotificationsSettings, build_app
+from services.notifications.app import build_app
+from services.notifications.settings import NotificationsSettings
 from shared import outbox
 from shared.auth import issue_token
 from shared.events import CertificateIssued, CourseCompleted, Event

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.enrollment.app import EnrollmentSettings
 from services.enrollment.app import build_app as build_enrollment
+from services.enrollment.settings import EnrollmentSettings
 from services.progress import store
 from services.progress.app import build_app as build_progress
 from services.progress.settings import ProgressSettings
