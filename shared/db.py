@@ -28,6 +28,19 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 # What a query that needs no transaction of its own runs on: a connection, or the pool.
 Executor = Connection | asyncpg.Pool
 
+M = TypeVar("M")
+
+
+async def fetch_one(conn: Executor, model: Callable[..., M], sql: str, *args: object) -> M | None:
+    """The one row ``sql`` returns as ``model`` (built from the row's columns by name), or None."""
+    row = await conn.fetchrow(sql, *args)
+    return None if row is None else model(**dict(row))
+
+
+async def fetch_all(conn: Executor, model: Callable[..., M], sql: str, *args: object) -> list[M]:
+    """Every row ``sql`` returns, each as ``model``."""
+    return [model(**dict(row)) for row in await conn.fetch(sql, *args)]
+
 log = logging.getLogger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"

@@ -7,7 +7,7 @@ refusals to a status and code in one place, its ``api.py`` (``ServiceSpec.errors
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,9 +16,13 @@ Role = Literal["learner", "instructor", "admin"]
 
 class DomainError(Exception):
     """A refusal stated by a service's domain or use cases, without HTTP. ``data`` goes to
-    the error body's ``data`` when the service answers it."""
+    the error body's ``data`` when the service answers it. A refusal that always says the
+    same sets ``default_message`` and is raised without arguments."""
 
-    def __init__(self, message: str, **data: Any) -> None:
+    default_message: ClassVar[str] = ""
+
+    def __init__(self, message: str = "", **data: Any) -> None:
+        message = message or self.default_message
         super().__init__(message)
         self.message = message
         self.data = data

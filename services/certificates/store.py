@@ -17,7 +17,7 @@ from services.certificates.domain import (
     certificate_number,
 )
 from shared import outbox
-from shared.db import Connection, Executor
+from shared.db import Connection, Executor, fetch_one
 from shared.events import CertificateRequested, Event
 
 _CERT_COLUMNS = (
@@ -69,13 +69,13 @@ class PdfFile:
 
 
 async def get_pdf(conn: Executor, code: str, version: int | None) -> PdfFile | None:
-    row = await conn.fetchrow(
+    return await fetch_one(
+        conn, PdfFile,
         "SELECT f.certificate_id, f.version, f.pdf, f.sha256, f.rendered_at "
         "FROM certificates c JOIN certificate_files f ON f.certificate_id = c.certificate_id "
         "WHERE c.verification_code = $1 AND f.version = coalesce($2, c.current_version)",
         code, version,
     )
-    return None if row is None else PdfFile(**dict(row))
 
 
 async def reserve_identity(
@@ -268,10 +268,10 @@ async def request_regeneration(
 
 
 async def regeneration_status(conn: Executor, course_id: int, regeneration_id: int) -> RegenerationProgress | None:
-    row = await conn.fetchrow(
+    return await fetch_one(
+        conn, RegenerationProgress,
         "SELECT r.id AS regeneration_id, r.course_id, r.total, r.requested_at, r.requested_by, "
         "(SELECT count(*) FROM certificate_files f WHERE f.regeneration_id = r.id) AS done "
         "FROM regenerations r WHERE r.id = $1 AND r.course_id = $2",
         regeneration_id, course_id,
     )
-    return None if row is None else RegenerationProgress(**dict(row))

@@ -36,7 +36,9 @@ class Lesson(BaseModel):
     kind: str
 
 
-class Course(BaseModel):
+class CourseFields(BaseModel):
+    """What a course says of itself: stored with it, and answered by the API."""
+
     model_config = ConfigDict(frozen=True)
 
     id: int
@@ -48,6 +50,9 @@ class Course(BaseModel):
     certificate_enabled: bool
     instructor_ids: list[str]
     revision: int
+
+
+class Course(CourseFields):
     created_at: datetime
     updated_at: datetime
     last_event_id: UUID
@@ -87,23 +92,19 @@ class Enrollment(BaseModel):
 
 
 class CourseNotFound(DomainError):
-    def __init__(self) -> None:
-        super().__init__("Course not found")
+    default_message = "Course not found"
 
 
 class LessonNotFound(DomainError):
-    def __init__(self) -> None:
-        super().__init__("Lesson not found in this course")
+    default_message = "Lesson not found in this course"
 
 
 class NotCourseManager(DomainError):
-    def __init__(self) -> None:
-        super().__init__("Only this course's instructors and administrators may do this")
+    default_message = "Only this course's instructors and administrators may do this"
 
 
 class InstructorsByAdminsOnly(DomainError):
-    def __init__(self) -> None:
-        super().__init__("Only administrators may change a course's instructors")
+    default_message = "Only administrators may change a course's instructors"
 
 
 class NoReturnToDraft(DomainError):
@@ -112,8 +113,7 @@ class NoReturnToDraft(DomainError):
 
 
 class CourseHasNoLessons(DomainError):
-    def __init__(self) -> None:
-        super().__init__("A course needs at least one lesson to be published")
+    default_message = "A course needs at least one lesson to be published"
 
 
 class InvalidLessonOrder(DomainError):
@@ -133,15 +133,13 @@ class AlreadyEnrolled(DomainError):
 class NotEnrolled(DomainError):
     """A learner acting on a course they are not (or no longer) enrolled in."""
 
-    def __init__(self) -> None:
-        super().__init__("You must be enrolled in this course")
+    default_message = "You must be enrolled in this course"
 
 
 class NoCurrentEnrollment(DomainError):
     """Another service asking for a learner's current enrollment, and there is none."""
 
-    def __init__(self) -> None:
-        super().__init__("No current enrollment of this learner in this course")
+    default_message = "No current enrollment of this learner in this course"
 
 
 # --- who may do what -------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from services.enrollment.domain import Course, CourseStatus, Enrollment, LessonKind
+from services.enrollment.domain import Course, CourseFields, CourseStatus, Enrollment, LessonKind
 from services.enrollment.store import MyCourseRow, StudentRow
 from shared.validation import STORABLE, BigId
 
@@ -96,16 +96,7 @@ class LessonOut(BaseModel):
     kind: str
 
 
-class CourseOut(BaseModel):
-    id: int
-    title: str
-    slug: str
-    description: str
-    status: CourseStatus
-    requires_sequential_progress: bool
-    certificate_enabled: bool
-    instructor_ids: list[str]
-    revision: int
+class CourseOut(CourseFields):
     total_lessons: int
     created_at: datetime
     updated_at: datetime

@@ -18,7 +18,7 @@ from services.enrollment.domain import (
     SortOrder,
     StudentOrderBy,
 )
-from shared.db import Connection
+from shared.db import Connection, fetch_one
 
 _COURSE_COLUMNS = (
     "id, title, slug, description, status, requires_sequential_progress, certificate_enabled, "
@@ -150,25 +150,25 @@ _ENROLLMENT_COLUMNS = (
 async def get_enrollment(
     conn: Connection, user_id: str, course_id: int, *, lock: bool = False
 ) -> Enrollment | None:
-    row = await conn.fetchrow(
+    return await fetch_one(
+        conn, Enrollment,
         f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = $1 AND course_id = $2"
         + (" FOR UPDATE" if lock else ""),
         user_id, course_id,
     )
-    return Enrollment(**dict(row)) if row is not None else None
 
 
 async def insert_enrollment(
     conn: Connection, user_id: str, course_id: int, profile: Profile, now: datetime, event_id: UUID
 ) -> Enrollment | None:
     """The new enrollment, or ``None`` if a concurrent request created it first."""
-    row = await conn.fetchrow(
+    return await fetch_one(
+        conn, Enrollment,
         "INSERT INTO enrollments (user_id, course_id, status, enrolled_at, username, display_name, email, avatar, "
         "last_event_id, last_event_at) VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $3) "
         f"ON CONFLICT (user_id, course_id) DO NOTHING RETURNING {_ENROLLMENT_COLUMNS}",
         user_id, course_id, now, profile.username, profile.display_name, profile.email, profile.avatar, event_id,
     )
-    return Enrollment(**dict(row)) if row is not None else None
 
 
 async def change_enrollment(

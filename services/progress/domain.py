@@ -388,8 +388,7 @@ class NotAllowed(DomainError):
 
 
 class CompletionNotFound(DomainError):
-    def __init__(self) -> None:
-        super().__init__("Progress published no course completion with this id")
+    default_message = "Progress published no course completion with this id"
 
 
 # ---------------------------------------------------------------- who may see what

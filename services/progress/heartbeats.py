@@ -42,17 +42,11 @@ def _dt(value: float | None) -> datetime | None:
 
 
 @dataclass(slots=True)
-class Entry:
+class Entry(store.LessonRecord):
     """A learner-lesson in this process: the record as last read or written (``stored_*``,
     the credited intervals with it), the newest position known here, and the wall-clock
     intervals credited by heartbeats here that no flush has confirmed yet (``pending``)."""
 
-    id: int
-    user_id: str
-    course_id: int
-    lesson_id: int
-    completed: bool
-    completed_at: datetime | None
     created_at: datetime
     updated_at: datetime
     playback: domain.Playback

@@ -12,8 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from services.progress import domain
-from shared.db import Connection
-from shared.db import Executor as Executor  # re-exported: the analytics store imports it from here
+from shared.db import Connection, Executor
 from shared.events import CourseCatalogEntry, CourseCompleted, EnrollmentChanged
 from shared.retry import Backoff
 
@@ -24,13 +23,20 @@ _PROGRESS_COLUMNS = (
 
 
 @dataclass(slots=True)
-class ProgressRow:
+class LessonRecord:
+    """What every view of a learner's record of a lesson starts with: which record, whose,
+    and whether the lesson is complete (the stored row, and its copy in a heartbeat buffer)."""
+
     id: int
     user_id: str
     course_id: int
     lesson_id: int
     completed: bool
     completed_at: datetime | None
+
+
+@dataclass(slots=True)
+class ProgressRow(LessonRecord):
     video_progress: float
     last_position: float
     position_at: datetime | None  # latest client timestamp behind the position

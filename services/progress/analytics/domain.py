@@ -26,8 +26,7 @@ class InvalidRange(DomainError):
 class NotCourseInstructor(DomainError):
     """An instructor asking for the analytics of a course they do not teach."""
 
-    def __init__(self) -> None:
-        super().__init__("You do not teach this course")
+    default_message = "You do not teach this course"
 
 
 # ---------------------------------------------------------------- cohort histograms
