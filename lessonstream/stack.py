@@ -204,7 +204,9 @@ class Stack:
                 name,
                 [sys.executable, "-m", "uvicorn", "--factory", spec.factory,
                  "--host", "127.0.0.1", "--port", str(cfg.port(name)),
-                 "--no-access-log", "--timeout-graceful-shutdown", "10"],
+                 "--no-access-log", "--timeout-graceful-shutdown", "10",
+                 # Longer than the gateway keeps an idle connection (gateway/Caddyfile).
+                 "--timeout-keep-alive", "75"],
                 log_path=cfg.var_dir / "logs" / f"{name}.log",
                 env=cfg.env_for(spec),
             )
