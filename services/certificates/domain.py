@@ -29,6 +29,11 @@ def new_verification_code() -> str:
     return base64.b32encode(secrets.token_bytes(_CODE_BYTES)).decode().lower()
 
 
+def new_status_index() -> int:
+    """A random entry on a status list: its position says nothing of the order of issue."""
+    return secrets.randbelow(STATUS_LIST_SIZE)
+
+
 def is_plausible_code(code: str) -> bool:
     """Cheap shape check before touching the database."""
     return bool(CODE_PATTERN.fullmatch(code))
@@ -42,6 +47,58 @@ def verification_url(public_base_url: str, code: str) -> str:
     return f"{public_base_url.rstrip('/')}/certificates/verify/{code}"
 
 
+def credential_url(public_base_url: str, code: str, version: int | None = None) -> str:
+    """The signed credential behind a certificate (its current rendering, or ``version``);
+    as public as the PDF, behind the same unguessable code."""
+    url = f"{public_base_url.rstrip('/')}/certificates/{code}/credential"
+    return url if version is None else f"{url}?version={version}"
+
+
+def status_list_url(public_base_url: str, status_list: int) -> str:
+    return f"{public_base_url.rstrip('/')}/certificates/status/{status_list}"
+
+
+# Entries per revocation status list: 131,072 bits (16 KB), the W3C minimum, so that the
+# list says nothing of how many certificates were issued; a list is filled to half at most.
+STATUS_LIST_SIZE = 131_072
+STATUS_LIST_FILL = STATUS_LIST_SIZE // 2
+
+
+def status_list_for(issued_on_last_list: int, last_list: int) -> int:
+    """The list a new certificate's entry goes on: the last one until it is half full."""
+    return last_list if issued_on_last_list < STATUS_LIST_FILL else last_list + 1
+
+
+def valid_until(valid_from: datetime, validity_days: int | None) -> datetime | None:
+    """When a credential expires: the course's validity period after issue, or never."""
+    return None if validity_days is None else valid_from + timedelta(days=validity_days)
+
+
+class CredentialState(StrEnum):
+    VALID = "valid"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"  # a regenerated certificate's earlier credential
+    INVALID = "invalid"  # the proof does not verify with the issuer's keys
+
+
+def credential_state(
+    *, proof_valid: bool, revoked: bool, valid_until: datetime | None, version: int, current_version: int,
+    now: datetime,
+) -> CredentialState:
+    """What a verifier is told, most serious first: a broken proof, then revocation (which
+    applies to every version), expiry, and last an earlier version of a regenerated one."""
+    if not proof_valid:
+        return CredentialState.INVALID
+    if revoked:
+        return CredentialState.REVOKED
+    if valid_until is not None and now >= valid_until:
+        return CredentialState.EXPIRED
+    if version < current_version:
+        return CredentialState.SUPERSEDED
+    return CredentialState.VALID
+
+
 @dataclass(frozen=True)
 class Identity:
     user_id: str
@@ -49,6 +106,8 @@ class Identity:
     certificate_id: str
     verification_code: str
     issued_at: datetime
+    status_list: int | None = None  # the certificate's revocation entry (None: issued before credentials)
+    status_index: int | None = None
 
 
 class Certificate(BaseModel):
@@ -159,6 +218,10 @@ class CertificateNotAvailable(DomainError):
 
 class CertificateNotFound(DomainError):
     """No certificate has this code or id."""
+
+
+class AlreadyInState(DomainError):
+    """Revoking a revoked certificate, or reinstating one that is not revoked."""
 
 
 class RegenerationNotFound(DomainError):

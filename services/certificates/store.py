@@ -15,6 +15,7 @@ from services.certificates.domain import (
     RegenerationProgress,
     WorkInFlight,
     certificate_number,
+    status_list_for,
 )
 from shared import outbox
 from shared.db import Connection, Executor, fetch_one
@@ -78,9 +79,12 @@ async def get_pdf(conn: Executor, code: str, version: int | None) -> PdfFile | N
     )
 
 
+_IDENTITY_COLUMNS = "user_id, course_id, certificate_id, verification_code, issued_at, status_list, status_index"
+
+
 async def reserve_identity(
-    pool: asyncpg.Pool, user_id: str, course_id: int, now: datetime, new_code: Callable[[], str], *,
-    holder: str, lease_s: float,
+    pool: asyncpg.Pool, user_id: str, course_id: int, now: datetime, new_code: Callable[[], str],
+    new_status_index: Callable[[], int], *, holder: str, lease_s: float,
 ) -> Identity:
     """The certificate's id and code, reserved once per (learner, course) before rendering,
     and leased to ``holder`` for ``lease_s`` seconds (renewed while it renders).
@@ -95,7 +99,7 @@ async def reserve_identity(
         row = await conn.fetchrow(
             "UPDATE certificate_identities SET lease_until = now() + make_interval(secs => $3), leased_by = $4 "
             "WHERE user_id = $1 AND course_id = $2 "
-            "RETURNING user_id, course_id, certificate_id, verification_code, issued_at",
+            f"RETURNING {_IDENTITY_COLUMNS}",
             user_id, course_id, lease_s, holder,
         )
         if row is None:
@@ -105,14 +109,35 @@ async def reserve_identity(
                 "RETURNING last_number",
                 now.year,
             )
-            row = await conn.fetchrow(
-                "INSERT INTO certificate_identities (user_id, course_id, certificate_id, verification_code, issued_at, "
-                "lease_until, leased_by) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7) "
-                "RETURNING user_id, course_id, certificate_id, verification_code, issued_at",
-                user_id, course_id, certificate_number(now.year, sequence), new_code(), now, lease_s, holder,
-            )
-        assert row is not None
+            number, code = certificate_number(now.year, sequence), new_code()
+            status_list = await _status_list_with_room(conn)
+            while row is None:
+                try:
+                    # A savepoint: an index another reservation took meanwhile is drawn again.
+                    async with conn.transaction():
+                        row = await conn.fetchrow(
+                            "INSERT INTO certificate_identities (user_id, course_id, certificate_id, "
+                            "verification_code, issued_at, lease_until, leased_by, status_list, status_index) "
+                            "VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8, $9) "
+                            f"RETURNING {_IDENTITY_COLUMNS}",
+                            user_id, course_id, number, code, now, lease_s, holder, status_list,
+                            new_status_index(),
+                        )
+                except asyncpg.UniqueViolationError as exc:
+                    if exc.constraint_name != "certificate_identities_status":
+                        raise
         return Identity(**dict(row))
+
+
+async def _status_list_with_room(conn: Connection) -> int:
+    """The list a new entry goes on (``domain.status_list_for``); the caller's transaction
+    holds no lock on it: two reservations may both take the last free half-list slot, which
+    only fills a list a little past half."""
+    row = await conn.fetchrow(
+        "SELECT status_list, count(*) AS n FROM certificate_identities "
+        "WHERE status_list = (SELECT max(status_list) FROM certificate_identities) GROUP BY status_list"
+    )
+    return 1 if row is None else status_list_for(row["n"], row["status_list"])
 
 
 async def renew_lease(pool: asyncpg.Pool, user_id: str, course_id: int, *, holder: str, lease_s: float) -> bool:

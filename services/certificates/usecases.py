@@ -265,7 +265,7 @@ async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext)
     lease_s = state.settings.lease_s
     identity = await store.reserve_identity(
         pool, completion.user_id, completion.course_id, datetime.now(UTC), domain.new_verification_code,
-        holder=state.identity, lease_s=lease_s,
+        domain.new_status_index, holder=state.identity, lease_s=lease_s,
     )
     template = await store.get_template(pool, completion.course_id)
     job = _job(state, identity, completion.user_name, completion.course_title, completion.completed_at,

@@ -30,7 +30,8 @@ async def test_a_lease_that_ran_out_is_handed_over_again_and_keeps_its_identity(
         stack.progress.completions[("lease-1", 10)] = event
         # A worker reserved the identity and died mid-render: no renewals, no certificate.
         reserved = await store.reserve_identity(stack.db, "lease-1", 10, datetime.now(UTC),
-                                                domain.new_verification_code, holder="dead-worker", lease_s=3)
+                                                domain.new_verification_code, domain.new_status_index,
+                                                holder="dead-worker", lease_s=3)
         r = await stack.api.get("/api/courses/10/certificate", headers=stack.token("lease-1"))
         assert r.status_code == 202  # the lease is live: a worker is on it, nothing handed over
         assert stack.progress.calls == 0
