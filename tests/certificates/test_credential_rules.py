@@ -48,7 +48,7 @@ async def test_each_reserved_identity_gets_its_own_random_entry(db_url: str) -> 
     await db.migrate_service(db_url, "certificates", MIGRATIONS)
     pool = await db.create_pool(db_url, min_size=1, max_size=4)
     try:
-        drawn = iter([7, 7, 7, 3, 11] + list(range(100, 150)))  # a taken index is drawn again
+        drawn = iter([7, 7, 7, 3, 11, *range(100, 150)])  # a taken index is drawn again
         entries = []
         for n in range(40):
             identity = await store.reserve_identity(
