@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Self
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from shared.settings import ServiceSettings
 
@@ -33,6 +35,29 @@ class CertificatesSettings(ServiceSettings):
     lease_s: float = Field(30.0, ge=3, validation_alias=AliasChoices("CERTIFICATE_LEASE_S", "lease_s"))
     # Browser/proxy cache lifetime of the current PDF (it changes when regenerated).
     pdf_max_age_s: int = Field(300, ge=0, validation_alias=AliasChoices("CERTIFICATE_PDF_MAX_AGE_S", "pdf_max_age_s"))
+    # The Ed25519 keys that sign the credentials (``credentials.parse_keys``: the last one
+    # signs, every one stays published so that earlier credentials keep verifying). Unset in
+    # development and tests: a key is generated once and kept in ``signing_key_file``;
+    # production refuses to start without it.
+    signing_keys: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("CERTIFICATE_SIGNING_KEYS", "signing_keys")
+    )
+    signing_key_file: Path = Field(
+        Path("var/certificates/signing-keys"),
+        validation_alias=AliasChoices("CERTIFICATE_SIGNING_KEY_FILE", "signing_key_file"),
+    )
+    # How long verifiers and caches may keep the revocation status list (it changes when a
+    # certificate is revoked or reinstated).
+    status_list_max_age_s: int = Field(
+        60, ge=0, validation_alias=AliasChoices("CERTIFICATE_STATUS_LIST_MAX_AGE_S", "status_list_max_age_s")
+    )
+
+    @model_validator(mode="after")
+    def _signing_keys_in_production(self) -> Self:
+        if self.env == "production" and not self.signing_keys.get_secret_value():
+            # A generated development key would sign credentials nobody can trust or rotate.
+            raise ValueError("unsafe production settings: CERTIFICATE_SIGNING_KEYS must be set")
+        return self
 
 
 def _usable_cores() -> int:

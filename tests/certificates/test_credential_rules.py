@@ -6,8 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from services.certificates import domain, store
 from services.certificates.domain import CredentialState
+from services.certificates.settings import CertificatesSettings, WorkerSettings
 from shared import db
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -65,3 +69,13 @@ async def test_each_reserved_identity_gets_its_own_random_entry(db_url: str) -> 
         assert (again.status_list, again.status_index) == (1, 7)
     finally:
         await pool.close()
+
+
+def test_production_refuses_to_sign_without_configured_keys() -> None:
+    production = {"env": "production", "jwt_secret": "s" * 40, "internal_token": "t" * 40,
+                  "public_base_url": "https://learn.example"}
+    with pytest.raises(ValidationError, match="CERTIFICATE_SIGNING_KEYS must be set"):
+        CertificatesSettings(**production)
+    with pytest.raises(ValidationError, match="CERTIFICATE_SIGNING_KEYS must be set"):
+        WorkerSettings(**production)
+    assert CertificatesSettings(**production, signing_keys="k1:configured").signing_keys.get_secret_value()
