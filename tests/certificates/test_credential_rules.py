@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -72,8 +73,8 @@ async def test_each_reserved_identity_gets_its_own_random_entry(db_url: str) -> 
 
 
 def test_production_refuses_to_sign_without_configured_keys() -> None:
-    production = {"env": "production", "jwt_secret": "s" * 40, "internal_token": "t" * 40,
-                  "public_base_url": "https://learn.example"}
+    production: dict[str, Any] = {"env": "production", "jwt_secret": "s" * 40, "internal_token": "t" * 40,
+                                  "public_base_url": "https://learn.example"}
     with pytest.raises(ValidationError, match="CERTIFICATE_SIGNING_KEYS must be set"):
         CertificatesSettings(**production)
     with pytest.raises(ValidationError, match="CERTIFICATE_SIGNING_KEYS must be set"):
