@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(REFERENCE_VERIFIER)/node_modules
 
 # Debian/Ubuntu: installs the system packages above if missing (needs root).
 system-deps:
