@@ -7,6 +7,13 @@ PYTEST_ARGS ?=
 # Libraries WeasyPrint loads at run time (PDF certificates); harfbuzz-subset makes font
 # subsetting about 30 times faster.
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
+# Node runs the reference eddsa-rdfc-2022 verifier the credential tests check our signer against.
+# Checked by command, not by package: NodeSource's nodejs package ships npm and conflicts with Debian's.
+SYSTEM_COMMANDS := node:nodejs npm:npm
+
+# The reference verifier's npm packages, pinned by its package-lock.json.
+REFERENCE_VERIFIER := tests/reference_verifier
+REFERENCE_STAMP := $(REFERENCE_VERIFIER)/node_modules/.installed
 
 .PHONY: dev test lint bench clean system-deps
 
@@ -17,12 +24,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+$(REFERENCE_STAMP): $(REFERENCE_VERIFIER)/package-lock.json $(REFERENCE_VERIFIER)/package.json
+	@command -v npm >/dev/null || { echo "npm is missing: run make system-deps (or install Node.js 18+)"; exit 1; }
+	npm ci --prefix $(REFERENCE_VERIFIER) --no-audit --no-fund
+	@touch $(REFERENCE_STAMP)
+
 dev: $(STAMP)
 	$(VENV)/bin/lessonstream dev
 
 # Two test processes (pytest-xdist): most suites wait on brokers and processes as much as
 # they compute. The fault suite keeps its one stack on one of them (xdist_group).
-test: $(STAMP)
+test: $(STAMP) $(REFERENCE_STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -31,12 +43,13 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(REFERENCE_VERIFIER)/node_modules
 
-# Debian/Ubuntu: installs the system libraries above if missing (needs root).
+# Debian/Ubuntu: installs the system packages above if missing (needs root).
 system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -z "$$missing" ]; then echo "system libraries present"; \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done; \
+		for c in $(SYSTEM_COMMANDS); do command -v $${c%%:*} >/dev/null || echo $${c#*:}; done); \
+	if [ -z "$$missing" ]; then echo "system packages present"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "please install: $$missing"; fi
