@@ -399,3 +399,63 @@ def test_status_entry_and_list_credential(keys: list[cr.SigningKey]) -> None:
     assert cr.verify_proof(signed, resolver).valid
     signed["credentialSubject"]["encodedList"] = cr.encode_status_list(set())
     assert not cr.verify_proof(signed, resolver).valid
+
+
+# --- 1EdTech's eddsa-rdfc-2022 test vector --------------------------------------------------
+# "Linked Data Proof Test Vector for Open Badges 3.0", 1EdTech/openbadges-specification,
+# ob_v3p0/impl/linked-data-proof-ob.html (commit 1af145ff2dc6e22627e79eb5d0f9afca06ea2489).
+
+VECTOR_SEED = "6241a409e6707bb640a0140a8a32bc3d193c33a661747284d6adfa4ed4180be4"
+VECTOR_METHOD = "https://example.edu/issuers/565049#z6MkjZRZv3aez3r18pB1RBFJR1kwUVJ5jHt92JmQwXbd5hwi"
+VECTOR_CREDENTIAL: dict[str, Any] = {
+    "@context": ["https://www.w3.org/ns/credentials/v2", "https://purl.imsglobal.org/spec/ob/v3p0/context-3.0.3.json"],
+    "id": "http://example.com/credentials/3527",
+    "type": ["VerifiableCredential", "OpenBadgeCredential"],
+    "issuer": {
+        "id": "https://example.edu/issuers/565049",
+        "type": ["Profile"],
+        "url": "https://www.imsglobal.org",
+        "name": "Example Corp",
+    },
+    "validFrom": "2010-01-01T00:00:00Z",
+    "name": "Teamwork Badge",
+    "credentialSubject": {
+        "id": "did:example:ebfeb1f712ebc6f1c276e12ec21",
+        "type": ["AchievementSubject"],
+        "achievement": {
+            "id": "https://example.com/achievements/21st-century-skills/teamwork",
+            "type": ["Achievement"],
+            "criteria": {
+                "narrative": "Team members are nominated for this badge by their peers and recognized upon review "
+                "by Example Corp management."
+            },
+            "description": "This badge recognizes the development of the capacity to collaborate within a group "
+            "environment.",
+            "name": "Teamwork",
+        },
+    },
+}
+
+
+def test_1edtech_test_vector() -> None:
+    key = cr.parse_keys("vector:" + base64.urlsafe_b64encode(bytes.fromhex(VECTOR_SEED)).decode().rstrip("="))[0]
+    assert key.public_key.public_bytes_raw().hex() == "4bdeafde2ea8beefadd8c699b5c7e0704cf51154d52e17b20b71337ca04cc5a5"
+    assert key.public_multibase == "z6MkjZRZv3aez3r18pB1RBFJR1kwUVJ5jHt92JmQwXbd5hwi"
+    created = datetime(2010, 1, 1, 19, 23, 24, tzinfo=UTC)
+    signed = cr.sign(VECTOR_CREDENTIAL, key, VECTOR_METHOD, created)
+    proof_config = {name: value for name, value in signed["proof"].items() if name != "proofValue"}
+    proof_config["@context"] = VECTOR_CREDENTIAL["@context"]
+    assert hashlib.sha256(_rdfc(VECTOR_CREDENTIAL)).hexdigest() == (
+        "87f65a76d40146205e3b3e06cb0fbd153f97f9ce70372390f52566bb7f9e0773"
+    )
+    assert hashlib.sha256(_rdfc(proof_config)).hexdigest() == (
+        "d34009cea0dbc1ca941e09dc01c8c9d3e3ce3c5b853f67ee44698dcea10f5d19"
+    )
+    # Ed25519 is deterministic: the same key and data give 1EdTech's exact proof value.
+    assert signed["proof"]["proofValue"] == (
+        "z5x9aCBYovW3CQCbKdNyhEm7ffYSw1YpEdPywQJoNbzDD2gkzQDKJ1sYKJaWvqZtkMtSbz35HcbgXVEDYHxCzgkCr"
+    )
+    expected = {**VECTOR_CREDENTIAL, "proof": {**proof_config, "proofValue": signed["proof"]["proofValue"]}}
+    del expected["proof"]["@context"]
+    assert signed == expected
+    assert cr.verify_proof(signed, {VECTOR_METHOD: key.public_key}.get).valid
