@@ -132,7 +132,13 @@ class SigningKey:
         return public_multibase(self.public_key)
 
     def public_jwk(self) -> dict[str, str]:
-        return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(_raw_public(self.public_key)), "kid": self.kid, "alg": "EdDSA"}
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": _b64url(_raw_public(self.public_key)),
+            "kid": self.kid,
+            "alg": "EdDSA",
+        }
 
     def _seed(self) -> bytes:
         return self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
@@ -362,11 +368,12 @@ def _issuer_id(document: Mapping[str, Any]) -> object:
     return issuer.get("id") if isinstance(issuer, Mapping) else issuer
 
 
-def verify_proof(
-    document: Mapping[str, Any], resolve_key: Callable[[str], Ed25519PublicKey | None]
-) -> ProofCheck:
+def verify_proof(document: Mapping[str, Any], resolve_key: Callable[[str], Ed25519PublicKey | None]) -> ProofCheck:
     """Check the document's one eddsa-rdfc-2022 proof; never raises for a bad document."""
     proof = document.get("proof")
+    # VC 2.0 allows a set of proofs (the OB 3.0 JSON Schema even asks for an array): one is accepted either way.
+    if isinstance(proof, list) and len(proof) == 1:
+        proof = proof[0]
     if not isinstance(proof, Mapping):
         return ProofCheck(False, "no proof, or more than one")
     if proof.get("type") != PROOF_TYPE:
