@@ -28,6 +28,7 @@ class Topic(StrEnum):
     COURSE_COMPLETED = "course-completed"
     CERTIFICATE_ISSUED = "certificate-issued"
     CERTIFICATE_REQUESTED = "certificate-requested"
+    CERTIFICATE_REVOKED = "certificate-revoked"
     DEAD_LETTER = "dead-letter"
 
 
@@ -41,6 +42,7 @@ TOPIC_PARTITIONS: dict[Topic, int] = {
     Topic.COURSE_COMPLETED: 12,
     Topic.CERTIFICATE_ISSUED: 12,
     Topic.CERTIFICATE_REQUESTED: 12,
+    Topic.CERTIFICATE_REVOKED: 12,
     Topic.DEAD_LETTER: 1,
 }
 
@@ -101,6 +103,8 @@ class CourseCatalogEntry(Event):
     status: Literal["draft", "published", "archived"]
     requires_sequential_progress: bool = False
     certificate_enabled: bool = True
+    # How long a certificate of this course stays valid after issue; None: it never expires.
+    certificate_validity_days: int | None = None
     instructor_ids: list[str] = Field(default_factory=list)
     lessons: list[CatalogLesson] = Field(default_factory=list)
 
@@ -158,6 +162,8 @@ class CourseCompleted(LearnerEvent):
     certificate_enabled: bool
     enrolled_at: datetime | None = None
     instructor_ids: list[str] = Field(default_factory=list)
+    # The course's certificate validity when the completion was decided (None: no expiry).
+    certificate_validity_days: int | None = None
 
 
 class CertificateRecord(BaseModel):
@@ -196,6 +202,28 @@ class CertificateRequested(LearnerEvent):
     regeneration_id: int | None = None  # for "regenerate"
 
 
+class CertificateRevoked(LearnerEvent):
+    """A certificate's status changed: ``revoked`` (with why) or ``reinstated``.
+
+    ``changed_at`` is when the certificates service made the change: consumers order the
+    changes of one certificate by it, so a change that arrives late never undoes a newer
+    one. Carries what the learner's mail needs (name, address, title, verification link).
+    """
+
+    topic: ClassVar[Topic] = Topic.CERTIFICATE_REVOKED
+    type: Literal["certificate-revoked"] = "certificate-revoked"
+
+    certificate_id: str
+    verification_code: str
+    status: Literal["revoked", "reinstated"]
+    reason: str
+    changed_at: datetime
+    course_title: str
+    student_name: str
+    student_email: str
+    verification_url: str
+
+
 class DeadLetter(Event):
     """A message a consumer gave up on, with why; the consumer moved on."""
 
@@ -225,5 +253,6 @@ EVENT_TYPES: dict[Topic, type[Event]] = {
     Topic.COURSE_COMPLETED: CourseCompleted,
     Topic.CERTIFICATE_ISSUED: CertificateIssued,
     Topic.CERTIFICATE_REQUESTED: CertificateRequested,
+    Topic.CERTIFICATE_REVOKED: CertificateRevoked,
     Topic.DEAD_LETTER: DeadLetter,
 }

@@ -160,7 +160,7 @@ OWNED_TOPICS: dict[str, set[Topic]] = {
     "enrollment": {Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED},
     "progress": {Topic.LESSON_COMPLETED, Topic.LESSON_REOPENED, Topic.COURSE_COMPLETED},
     # The certificates API and its workers share one database, so one outbox and one principal.
-    "certificates": {Topic.CERTIFICATE_ISSUED, Topic.CERTIFICATE_REQUESTED},
+    "certificates": {Topic.CERTIFICATE_ISSUED, Topic.CERTIFICATE_REQUESTED, Topic.CERTIFICATE_REVOKED},
     "notifications": set(),
 }
 PRINCIPAL = {spec.name: spec.database for spec in PROCESSES}  # certificates-worker -> certificates

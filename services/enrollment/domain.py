@@ -48,6 +48,7 @@ class CourseFields(BaseModel):
     status: CourseStatus
     requires_sequential_progress: bool
     certificate_enabled: bool
+    certificate_validity_days: int | None = None  # null: certificates never expire
     instructor_ids: list[str]
     revision: int
 
@@ -84,6 +85,9 @@ class Enrollment(BaseModel):
     certificate_id: str | None
     certificate_url: str | None
     certificate_issued_at: datetime | None
+    certificate_revoked_at: datetime | None = None
+    certificate_revocation_reason: str | None = None
+    certificate_status_changed_at: datetime | None = None  # when the revoked/reinstated status was set
     last_event_id: UUID
     last_event_at: datetime
 
@@ -223,6 +227,7 @@ def catalog_entry(course: Course) -> CourseCatalogEntry:
         status=course.status,
         requires_sequential_progress=course.requires_sequential_progress,
         certificate_enabled=course.certificate_enabled,
+        certificate_validity_days=course.certificate_validity_days,
         instructor_ids=list(course.instructor_ids),
         lessons=[
             CatalogLesson(
@@ -329,6 +334,12 @@ def apply_completion(enrollment: Enrollment, completed_at: datetime, seq: dateti
 
 def is_newer_certificate(enrollment: Enrollment, issued_at: datetime) -> bool:
     return enrollment.certificate_issued_at is None or issued_at > enrollment.certificate_issued_at
+
+
+def is_newer_certificate_status(enrollment: Enrollment, changed_at: datetime) -> bool:
+    """Whether a revocation or reinstatement made at ``changed_at`` is newer than the one stored."""
+    stored = enrollment.certificate_status_changed_at
+    return stored is None or changed_at > stored
 
 
 # --- lists -----------------------------------------------------------------------------

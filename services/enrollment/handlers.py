@@ -1,4 +1,5 @@
-"""Event entry points: progress and certificates, as the enrollment keeps them.
+"""Event entry points: progress and certificates (issued, revoked, reinstated), as the
+enrollment keeps them.
 
 Each handler applies its use case inside ``ctx.transaction()``, the inbox transaction
 that also marks the event applied, so a redelivery changes nothing.
@@ -10,7 +11,14 @@ from typing import Any
 
 from services.enrollment import usecases
 from services.enrollment.settings import EnrollmentSettings
-from shared.events import CertificateIssued, CourseCompleted, LessonCompleted, LessonReopened, Topic
+from shared.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    CourseCompleted,
+    LessonCompleted,
+    LessonReopened,
+    Topic,
+)
 from shared.inbox import EventContext, Subscription
 
 
@@ -34,6 +42,11 @@ async def on_certificate_issued(event: CertificateIssued, ctx: EventContext) -> 
         await usecases.record_certificate(conn, event)
 
 
+async def on_certificate_revoked(event: CertificateRevoked, ctx: EventContext) -> None:
+    async with ctx.transaction() as conn:
+        await usecases.record_certificate_status(conn, event)
+
+
 def subscriptions(settings: EnrollmentSettings) -> list[Subscription[Any]]:
     """What the enrollment consumes. One consumer group per topic: groups with different
     subscriptions would rebalance each other on every join."""
@@ -43,5 +56,8 @@ def subscriptions(settings: EnrollmentSettings) -> list[Subscription[Any]]:
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, on_course_completed, "enrollment.course-completed"),
         Subscription(
             Topic.CERTIFICATE_ISSUED, CertificateIssued, on_certificate_issued, "enrollment.certificate-issued"
+        ),
+        Subscription(
+            Topic.CERTIFICATE_REVOKED, CertificateRevoked, on_certificate_revoked, "enrollment.certificate-revoked"
         ),
     ]

@@ -20,6 +20,8 @@ UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, m
 Instructors = Annotated[list[UserId], Field(max_length=50)]
 Duration = Annotated[int, Field(ge=0, le=7 * 24 * 3600)]
 Order = Annotated[int, Field(ge=1, le=100_000)]  # a position among a course's lessons
+# Days a certificate stays valid after issue (up to a century); strict: "30" is refused.
+ValidityDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
 
 
 class _Patch(BaseModel):
@@ -48,15 +50,19 @@ class CourseCreate(BaseModel):
     description: Description = ""
     requires_sequential_progress: bool = False
     certificate_enabled: bool = True
+    certificate_validity_days: ValidityDays | None = None  # null: certificates never expire
     instructor_ids: Instructors = Field(default_factory=list)
 
 
 class CourseUpdate(_Patch):
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"certificate_validity_days"})  # null clears it
+
     title: Title | None = None
     slug: Slug | None = None
     description: Description | None = None
     requires_sequential_progress: bool | None = None
     certificate_enabled: bool | None = None
+    certificate_validity_days: ValidityDays | None = None
     instructor_ids: Instructors | None = None
     status: CourseStatus | None = None
 

@@ -22,11 +22,14 @@ from shared.db import Connection, fetch_one
 
 _COURSE_COLUMNS = (
     "id, title, slug, description, status, requires_sequential_progress, certificate_enabled, "
-    "instructor_ids, revision, created_at, updated_at, last_event_id, last_event_at"
+    "certificate_validity_days, instructor_ids, revision, created_at, updated_at, last_event_id, last_event_at"
 )
 # Columns a course update may set (names come from this set only, never from input).
 COURSE_FIELDS = frozenset(
-    {"title", "slug", "description", "status", "requires_sequential_progress", "certificate_enabled", "instructor_ids"}
+    {
+        "title", "slug", "description", "status", "requires_sequential_progress", "certificate_enabled",
+        "certificate_validity_days", "instructor_ids",
+    }
 )
 LESSON_FIELDS = frozenset({"title", "is_required", "duration_seconds", "kind"})
 
@@ -69,11 +72,11 @@ async def insert_course(
     try:
         course_id: int = await conn.fetchval(
             "INSERT INTO courses (title, slug, description, requires_sequential_progress, certificate_enabled, "
-            "instructor_ids, created_at, updated_at, last_event_id, last_event_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $7) RETURNING id",
+            "instructor_ids, created_at, updated_at, last_event_id, last_event_at, certificate_validity_days) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $7, $9) RETURNING id",
             fields["title"], fields["slug"], fields.get("description", ""),
             fields.get("requires_sequential_progress", False), fields.get("certificate_enabled", True),
-            fields.get("instructor_ids", []), now, event_id,
+            fields.get("instructor_ids", []), now, event_id, fields.get("certificate_validity_days"),
         )
     except asyncpg.UniqueViolationError as exc:
         raise SlugTaken from exc
@@ -143,7 +146,8 @@ async def course_ids(conn: Connection) -> list[int]:
 _ENROLLMENT_COLUMNS = (
     "id, user_id, course_id, status, revision, enrolled_at, unenrolled_at, username, display_name, email, "
     "avatar, progress_percentage, completed_lessons, total_lessons, progress_at, progress_seq, last_accessed, "
-    "completed_at, certificate_id, certificate_url, certificate_issued_at, last_event_id, last_event_at"
+    "completed_at, certificate_id, certificate_url, certificate_issued_at, certificate_revoked_at, "
+    "certificate_revocation_reason, certificate_status_changed_at, last_event_id, last_event_at"
 )
 
 
@@ -246,6 +250,21 @@ async def set_certificate(
     )
 
 
+async def set_certificate_status(
+    conn: Connection,
+    enrollment_id: int,
+    *,
+    revoked_at: datetime | None,
+    reason: str | None,
+    changed_at: datetime,
+) -> None:
+    await conn.execute(
+        "UPDATE enrollments SET certificate_revoked_at = $2, certificate_revocation_reason = $3, "
+        "certificate_status_changed_at = $4 WHERE id = $1",
+        enrollment_id, revoked_at, reason, changed_at,
+    )
+
+
 # --- lists -----------------------------------------------------------------------------
 
 
@@ -262,6 +281,8 @@ class StudentRow(BaseModel):
     last_accessed: datetime | None
     completed_at: datetime | None
     certificate_url: str | None
+    certificate_revoked_at: datetime | None  # null: not revoked (or no certificate)
+    certificate_revocation_reason: str | None
 
 
 class MyCourseRow(BaseModel):
@@ -278,6 +299,8 @@ class MyCourseRow(BaseModel):
     last_accessed: datetime | None
     completed_at: datetime | None
     certificate_url: str | None
+    certificate_revoked_at: datetime | None
+    certificate_revocation_reason: str | None
 
 
 # Sort expressions by the API's orderby names; only these strings ever reach the SQL.
@@ -303,7 +326,8 @@ async def list_students(
         )
         rows = await conn.fetch(
             "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, progress_percentage, "
-            "enrolled_at, last_accessed, completed_at, certificate_url FROM enrollments "
+            "enrolled_at, last_accessed, completed_at, certificate_url, certificate_revoked_at, "
+            "certificate_revocation_reason FROM enrollments "
             f"WHERE course_id = $1 AND status <> 'unenrolled' ORDER BY {sort} LIMIT $2 OFFSET $3",
             course_id, limit, offset,
         )
@@ -320,7 +344,8 @@ async def my_courses(
         rows = await conn.fetch(
             "SELECT e.id AS enrollment_id, e.course_id, c.title AS course_title, c.slug AS course_slug, "
             "c.status AS course_status, e.status, e.progress_percentage, e.completed_lessons, e.total_lessons, "
-            "e.enrolled_at, e.last_accessed, e.completed_at, e.certificate_url "
+            "e.enrolled_at, e.last_accessed, e.completed_at, e.certificate_url, e.certificate_revoked_at, "
+            "e.certificate_revocation_reason "
             "FROM enrollments e JOIN courses c ON c.id = e.course_id "
             "WHERE e.user_id = $1 AND e.status = ANY($2::text[]) "
             "ORDER BY coalesce(e.last_accessed, e.enrolled_at) DESC, e.id DESC LIMIT $3 OFFSET $4",

@@ -23,7 +23,14 @@ from services.enrollment.domain import Course, Enrollment
 from shared import outbox
 from shared.auth import User
 from shared.db import Connection
-from shared.events import CertificateIssued, CourseCompleted, LessonCompleted, LessonReopened, utcnow
+from shared.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    CourseCompleted,
+    LessonCompleted,
+    LessonReopened,
+    utcnow,
+)
 from shared.internal import CourseConfirmation
 
 log = logging.getLogger(__name__)
@@ -321,3 +328,17 @@ async def record_certificate(conn: Connection, event: CertificateIssued) -> None
             conn, enrollment.id, certificate_id=event.certificate_id, url=event.certificate_url,
             issued_at=event.issued_at,
         )
+
+
+async def record_certificate_status(conn: Connection, event: CertificateRevoked) -> None:
+    """A certificate revoked (its time and reason kept) or reinstated (both cleared), unless
+    a later change of its status is already stored."""
+    enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    if not domain.is_newer_certificate_status(enrollment, event.changed_at):
+        log.info("ignoring certificate status of %s older than what is stored", event.event_id)
+        return
+    revoked = event.status == "revoked"
+    await store.set_certificate_status(
+        conn, enrollment.id, revoked_at=event.changed_at if revoked else None,
+        reason=event.reason if revoked else None, changed_at=event.changed_at,
+    )

@@ -303,6 +303,8 @@ class Tracker:
             certificate_enabled=course.certificate_enabled,
             enrolled_at=enrollment.enrolled_at,
             instructor_ids=list(course.instructor_ids),
+            # From the confirmed revision, like the title: the workers date the expiry by it.
+            certificate_validity_days=course.certificate_validity_days,
         )
         if await store.add_completion(conn, enrollment.enrollment_id, event):
             await outbox.add(conn, event)
