@@ -119,6 +119,8 @@ class StackConfig:
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp_port),
             "SMTP_TLS": "none",
+            # The development issuer key of the credentials: one per stack, kept with its data.
+            "CERTIFICATE_SIGNING_KEY_FILE": str(self.var_dir / "certificates" / "signing-keys"),
             **self.extra_env,
         }
 

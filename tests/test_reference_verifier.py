@@ -16,7 +16,7 @@ from typing import Any
 import base58
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pyld import jsonld  # type: ignore[import-untyped]
+from pyld import jsonld
 
 from tests import reference_verifier
 from tests.reference_verifier import (

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from datetime import timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import jinja2
+import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -25,9 +27,10 @@ from shared.validation import MAX_BIGINT, Text
 
 router = APIRouter(tags=["certificates"])
 public_router = APIRouter(tags=["verification"])
+issuer_router = APIRouter(tags=["issuer"])
 internal_router = APIRouter(prefix="/internal", tags=["internal"])
 admin_router = APIRouter(prefix="/api/admin/courses/{course_id}/certificates", tags=["admin"])
-ROUTERS = [router, public_router, admin_router, internal_router]
+ROUTERS = [router, public_router, issuer_router, admin_router, internal_router]
 
 ERRORS: ErrorMap = {
     domain.NotEnrolled: HttpError(403, "not_enrolled"),
@@ -35,6 +38,7 @@ ERRORS: ErrorMap = {
     domain.CertificateNotAvailable: HttpError(404, "certificate_not_available"),
     domain.CertificateNotFound: HttpError(404, "certificate_not_found"),
     domain.RegenerationNotFound: HttpError(404, "regeneration_not_found"),
+    domain.AlreadyInState: HttpError(409, "status_unchanged"),
     domain.InvalidTemplate: HttpError(400, "invalid_template"),
     PeerUnavailable: HttpError(503, "progress_unavailable", "Course progress cannot be checked right now"),
 }
@@ -58,6 +62,8 @@ State = Annotated[CertificatesState, Depends(_state)]
 def _certificate_data(cert: Certificate, settings: CertificatesSettings) -> dict[str, Any]:
     return {
         "certificate_url": domain.pdf_url(settings.public_base_url, cert.verification_code),
+        "credential_url": domain.credential_url(settings.public_base_url, cert.verification_code),
+        "expires_at": cert.valid_until.isoformat() if cert.valid_until else None,
         "certificate_id": cert.certificate_id,
         "issued_at": cert.issued_at.isoformat(),
         "course_title": cert.course_title,
@@ -125,24 +131,67 @@ def _wants_json(request: Request) -> bool:
 
 
 @public_router.get("/certificates/verify/{code}", response_model=None)
-async def verify(code: str, request: Request, pool: DbPool, settings: Settings) -> Response | dict[str, Any]:
+async def verify(
+    code: str, request: Request, pool: DbPool, settings: Settings, state: State
+) -> Response | dict[str, Any]:
     wants_json = _wants_json(request)
-    cert: Certificate | None
+    checked: usecases.Verification | None
     try:
-        cert = await usecases.certificate_by_code(pool, code)
+        checked = await usecases.verify_certificate(pool, settings, state, code)
     except domain.CertificateNotFound:
         if wants_json:
             raise
-        cert = None  # a person gets the page that says so, as a 404
-    if wants_json and cert is not None:
-        return {"data": {"valid": True, **_certificate_data(cert, settings)}}
+        checked = None  # a person gets the page that says so, as a 404
+    if wants_json and checked is not None:
+        found = checked.certificate
+        return {"data": {
+            "valid": checked.state is domain.CredentialState.VALID, "status": checked.state.value,
+            **_certificate_data(found, settings),
+            "revoked_at": found.revoked_at.isoformat() if found.revoked_at else None,
+            "revocation_reason": found.revocation_reason, "proof_error": checked.detail or None,
+        }}
+    cert = checked.certificate if checked else None
     html = _verify_template().render(
         certificate=cert,
+        status=checked.state.value if checked else "",
         issued_on=f"{cert.issued_at:%d %B %Y}".lstrip("0") if cert else "",
+        expires_on=f"{cert.valid_until:%d %B %Y}".lstrip("0") if cert and cert.valid_until else "",
+        revoked_on=f"{cert.revoked_at:%d %B %Y}".lstrip("0") if cert and cert.revoked_at else "",
         pdf_url=domain.pdf_url(settings.public_base_url, cert.verification_code) if cert else "",
+        credential_url=(domain.credential_url(settings.public_base_url, checked.certificate.verification_code)
+                        if checked and checked.version is not None else ""),
         platform_name=settings.platform_name,
     )
     return HTMLResponse(html, status_code=200 if cert else 404, headers={"Cache-Control": "public, max-age=60"})
+
+
+@public_router.get("/certificates/{code}/credential", response_model=None)
+async def download_credential(
+    code: str, request: Request, pool: DbPool,
+    version: Annotated[int | None, Query(ge=1, le=1_000_000, description="An earlier rendering's")] = None,
+) -> Response:
+    """The signed Open Badges 3.0 credential: as public as the PDF, behind the same code."""
+    found = await usecases.stored_credential(pool, code, version)
+    body = orjson.dumps(found.credential)
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    cache = "public, max-age=31536000, immutable" if version else "public, max-age=60"
+    headers = {"Cache-Control": cache, "ETag": etag, "X-Certificate-Version": str(found.version)}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/vc+ld+json", headers=headers)
+
+
+@issuer_router.get("/.well-known/did.json")
+async def did_document(settings: Settings, state: State) -> Response:
+    """The issuer's did:web document (every key, current and earlier)."""
+    body = orjson.dumps(usecases.issuer_did_document(settings, state))
+    return Response(body, media_type="application/did+ld+json", headers={"Cache-Control": "public, max-age=300"})
+
+
+@issuer_router.get("/.well-known/jwks.json")
+async def jwk_set(state: State) -> Response:
+    body = orjson.dumps(usecases.issuer_jwks(state))
+    return Response(body, media_type="application/jwk-set+json", headers={"Cache-Control": "public, max-age=300"})
 
 
 # -- internal: confirmation of certificate-issued events -----------------------------------------

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from services.certificates import api
 from services.certificates.settings import CertificatesSettings
-from services.certificates.usecases import CertificatesState
+from services.certificates.usecases import CertificatesState, load_signing_keys
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
@@ -22,7 +22,7 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
     settings = settings or CertificatesSettings()
 
     async def open_state(runtime: Runtime[CertificatesState]) -> CertificatesState:
-        return CertificatesState(internal_client(settings, settings.progress_internal_url))
+        return CertificatesState(internal_client(settings, settings.progress_internal_url), load_signing_keys(settings))
 
     return create_app(
         ServiceSpec(

@@ -354,7 +354,9 @@ def sign(document: dict[str, Any], key: SigningKey, verification_method: str, cr
     }
     signature = key.private_key.sign(_hash_data(unsecured, {**proof, "@context": unsecured["@context"]}))
     proof["proofValue"] = "z" + base58.b58encode(signature).decode("ascii")
-    return {**copy.deepcopy(unsecured), "proof": proof}
+    # A one-proof set: the OB 3.0 AchievementCredential schema requires ``proof`` to be an
+    # array (the VC data model allows either form, and verifiers accept both).
+    return {**copy.deepcopy(unsecured), "proof": [proof]}
 
 
 @dataclass(frozen=True)

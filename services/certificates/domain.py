@@ -54,6 +54,11 @@ def credential_url(public_base_url: str, code: str, version: int | None = None) 
     return url if version is None else f"{url}?version={version}"
 
 
+def achievement_url(public_base_url: str, course_id: int) -> str:
+    """What a course's credentials say was achieved, one id per course."""
+    return f"{public_base_url.rstrip('/')}/achievements/course-{course_id}"
+
+
 def status_list_url(public_base_url: str, status_list: int) -> str:
     return f"{public_base_url.rstrip('/')}/certificates/status/{status_list}"
 
@@ -122,6 +127,9 @@ class Certificate(BaseModel):
     issued_at: datetime
     current_version: int
     issued_event_id: UUID | None = None  # the certificate-issued event (NULL before it was kept)
+    valid_until: datetime | None = None  # when its credentials expire (None: never)
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
 
 
 class CompletionStatus(BaseModel):

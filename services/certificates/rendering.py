@@ -17,14 +17,15 @@ import functools
 import hashlib
 import logging
 import multiprocessing
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from services.certificates import credentials
 from shared.inbox import TransientError
 from shared.process import die_with_parent
 
@@ -57,6 +58,19 @@ class RenderJob:
     signatory_title: str
     platform_name: str
     template_source: str | None = None  # None: the default template
+    credential_url: str = ""  # printed: where the signed credential of this rendering is
+    # The unsigned credential, signed in the pool process beside the render (off the event
+    # loop), with the one key that signs (its settings entry) under ``verification_method``.
+    # Never passed to a template: course templates are written by admins.
+    credential: dict[str, Any] | None = None
+    signing_key: str = field(default="", repr=False)
+    verification_method: str = ""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    pdf: bytes
+    credential: dict[str, Any] | None  # signed, when the job carried one
 
 
 class TemplateError(ValueError):
@@ -108,7 +122,8 @@ def render_html(job: RenderJob, qr_data_uri: str) -> str:
         "qr_code": qr_data_uri,
         "font_stack": FONT_STACK,
     }
-    context.pop("template_source")
+    for private in ("template_source", "credential", "signing_key", "verification_method"):
+        context.pop(private)
     return _compiled(job.template_source).render(context)
 
 
@@ -158,6 +173,17 @@ def render_certificate(job: RenderJob) -> bytes:
     return pdf
 
 
+def render_and_sign(job: RenderJob) -> Rendered:
+    """The PDF and the signed credential of one rendering (runs in a pool process): RDF
+    canonicalisation is CPU work like the render, so it stays off the worker's event loop."""
+    pdf = render_certificate(job)
+    signed = None
+    if job.credential is not None:
+        [key] = credentials.parse_keys(job.signing_key)
+        signed = credentials.sign(job.credential, key, job.verification_method, datetime.now(UTC))
+    return Rendered(pdf, signed)
+
+
 def _warm_up() -> None:
     # Load WeasyPrint and the fonts before the first real job arrives.
     try:
@@ -166,8 +192,21 @@ def _warm_up() -> None:
         if not harfbuzz_subset:
             log.warning("libharfbuzz-subset is missing: font subsetting falls back to fontTools (much slower)")
         _weasy()
+        _warm_up_signing()
     except Exception:  # a broken font setup surfaces on the first real render instead
         log.exception("renderer warm-up failed")
+
+
+def _warm_up_signing() -> None:
+    # The JSON-LD contexts are parsed and cached on the first canonicalisation.
+    now = datetime.now(UTC)
+    sample = credentials.build_credential(
+        credential_id="urn:uuid:00000000-0000-0000-0000-000000000000", issuer_id="did:web:warm-up.invalid",
+        issuer_name="warm-up", issuer_url=None, valid_from=now, valid_until=None,
+        recipient_email="warm-up@example.invalid", salt="warm-up", achievement_id="urn:warm-up",
+        achievement_name="warm-up", achievement_description="warm-up", criteria_narrative="warm-up", status=None,
+    )
+    credentials.sign(sample, credentials.generate_key("warm-up"), "did:web:warm-up.invalid#warm-up", now)
 
 
 def _start_render_process() -> None:
@@ -203,10 +242,10 @@ class Renderer:
         pool = self._executor()
         await asyncio.gather(*(loop.run_in_executor(pool, _warm_up) for _ in range(self.processes)))
 
-    async def render(self, job: RenderJob) -> bytes:
+    async def render(self, job: RenderJob) -> Rendered:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor(), render_certificate, job)
+            return await loop.run_in_executor(self._executor(), render_and_sign, job)
         except concurrent.futures.process.BrokenProcessPool as exc:
             # A pool process died (killed, out of memory): start a new pool, retry the job later.
             self.close()

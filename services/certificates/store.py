@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -23,7 +24,8 @@ from shared.events import CertificateRequested, Event
 
 _CERT_COLUMNS = (
     "certificate_id, user_id, course_id, verification_code, student_name, student_email, "
-    "course_title, completed_at, issued_at, current_version, issued_event_id"
+    "course_title, completed_at, issued_at, current_version, issued_event_id, valid_until, revoked_at, "
+    "revocation_reason"
 )
 
 
@@ -140,6 +142,42 @@ async def _status_list_with_room(conn: Connection) -> int:
     return 1 if row is None else status_list_for(row["n"], row["status_list"])
 
 
+async def get_identity(conn: Executor, certificate_id: str) -> Identity:
+    identity = await fetch_one(
+        conn, Identity, f"SELECT {_IDENTITY_COLUMNS} FROM certificate_identities WHERE certificate_id = $1",
+        certificate_id,
+    )
+    if identity is None:
+        raise LookupError(f"no identity reserved for {certificate_id}")
+    return identity
+
+
+@dataclass(frozen=True)
+class StoredCredential:
+    credential: dict[str, Any]
+    version: int
+    current_version: int
+    valid_until: datetime | None
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    status_list: int | None
+    status_index: int | None
+
+
+async def get_credential(conn: Executor, code: str, version: int | None) -> StoredCredential | None:
+    """The credential of a certificate's current rendering (or ``version``), with its status."""
+    return await fetch_one(
+        conn, StoredCredential,
+        "SELECT f.credential, f.version, c.current_version, c.valid_until, c.revoked_at, c.revocation_reason, "
+        "i.status_list, i.status_index "
+        "FROM certificates c JOIN certificate_files f ON f.certificate_id = c.certificate_id "
+        "JOIN certificate_identities i ON i.certificate_id = c.certificate_id "
+        "WHERE c.verification_code = $1 AND f.version = coalesce($2, c.current_version) "
+        "AND f.credential IS NOT NULL",
+        code, version,
+    )
+
+
 async def renew_lease(pool: asyncpg.Pool, user_id: str, course_id: int, *, holder: str, lease_s: float) -> bool:
     """Extend ``holder``'s lease; False if another worker has taken the reservation over."""
     renewed = await pool.fetchval(
@@ -176,6 +214,8 @@ async def insert_certificate(
     sha256: str,
     template_revision: int,
     rendered_by: str,
+    credential: dict[str, Any] | None,
+    valid_until: datetime | None,
 ) -> bool:
     """Store the record and its first PDF; False if this (learner, course) already has one.
 
@@ -184,19 +224,19 @@ async def insert_certificate(
     """
     inserted = await conn.fetchval(
         "INSERT INTO certificates (certificate_id, user_id, course_id, verification_code, student_name, "
-        "student_email, course_title, completed_at, issued_at, source_event_id, issued_event_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+        "student_email, course_title, completed_at, issued_at, source_event_id, issued_event_id, valid_until) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
         "ON CONFLICT (user_id, course_id) DO NOTHING RETURNING true",
         identity.certificate_id, identity.user_id, identity.course_id, identity.verification_code,
         student_name, student_email, course_title, completed_at, identity.issued_at, source_event_id,
-        issued_event_id,
+        issued_event_id, valid_until,
     )
     if not inserted:
         return False
     await conn.execute(
-        "INSERT INTO certificate_files (certificate_id, version, pdf, sha256, template_revision, rendered_by) "
-        "VALUES ($1, 1, $2, $3, $4, $5)",
-        identity.certificate_id, pdf, sha256, template_revision, rendered_by,
+        "INSERT INTO certificate_files (certificate_id, version, pdf, sha256, template_revision, rendered_by, "
+        "credential) VALUES ($1, 1, $2, $3, $4, $5, $6)",
+        identity.certificate_id, pdf, sha256, template_revision, rendered_by, credential,
     )
     return True
 
@@ -210,6 +250,7 @@ async def add_version(
     template_revision: int,
     regeneration_id: int | None,
     rendered_by: str,
+    credential: dict[str, Any] | None,
 ) -> int:
     """A new rendering becomes the current one; earlier versions stay."""
     # The row lock orders concurrent re-renderings of one certificate.
@@ -220,8 +261,8 @@ async def add_version(
     )
     await conn.execute(
         "INSERT INTO certificate_files (certificate_id, version, pdf, sha256, template_revision, "
-        "regeneration_id, rendered_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        certificate_id, version, pdf, sha256, template_revision, regeneration_id, rendered_by,
+        "regeneration_id, rendered_by, credential) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        certificate_id, version, pdf, sha256, template_revision, regeneration_id, rendered_by, credential,
     )
     return int(version)
 

@@ -10,17 +10,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
 import httpx
 
-from services.certificates import domain, store
+from services.certificates import credentials, domain, store
 from services.certificates.domain import (
     Certificate,
     CompletionStatus,
@@ -53,9 +56,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @dataclass
 class CertificatesState:
-    """What the certificates API runs on: its client of progress's internal API."""
+    """What the certificates API runs on: its client of progress's internal API, and the
+    issuer's keys (published, and signing the revocation status lists)."""
 
     progress: httpx.AsyncClient
+    keys: list[credentials.SigningKey]
 
     async def close(self) -> None:
         await self.progress.aclose()
@@ -121,6 +126,51 @@ async def certificate_by_code(pool: Executor, code: str) -> Certificate:
     if cert is None:
         raise domain.CertificateNotFound("No certificate has this verification code")
     return cert
+
+
+def issuer_did_document(settings: CertificatesSettings, state: CertificatesState) -> dict[str, Any]:
+    """The issuer's ``did:web`` document: every key, so that credentials signed before a
+    rotation keep verifying."""
+    return credentials.did_document(settings.public_base_url, state.keys)
+
+
+def issuer_jwks(state: CertificatesState) -> dict[str, Any]:
+    return credentials.jwks(state.keys)
+
+
+async def stored_credential(pool: Executor, code: str, version: int | None) -> store.StoredCredential:
+    """The signed credential of a certificate's current rendering (or of ``version``)."""
+    found = await store.get_credential(pool, code, version) if domain.is_plausible_code(code) else None
+    if found is None:
+        raise domain.CertificateNotFound("No credential has this code")
+    return found
+
+
+@dataclass(frozen=True)
+class Verification:
+    certificate: Certificate
+    state: domain.CredentialState
+    detail: str  # why the proof failed, when it did
+    version: int | None  # of the credential checked (None: issued before credentials)
+
+
+async def verify_certificate(
+    pool: Executor, settings: CertificatesSettings, state: CertificatesState, code: str
+) -> Verification:
+    """What a verifier of this code is told: the current credential's proof checked with the
+    issuer's current keys, then its revocation, expiry and whether it was superseded."""
+    cert = await certificate_by_code(pool, code)
+    found = await store.get_credential(pool, code, None)
+    if found is None:
+        return Verification(cert, domain.CredentialState.VALID, "", None)
+    keys = credentials.keys_from_did_document(issuer_did_document(settings, state))
+    # Canonicalisation is CPU work: off the event loop.
+    proof = await asyncio.to_thread(credentials.verify_proof, found.credential, keys.get)
+    verdict = domain.credential_state(
+        proof_valid=proof.valid, revoked=found.revoked_at is not None, valid_until=found.valid_until,
+        version=found.version, current_version=found.current_version, now=datetime.now(UTC),
+    )
+    return Verification(cert, verdict, "" if proof.valid else proof.reason, found.version)
 
 
 async def issued_certificate(pool: Executor, certificate_id: str) -> Certificate:
@@ -220,6 +270,7 @@ class WorkerState:
     settings: WorkerSettings
     renderer: Renderer
     progress: httpx.AsyncClient  # progress confirms every completion before it is certified
+    keys: list[credentials.SigningKey]  # the issuer's keys; the last one signs
     identity: str = field(default_factory=_holder)  # this process, as lease holder and renderer
 
     async def close(self) -> None:
@@ -227,9 +278,66 @@ class WorkerState:
         await self.progress.aclose()
 
 
+def load_signing_keys(settings: CertificatesSettings) -> list[credentials.SigningKey]:
+    """The issuer's keys: configured (production), or a development key generated once and
+    kept in ``signing_key_file``, so that every process of a stack signs and publishes the same."""
+    configured = settings.signing_keys.get_secret_value()
+    keys = credentials.parse_keys(configured) if configured else _development_keys(settings.signing_key_file)
+    if not keys:
+        raise ValueError("no credential signing key")
+    return keys
+
+
+def _development_keys(path: Path) -> list[credentials.SigningKey]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written aside and linked into place: a process starting at the same moment either
+        # finds no file or a complete one, and only one key wins.
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        draft.write_text(credentials.format_keys([credentials.generate_key("dev-1")]) + "\n")
+        draft.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
+    return credentials.parse_keys(path.read_text().strip())
+
+
+@dataclass(frozen=True)
+class CredentialFacts:
+    """What a certificate's credential states besides its identity."""
+
+    course_id: int
+    course_title: str
+    student_email: str
+    valid_until: datetime | None
+
+
+def unsigned_credential(
+    settings: CertificatesSettings, identity: domain.Identity, facts: CredentialFacts
+) -> dict[str, Any]:
+    base = settings.public_base_url
+    status = None
+    if identity.status_list is not None and identity.status_index is not None:
+        status = credentials.status_entry(domain.status_list_url(base, identity.status_list), identity.status_index)
+    return credentials.build_credential(
+        # Each rendering's credential is a resource of its own: a regenerated certificate's
+        # new credential supersedes, and does not replace, the earlier one.
+        credential_id=f"urn:uuid:{uuid.uuid4()}",
+        issuer_id=credentials.did_web(base), issuer_name=settings.platform_name, issuer_url=base,
+        valid_from=identity.issued_at, valid_until=facts.valid_until,
+        # The learner is named by a salted hash of their email, never the address itself.
+        recipient_email=facts.student_email, salt=secrets.token_hex(16),
+        achievement_id=domain.achievement_url(base, facts.course_id), achievement_name=facts.course_title,
+        achievement_description=f"Awarded by {settings.platform_name} for completing the course {facts.course_title}.",
+        criteria_narrative=f"Completed every required lesson of the course {facts.course_title}.",
+        status=status,
+    )
+
+
 def _job(state: WorkerState, identity: domain.Identity, name: str, title: str, completed_at: datetime,
-         template: str | None) -> RenderJob:
+         template: str | None, facts: CredentialFacts) -> RenderJob:
     settings = state.settings
+    key = state.keys[-1]
     return RenderJob(
         certificate_id=identity.certificate_id,
         verification_code=identity.verification_code,
@@ -242,6 +350,10 @@ def _job(state: WorkerState, identity: domain.Identity, name: str, title: str, c
         signatory_title=settings.signatory_title,
         platform_name=settings.platform_name,
         template_source=template,
+        credential_url=domain.credential_url(settings.public_base_url, identity.verification_code),
+        credential=unsigned_credential(settings, identity, facts),
+        signing_key=key.to_setting(),
+        verification_method=credentials.verification_method_id(credentials.did_web(settings.public_base_url), key),
     )
 
 
@@ -268,10 +380,15 @@ async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext)
         domain.new_status_index, holder=state.identity, lease_s=lease_s,
     )
     template = await store.get_template(pool, completion.course_id)
+    facts = CredentialFacts(
+        course_id=completion.course_id, course_title=completion.course_title, student_email=completion.user_email,
+        valid_until=domain.valid_until(identity.issued_at, completion.certificate_validity_days),
+    )
     job = _job(state, identity, completion.user_name, completion.course_title, completion.completed_at,
-               template.source)
+               template.source, facts)
     async with _leased(pool, identity, holder=state.identity, lease_s=lease_s):
-        pdf = await state.renderer.render(job)
+        rendered = await state.renderer.render(job)
+    pdf = rendered.pdf
     issued_event = CertificateIssued(
         user_id=identity.user_id,
         course_id=identity.course_id,
@@ -291,6 +408,7 @@ async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext)
             course_title=completion.course_title, completed_at=completion.completed_at,
             source_event_id=completion.event_id, issued_event_id=issued_event.event_id, pdf=pdf,
             sha256=sha256(pdf), template_revision=template.revision, rendered_by=state.identity,
+            credential=rendered.credential, valid_until=facts.valid_until,
         )
         if issued:
             await outbox.add(conn, issued_event)
@@ -347,14 +465,19 @@ async def rerender(state: WorkerState, event: CertificateRequested, ctx: EventCo
         async with ctx.transaction():
             return
     template = await store.get_template(pool, cert.course_id)
-    identity = domain.Identity(cert.user_id, cert.course_id, cert.certificate_id, cert.verification_code,
-                               cert.issued_at)
-    pdf = await state.renderer.render(
-        _job(state, identity, cert.student_name, cert.course_title, cert.completed_at, template.source)
+    identity = await store.get_identity(pool, cert.certificate_id)
+    # The new rendering gets a credential of its own; the earlier ones are superseded.
+    facts = CredentialFacts(
+        course_id=cert.course_id, course_title=cert.course_title, student_email=cert.student_email,
+        valid_until=cert.valid_until,
+    )
+    rendered = await state.renderer.render(
+        _job(state, identity, cert.student_name, cert.course_title, cert.completed_at, template.source, facts)
     )
     async with ctx.transaction() as conn:
         version = await store.add_version(
-            conn, cert.certificate_id, pdf=pdf, sha256=sha256(pdf), template_revision=template.revision,
-            regeneration_id=event.regeneration_id, rendered_by=state.identity,
+            conn, cert.certificate_id, pdf=rendered.pdf, sha256=sha256(rendered.pdf),
+            template_revision=template.revision, regeneration_id=event.regeneration_id, rendered_by=state.identity,
+            credential=rendered.credential,
         )
     log.info("re-rendered %s as version %d", cert.certificate_id, version)

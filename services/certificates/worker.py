@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from services.certificates import handlers
 from services.certificates.rendering import Renderer
 from services.certificates.settings import WorkerSettings
-from services.certificates.usecases import WorkerState
+from services.certificates.usecases import WorkerState, load_signing_keys
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
@@ -27,7 +27,9 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
     async def open_state(runtime: Runtime[WorkerState]) -> WorkerState:
         renderer = Renderer(settings.render_pool_size())
         await renderer.start()
-        return WorkerState(settings, renderer, internal_client(settings, settings.progress_internal_url))
+        return WorkerState(
+            settings, renderer, internal_client(settings, settings.progress_internal_url), load_signing_keys(settings)
+        )
 
     return create_app(
         ServiceSpec(

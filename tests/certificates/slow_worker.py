@@ -9,11 +9,11 @@ import os
 from fastapi import FastAPI
 
 from services.certificates import worker
-from services.certificates.rendering import Renderer, RenderJob
+from services.certificates.rendering import Rendered, Renderer, RenderJob
 
 
 class SlowRenderer(Renderer):
-    async def render(self, job: RenderJob) -> bytes:
+    async def render(self, job: RenderJob) -> Rendered:
         await asyncio.sleep(float(os.environ.get("SLOW_RENDER_S", "600")))
         return await super().render(job)
 

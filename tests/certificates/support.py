@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -23,10 +25,11 @@ from tests.helpers import TestEnv, app_client, eventually, produce_raw, served
 
 
 def completion(user_id: str, course_id: int = 10, *, name: str = "John Doe", enabled: bool = True,
-               title: str = "Introduction to Web Development") -> CourseCompleted:
+               title: str = "Introduction to Web Development", validity_days: int | None = None) -> CourseCompleted:
     return CourseCompleted(
         user_id=user_id, course_id=course_id, completed_at=datetime.now(UTC), user_name=name,
         user_email=f"{user_id}@example.com", course_title=title, certificate_enabled=enabled,
+        certificate_validity_days=validity_days,
     )
 
 
@@ -116,12 +119,14 @@ async def certificate_stack(env: TestEnv, *, workers: int = 1) -> AsyncIterator[
     progress = ProgressStandIn(token="test-internal-token")
     async with contextlib.AsyncExitStack() as stack:
         progress_url = await stack.enter_async_context(served(progress.app()))
+        # The API and the workers share the issuer's development key, as a stack's processes do.
+        key_file = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "signing-keys"
         settings = env.settings(CertificatesSettings, database="certs", progress_internal_url=progress_url,
-                                internal_token=progress.token)
+                                internal_token=progress.token, signing_key_file=key_file)
         api = await stack.enter_async_context(app_client(build_app(settings)))
         for _ in range(workers):
             worker = build_worker(worker_settings(env, progress_internal_url=progress_url,
-                                                  internal_token=progress.token))
+                                                  internal_token=progress.token, signing_key_file=key_file))
             await stack.enter_async_context(app_client(worker))
             await eventually(functools.partial(_subscribed, worker), what="worker subscribed", timeout=60)
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)

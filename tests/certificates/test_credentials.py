@@ -68,7 +68,7 @@ def test_round_trip(keys: list[cr.SigningKey], resolver: Resolver) -> None:
     unsigned = _credential()
     signed = _signed(keys[-1], unsigned)
     assert "proof" not in unsigned  # sign returns a copy
-    proof = signed["proof"]
+    [proof] = signed["proof"]
     assert proof["type"] == "DataIntegrityProof"
     assert proof["cryptosuite"] == "eddsa-rdfc-2022"
     assert proof["proofPurpose"] == "assertionMethod"
@@ -127,7 +127,7 @@ def test_signed_by_another_key_fails(keys: list[cr.SigningKey], resolver: Resolv
 
 def test_wrong_cryptosuite_fails(keys: list[cr.SigningKey], resolver: Resolver) -> None:
     signed = _signed(keys[-1])
-    signed["proof"]["cryptosuite"] = "ecdsa-rdfc-2019"
+    signed["proof"][0]["cryptosuite"] = "ecdsa-rdfc-2019"
     check = cr.verify_proof(signed, resolver)
     assert not check.valid
     assert "cryptosuite" in check.reason
@@ -144,11 +144,11 @@ def test_proof_checks(keys: list[cr.SigningKey], resolver: Resolver) -> None:
     assert not cr.verify_proof(_credential(), resolver).valid  # no proof at all
     for name, value in [("type", "Ed25519Signature2020"), ("proofPurpose", "authentication")]:
         wrong = copy.deepcopy(signed)
-        wrong["proof"][name] = value
+        wrong["proof"][0][name] = value
         assert not cr.verify_proof(wrong, resolver).valid, name
     # A key of another DID may not sign for this issuer.
     foreign = copy.deepcopy(signed)
-    foreign["proof"]["verificationMethod"] = "did:web:other.example#2026-b"
+    foreign["proof"][0]["verificationMethod"] = "did:web:other.example#2026-b"
     assert cr.verify_proof(foreign, lambda _: keys[-1].public_key) == cr.ProofCheck(
         False, "verification method is not the issuer's"
     )
@@ -184,11 +184,11 @@ def test_proof_matches_the_cryptosuite_recomputed_here(keys: list[cr.SigningKey]
     key = keys[-1]
     signed = _signed(key)
     unsecured = {name: value for name, value in signed.items() if name != "proof"}
-    proof_config = {name: value for name, value in signed["proof"].items() if name != "proofValue"}
+    proof_config = {name: value for name, value in signed["proof"][0].items() if name != "proofValue"}
     proof_config["@context"] = signed["@context"]
     hash_data = hashlib.sha256(_rdfc(proof_config)).digest() + hashlib.sha256(_rdfc(unsecured)).digest()
     assert len(hash_data) == 64
-    proof_value = signed["proof"]["proofValue"]
+    proof_value = signed["proof"][0]["proofValue"]
     assert proof_value[0] == "z"
     public = Ed25519PublicKey.from_public_bytes(base58.b58decode(key.public_multibase[1:])[2:])
     public.verify(base58.b58decode(proof_value[1:]), hash_data)  # raises InvalidSignature if wrong
@@ -207,10 +207,10 @@ def test_the_credential_is_an_ob3_achievement_credential(keys: list[cr.SigningKe
     validator = jsonschema.Draft201909Validator(schema, format_checker=jsonschema.Draft201909Validator.FORMAT_CHECKER)
     for document in (_credential(), _credential(valid_until=None, issuer_url=None, status=None)):
         validator.validate(document)
-    # This schema wants `proof` as an array (VC 2.0 allows one proof or a set); as a set of one,
-    # our proof conforms too, and still verifies.
+    # This schema wants `proof` as an array (VC 2.0 allows one proof or a set): a signed
+    # credential carries a set of one, conforms, and verifies.
     signed = _signed(keys[-1])
-    as_set = {**signed, "proof": [signed["proof"]]}
+    as_set = signed
     validator.validate(as_set)
     assert cr.verify_proof(as_set, cr.keys_from_did_document(cr.did_document(BASE_URL, keys)).get).valid
     # And the schema does reject what is not one.
@@ -297,7 +297,7 @@ def test_did_document_lists_every_key(keys: list[cr.SigningKey]) -> None:
     resolved = cr.keys_from_did_document(document)
     assert set(resolved) == set(document["assertionMethod"])
     signed = _signed(keys[-1])
-    method = resolved[signed["proof"]["verificationMethod"]]
+    method = resolved[signed["proof"][0]["verificationMethod"]]
     assert method.public_bytes_raw() == keys[-1].public_key.public_bytes_raw()
 
 
@@ -335,7 +335,7 @@ def test_the_last_key_signs(keys: list[cr.SigningKey], resolver: Resolver) -> No
     signer = cr.parse_keys(cr.format_keys(keys))[-1]
     assert signer.kid == "2026-b"
     signed = _signed(signer)
-    assert signed["proof"]["verificationMethod"].endswith("#2026-b")
+    assert signed["proof"][0]["verificationMethod"].endswith("#2026-b")
     assert cr.verify_proof(signed, resolver).valid
 
 
@@ -443,7 +443,7 @@ def test_1edtech_test_vector() -> None:
     assert key.public_multibase == "z6MkjZRZv3aez3r18pB1RBFJR1kwUVJ5jHt92JmQwXbd5hwi"
     created = datetime(2010, 1, 1, 19, 23, 24, tzinfo=UTC)
     signed = cr.sign(VECTOR_CREDENTIAL, key, VECTOR_METHOD, created)
-    proof_config = {name: value for name, value in signed["proof"].items() if name != "proofValue"}
+    proof_config = {name: value for name, value in signed["proof"][0].items() if name != "proofValue"}
     proof_config["@context"] = VECTOR_CREDENTIAL["@context"]
     assert hashlib.sha256(_rdfc(VECTOR_CREDENTIAL)).hexdigest() == (
         "87f65a76d40146205e3b3e06cb0fbd153f97f9ce70372390f52566bb7f9e0773"
@@ -452,10 +452,11 @@ def test_1edtech_test_vector() -> None:
         "d34009cea0dbc1ca941e09dc01c8c9d3e3ce3c5b853f67ee44698dcea10f5d19"
     )
     # Ed25519 is deterministic: the same key and data give 1EdTech's exact proof value.
-    assert signed["proof"]["proofValue"] == (
+    assert signed["proof"][0]["proofValue"] == (
         "z5x9aCBYovW3CQCbKdNyhEm7ffYSw1YpEdPywQJoNbzDD2gkzQDKJ1sYKJaWvqZtkMtSbz35HcbgXVEDYHxCzgkCr"
     )
-    expected = {**VECTOR_CREDENTIAL, "proof": {**proof_config, "proofValue": signed["proof"]["proofValue"]}}
-    del expected["proof"]["@context"]
+    proof = {**proof_config, "proofValue": signed["proof"][0]["proofValue"]}
+    del proof["@context"]
+    expected = {**VECTOR_CREDENTIAL, "proof": [proof]}
     assert signed == expected
     assert cr.verify_proof(signed, {VECTOR_METHOD: key.public_key}.get).valid

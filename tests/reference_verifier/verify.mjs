@@ -25,8 +25,10 @@ async function main() {
     process.exitCode = 2;
     return;
   }
-  const proof = request.credential.proof;
-  if(!proof || Array.isArray(proof) || proof.cryptosuite !== eddsaRdfc2022CryptoSuite.name) {
+  // One proof, alone or as a set of one (Open Badges 3.0 wants the set).
+  const proofs = Array.isArray(request.credential.proof) ? request.credential.proof : [request.credential.proof];
+  const proof = proofs.length === 1 ? proofs[0] : undefined;
+  if(!proof || proof.cryptosuite !== eddsaRdfc2022CryptoSuite.name) {
     writeJson({verified: false, error: 'credential has no single eddsa-rdfc-2022 proof'});
     return;
   }
