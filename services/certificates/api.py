@@ -30,7 +30,8 @@ public_router = APIRouter(tags=["verification"])
 issuer_router = APIRouter(tags=["issuer"])
 internal_router = APIRouter(prefix="/internal", tags=["internal"])
 admin_router = APIRouter(prefix="/api/admin/courses/{course_id}/certificates", tags=["admin"])
-ROUTERS = [router, public_router, issuer_router, admin_router, internal_router]
+revocation_router = APIRouter(prefix="/api/admin/certificates/{certificate_id}", tags=["admin"])
+ROUTERS = [router, public_router, issuer_router, admin_router, revocation_router, internal_router]
 
 ERRORS: ErrorMap = {
     domain.NotEnrolled: HttpError(403, "not_enrolled"),
@@ -39,6 +40,7 @@ ERRORS: ErrorMap = {
     domain.CertificateNotFound: HttpError(404, "certificate_not_found"),
     domain.RegenerationNotFound: HttpError(404, "regeneration_not_found"),
     domain.AlreadyInState: HttpError(409, "status_unchanged"),
+    domain.StatusListNotFound: HttpError(404, "status_list_not_found"),
     domain.InvalidTemplate: HttpError(400, "invalid_template"),
     PeerUnavailable: HttpError(503, "progress_unavailable", "Course progress cannot be checked right now"),
 }
@@ -181,6 +183,21 @@ async def download_credential(
     return Response(body, media_type="application/vc+ld+json", headers=headers)
 
 
+@public_router.get("/certificates/status/{list_number}", response_model=None)
+async def revocation_status_list(
+    list_number: Annotated[int, Path(ge=1, le=1_000_000)], request: Request, pool: DbPool, settings: Settings,
+    state: State,
+) -> Response:
+    """The signed BitstringStatusListCredential the credentials' ``credentialStatus`` point at."""
+    credential, revision = await usecases.status_list(pool, settings, state, list_number)
+    etag = f'"{list_number}-{revision}"'
+    # Verifiers cache it briefly: a revocation shows within this many seconds.
+    headers = {"Cache-Control": f"public, max-age={settings.status_list_max_age_s}", "ETag": etag}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(orjson.dumps(credential), media_type="application/vc+ld+json", headers=headers)
+
+
 @issuer_router.get("/.well-known/did.json")
 async def did_document(settings: Settings, state: State) -> Response:
     """The issuer's did:web document (every key, current and earlier)."""
@@ -204,7 +221,7 @@ async def issued_certificate(
     confirm an event before they act on it."""
     cert = await usecases.issued_certificate(pool, certificate_id)
     return {
-        **_certificate_data(cert, settings), "user_id": cert.user_id, "student_email": cert.student_email,
+        **_status_data(cert, settings), "user_id": cert.user_id, "student_email": cert.student_email,
         "issued_event_id": str(cert.issued_event_id) if cert.issued_event_id else None,
     }
 
@@ -271,3 +288,41 @@ async def list_certificates(
     certs, total = await usecases.course_certificates(pool, course_id, page, per_page)
     items = [{**_certificate_data(c, settings), "user_id": c.user_id, "version": c.current_version} for c in certs]
     return {"data": items, "meta": {"total": total, "page": page, "per_page": per_page}}
+
+
+# -- admin: revocation ----------------------------------------------------------------------
+
+class StatusChange(BaseModel):
+    reason: Text = Field(min_length=1, max_length=1000, description="Why; shown to verifiers when revoked")
+
+
+CertificateId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+def _status_data(cert: Certificate, settings: CertificatesSettings) -> dict[str, Any]:
+    return {
+        **_certificate_data(cert, settings), "status": "revoked" if cert.revoked_at else "valid",
+        "revoked_at": cert.revoked_at.isoformat() if cert.revoked_at else None,
+        "revocation_reason": cert.revocation_reason,
+    }
+
+
+@revocation_router.post("/revoke")
+async def revoke(
+    certificate_id: CertificateId, admin: AdminUser, pool: DbPool, settings: Settings,
+    body: Annotated[StatusChange, Body()],
+) -> dict[str, Any]:
+    cert = await usecases.change_status(pool, settings, certificate_id, revoke=True, reason=body.reason,
+                                        by=f"admin:{admin.id}")
+    return {"message": "Certificate revoked", "data": _status_data(cert, settings)}
+
+
+@revocation_router.post("/reinstate")
+async def reinstate(
+    certificate_id: CertificateId, admin: AdminUser, pool: DbPool, settings: Settings,
+    body: Annotated[StatusChange, Body()],
+) -> dict[str, Any]:
+    cert = await usecases.change_status(pool, settings, certificate_id, revoke=False, reason=body.reason,
+                                        by=f"admin:{admin.id}")
+    return {"message": "Certificate reinstated", "data": _status_data(cert, settings)}
+

@@ -232,6 +232,10 @@ class AlreadyInState(DomainError):
     """Revoking a revoked certificate, or reinstating one that is not revoked."""
 
 
+class StatusListNotFound(DomainError):
+    """No certificate's entry is on this status list."""
+
+
 class RegenerationNotFound(DomainError):
     """No such regeneration for this course."""
 

@@ -341,3 +341,74 @@ async def regeneration_status(conn: Executor, course_id: int, regeneration_id: i
         "FROM regenerations r WHERE r.id = $1 AND r.course_id = $2",
         regeneration_id, course_id,
     )
+
+
+# -- revocation ------------------------------------------------------------------------------
+
+async def lock_certificate(conn: Connection, certificate_id: str) -> Certificate | None:
+    """The certificate, its row locked: status changes of one certificate are serialised."""
+    row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE certificate_id = $1 FOR UPDATE",
+                              certificate_id)
+    return _certificate(row)
+
+
+async def change_status(
+    conn: Connection, certificate_id: str, *, revoked_at: datetime | None, reason: str, changed_by: str,
+    changed_at: datetime,
+) -> None:
+    """Revoke (``revoked_at`` set) or reinstate; recorded, and the certificate's status list
+    marked changed in the same transaction."""
+    await conn.execute(
+        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 WHERE certificate_id = $1",
+        certificate_id, revoked_at, reason if revoked_at is not None else None,
+    )
+    await conn.execute(
+        "INSERT INTO certificate_status_changes (certificate_id, status, reason, changed_by, changed_at) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        certificate_id, "revoked" if revoked_at is not None else "reinstated", reason, changed_by, changed_at,
+    )
+    await conn.execute(
+        "INSERT INTO status_lists (status_list, revision) "
+        "SELECT status_list, 1 FROM certificate_identities WHERE certificate_id = $1 AND status_list IS NOT NULL "
+        "ON CONFLICT (status_list) DO UPDATE SET revision = status_lists.revision + 1",
+        certificate_id,
+    )
+
+
+@dataclass(frozen=True)
+class StatusListState:
+    revision: int
+    credential: dict[str, Any] | None
+    signed_revision: int | None
+
+
+async def get_status_list(conn: Executor, status_list: int) -> StatusListState | None:
+    """The list's revision and its signed credential; None when no certificate is on it."""
+    return await fetch_one(
+        conn, StatusListState,
+        "SELECT coalesce(s.revision, 0) AS revision, s.credential, s.signed_revision "
+        "FROM (SELECT 1 FROM certificate_identities WHERE status_list = $1 LIMIT 1) AS used "
+        "LEFT JOIN status_lists s ON s.status_list = $1",
+        status_list,
+    )
+
+
+async def revoked_indexes(conn: Executor, status_list: int) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT i.status_index FROM certificates c JOIN certificate_identities i USING (certificate_id) "
+        "WHERE i.status_list = $1 AND c.revoked_at IS NOT NULL",
+        status_list,
+    )
+    return [row["status_index"] for row in rows]
+
+
+async def save_status_list(conn: Executor, status_list: int, revision: int, credential: dict[str, Any]) -> None:
+    """Keep the list signed for ``revision``, unless a newer change came meanwhile (then the
+    next request signs again)."""
+    await conn.execute(
+        "INSERT INTO status_lists (status_list, revision, credential, signed_revision, signed_at) "
+        "VALUES ($1, $2, $3, $2, now()) ON CONFLICT (status_list) DO UPDATE "
+        "SET credential = $3, signed_revision = $2, signed_at = now() WHERE status_lists.revision = $2",
+        status_list, revision, credential,
+    )
+

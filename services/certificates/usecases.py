@@ -42,7 +42,7 @@ from services.certificates.rendering import (
 from services.certificates.settings import CertificatesSettings, WorkerSettings
 from shared import db, outbox
 from shared.db import Executor
-from shared.events import CertificateIssued, CertificateRequested, CourseCompleted
+from shared.events import CertificateIssued, CertificateRequested, CertificateRevoked, CourseCompleted
 from shared.inbox import EventContext
 from shared.internal import confirm_completion, get_internal
 from shared.periodic import Periodic
@@ -171,6 +171,65 @@ async def verify_certificate(
         version=found.version, current_version=found.current_version, now=datetime.now(UTC),
     )
     return Verification(cert, verdict, "" if proof.valid else proof.reason, found.version)
+
+
+async def change_status(
+    pool: asyncpg.Pool, settings: CertificatesSettings, certificate_id: str, *, revoke: bool, reason: str,
+    by: str,
+) -> Certificate:
+    """Revoke or reinstate a certificate. The change, its history row, its status list's new
+    revision and the certificate-revoked event commit together; the list is re-signed when
+    next asked for. Revocation applies to every rendering; regeneration never revokes."""
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn, conn.transaction():
+        cert = await store.lock_certificate(conn, certificate_id)
+        if cert is None:
+            raise domain.CertificateNotFound("No certificate has this id")
+        if (cert.revoked_at is not None) == revoke:
+            raise domain.AlreadyInState(
+                "This certificate is already revoked" if revoke else "This certificate is not revoked"
+            )
+        await store.change_status(conn, certificate_id, revoked_at=now if revoke else None, reason=reason,
+                                  changed_by=by, changed_at=now)
+        await outbox.add(conn, CertificateRevoked(
+            user_id=cert.user_id, course_id=cert.course_id, certificate_id=cert.certificate_id,
+            verification_code=cert.verification_code, status="revoked" if revoke else "reinstated",
+            reason=reason, changed_at=now, course_title=cert.course_title, student_name=cert.student_name,
+            student_email=cert.student_email,
+            verification_url=domain.verification_url(settings.public_base_url, cert.verification_code),
+        ))
+        changed = await store.get_certificate_by_id(conn, certificate_id)
+    assert changed is not None
+    return changed
+
+
+async def status_list(
+    pool: Executor, settings: CertificatesSettings, state: CertificatesState, list_number: int
+) -> tuple[dict[str, Any], int]:
+    """The signed revocation status list and its revision, signed again when an entry has
+    changed since it was last signed."""
+    current = await store.get_status_list(pool, list_number)
+    if current is None:
+        raise domain.StatusListNotFound("No such status list")
+    if current.credential is not None and current.signed_revision == current.revision:
+        return current.credential, current.revision
+    # The revision is read before the entries: a change committed in between is in the list
+    # and makes the saved copy look older than it is, so it is signed again once more.
+    revoked = await store.revoked_indexes(pool, list_number)
+    signed = await asyncio.to_thread(_signed_status_list, settings, state.keys[-1], list_number, revoked)
+    await store.save_status_list(pool, list_number, current.revision, signed)
+    return signed, current.revision
+
+
+def _signed_status_list(
+    settings: CertificatesSettings, key: credentials.SigningKey, list_number: int, revoked: list[int]
+) -> dict[str, Any]:
+    did = credentials.did_web(settings.public_base_url)
+    unsigned = credentials.status_list_credential(
+        list_url=domain.status_list_url(settings.public_base_url, list_number), issuer_id=did,
+        valid_from=datetime.now(UTC), encoded_list=credentials.encode_status_list(revoked),
+    )
+    return credentials.sign(unsigned, key, credentials.verification_method_id(did, key), datetime.now(UTC))
 
 
 async def issued_certificate(pool: Executor, certificate_id: str) -> Certificate:

@@ -14,9 +14,10 @@ from typing import Any
 import jsonschema
 
 from services.certificates import credentials
+from shared.events import CertificateRevoked, Topic
 from tests.certificates.support import certificate_stack, completion
 from tests.certificates.test_service import wait_for_certificate
-from tests.helpers import TestEnv, eventually
+from tests.helpers import TestEnv, TopicReader, eventually
 from tests.reference_verifier import verify_with_reference
 
 SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "ob_v3p0_achievementcredential_schema.json").read_text())
@@ -121,3 +122,69 @@ async def test_a_course_with_a_validity_period_gives_credentials_that_expire(tes
         await eventually(expired, what="expired verdict")
         page = await stack.api.get(f"/certificates/verify/{code}")
         assert "expired" in page.text
+
+
+async def test_an_admin_revokes_and_reinstates_through_the_signed_status_list(test_env: TestEnv) -> None:
+    async with certificate_stack(test_env) as stack, TopicReader(
+        test_env.kafka_bootstrap, stack.settings.topic(Topic.CERTIFICATE_REVOKED.value)
+    ) as reader:
+        await stack.publish_completion(completion("cred-3"))
+        data = await wait_for_certificate(stack, "cred-3")
+        code, certificate_id = str(data["verification_code"]), str(data["certificate_id"])
+        credential = (await stack.api.get(f"/certificates/{code}/credential")).json()
+        entry = credential["credentialStatus"]
+        list_path = entry["statusListCredential"].removeprefix(stack.settings.public_base_url)
+        did_document = (await stack.api.get("/.well-known/did.json")).json()
+        resolve = credentials.keys_from_did_document(did_document).get
+        admin = stack.token("admin-1", roles=["admin"])
+
+        async def revoked_on_the_list() -> bool:
+            served = await stack.api.get(list_path)
+            assert served.status_code == 200 and served.headers["content-type"] == "application/vc+ld+json"
+            assert "max-age" in served.headers["cache-control"]
+            status_list = served.json()
+            assert credentials.verify_proof(status_list, resolve).valid  # the list itself is signed
+            assert verify_with_reference(status_list, did_document, CONTEXTS) == (True, "")
+            bits = credentials.decode_status_list(status_list["credentialSubject"]["encodedList"])
+            assert len(bits) * 8 >= 131_072
+            return credentials.status_bit(bits, int(entry["statusListIndex"]))
+
+        assert await revoked_on_the_list() is False
+        learner = await stack.api.post(f"/api/admin/certificates/{certificate_id}/revoke",
+                                       headers=stack.token("cred-3"), json={"reason": "mine"})
+        assert learner.status_code == 403
+        missing = await stack.api.post("/api/admin/certificates/CERT-1999-001/revoke", headers=admin,
+                                       json={"reason": "x"})
+        assert missing.status_code == 404 and missing.json()["code"] == "certificate_not_found"
+        no_reason = await stack.api.post(f"/api/admin/certificates/{certificate_id}/revoke", headers=admin, json={})
+        assert no_reason.status_code == 400
+
+        revoked = await stack.api.post(f"/api/admin/certificates/{certificate_id}/revoke", headers=admin,
+                                       json={"reason": "Academic misconduct"})
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["data"]["status"] == "revoked"
+        again = await stack.api.post(f"/api/admin/certificates/{certificate_id}/revoke", headers=admin,
+                                     json={"reason": "twice"})
+        assert again.status_code == 409 and again.json()["code"] == "status_unchanged"
+        assert await revoked_on_the_list() is True
+        verdict = (await stack.api.get(f"/certificates/verify/{code}", headers={"Accept": "application/json"})).json()
+        assert verdict["data"]["status"] == "revoked" and verdict["data"]["valid"] is False
+        assert verdict["data"]["revocation_reason"] == "Academic misconduct" and verdict["data"]["revoked_at"]
+        page = await stack.api.get(f"/certificates/verify/{code}")
+        assert "revoked" in page.text and "Academic misconduct" in page.text
+
+        reinstated = await stack.api.post(f"/api/admin/certificates/{certificate_id}/reinstate", headers=admin,
+                                          json={"reason": "Appeal upheld"})
+        assert reinstated.status_code == 200 and reinstated.json()["data"]["status"] == "valid"
+        assert await revoked_on_the_list() is False
+        verdict = (await stack.api.get(f"/certificates/verify/{code}", headers={"Accept": "application/json"})).json()
+        assert verdict["data"]["status"] == "valid"
+
+        async def both_changes_published() -> list[CertificateRevoked] | None:
+            events = [CertificateRevoked.model_validate_json(m.value) for m in reader.messages]
+            return events if len({e.event_id for e in events}) >= 2 else None
+
+        events = await eventually(both_changes_published, what="certificate-revoked events")
+        assert [(e.certificate_id, e.status, e.reason) for e in events[:2]] == [
+            (certificate_id, "revoked", "Academic misconduct"), (certificate_id, "reinstated", "Appeal upheld"),
+        ]

@@ -31,11 +31,13 @@ CREATE TABLE certificate_status_changes (
 );
 CREATE INDEX certificate_status_changes_certificate ON certificate_status_changes (certificate_id);
 
--- The signed status list credential of each list, re-signed when one of its entries
--- changes; revision grows with every change (the HTTP ETag).
+-- The signed status list credential of each list. ``revision`` grows with every change of
+-- one of its entries (in the change's transaction); the credential is re-signed when it was
+-- signed for an older revision (``signed_revision``), so a list is never served stale.
 CREATE TABLE status_lists (
-    status_list integer     PRIMARY KEY,
-    revision    bigint      NOT NULL DEFAULT 0,
-    credential  jsonb,
-    signed_at   timestamptz
+    status_list     integer     PRIMARY KEY,
+    revision        bigint      NOT NULL DEFAULT 0,
+    credential      jsonb,
+    signed_revision bigint,
+    signed_at       timestamptz
 );
