@@ -178,6 +178,8 @@ class CertificateRecord(BaseModel):
     course_title: str
     student_name: str
     student_email: str
+    # The signed Open Badges 3.0 credential beside the PDF (empty from before credentials).
+    credential_url: str = ""
 
 
 class CertificateIssued(LearnerEvent, CertificateRecord):

@@ -134,12 +134,14 @@ def _wants_json(request: Request) -> bool:
 
 @public_router.get("/certificates/verify/{code}", response_model=None)
 async def verify(
-    code: str, request: Request, pool: DbPool, settings: Settings, state: State
+    code: str, request: Request, pool: DbPool, settings: Settings, state: State,
+    version: Annotated[int | None, Query(ge=1, le=1_000_000, description="The credential of an earlier rendering")]
+    = None,
 ) -> Response | dict[str, Any]:
     wants_json = _wants_json(request)
     checked: usecases.Verification | None
     try:
-        checked = await usecases.verify_certificate(pool, settings, state, code)
+        checked = await usecases.verify_certificate(pool, settings, state, code, version)
     except domain.CertificateNotFound:
         if wants_json:
             raise
@@ -151,6 +153,7 @@ async def verify(
             **_certificate_data(found, settings),
             "revoked_at": found.revoked_at.isoformat() if found.revoked_at else None,
             "revocation_reason": found.revocation_reason, "proof_error": checked.detail or None,
+            "credential_version": checked.version,
         }}
     cert = checked.certificate if checked else None
     html = _verify_template().render(

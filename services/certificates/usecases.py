@@ -155,12 +155,15 @@ class Verification:
 
 
 async def verify_certificate(
-    pool: Executor, settings: CertificatesSettings, state: CertificatesState, code: str
+    pool: Executor, settings: CertificatesSettings, state: CertificatesState, code: str, version: int | None = None
 ) -> Verification:
-    """What a verifier of this code is told: the current credential's proof checked with the
-    issuer's current keys, then its revocation, expiry and whether it was superseded."""
+    """What a verifier of this code is told: the credential's proof (the current rendering's,
+    or ``version``'s) checked with the issuer's current keys, then its revocation, expiry and
+    whether a regeneration superseded it."""
     cert = await certificate_by_code(pool, code)
-    found = await store.get_credential(pool, code, None)
+    found = await store.get_credential(pool, code, version)
+    if found is None and version is not None:
+        raise domain.CertificateNotFound("No credential has this code and version")
     if found is None:
         return Verification(cert, domain.CredentialState.VALID, "", None)
     keys = credentials.keys_from_did_document(issuer_did_document(settings, state))
@@ -455,6 +458,7 @@ async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext)
         verification_code=identity.verification_code,
         certificate_url=domain.pdf_url(state.settings.public_base_url, identity.verification_code),
         verification_url=job.verification_url,
+        credential_url=job.credential_url,
         issued_at=identity.issued_at,
         course_title=completion.course_title,
         student_name=completion.user_name,

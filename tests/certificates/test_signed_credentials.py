@@ -188,3 +188,36 @@ async def test_an_admin_revokes_and_reinstates_through_the_signed_status_list(te
         assert [(e.certificate_id, e.status, e.reason) for e in events[:2]] == [
             (certificate_id, "revoked", "Academic misconduct"), (certificate_id, "reinstated", "Appeal upheld"),
         ]
+
+
+async def test_regeneration_issues_a_new_credential_and_supersedes_the_old_one(test_env: TestEnv) -> None:
+    async with certificate_stack(test_env) as stack:
+        await stack.publish_completion(completion("cred-4"))
+        data = await wait_for_certificate(stack, "cred-4")
+        code = str(data["verification_code"])
+        first = (await stack.api.get(f"/certificates/{code}/credential")).json()
+        admin = stack.token("admin-1", roles=["admin"])
+        queued = await stack.api.post("/api/admin/courses/10/certificates/regenerate", headers=admin)
+        assert queued.status_code == 202
+
+        async def second_version() -> dict[str, Any] | None:
+            r = await stack.api.get(f"/certificates/{code}/credential")
+            return r.json() if r.headers.get("x-certificate-version") == "2" else None
+
+        second = await eventually(second_version, timeout=60, what="the regenerated credential")
+        assert second["id"] != first["id"]
+        assert second["credentialStatus"] == first["credentialStatus"]  # one revocation entry per certificate
+        older = await stack.api.get(f"/certificates/{code}/credential", params={"version": 1})
+        assert older.json() == first
+        did_document = (await stack.api.get("/.well-known/did.json")).json()
+        resolve = credentials.keys_from_did_document(did_document).get
+        assert credentials.verify_proof(first, resolve).valid and credentials.verify_proof(second, resolve).valid
+
+        def verdict(version: int | None) -> Any:
+            params = {"version": version} if version else {}
+            return stack.api.get(f"/certificates/verify/{code}", params=params, headers={"Accept": "application/json"})
+
+        assert (await verdict(None)).json()["data"]["status"] == "valid"
+        old = (await verdict(1)).json()["data"]
+        assert old["status"] == "superseded" and old["credential_version"] == 1
+        assert (await verdict(3)).status_code == 404
