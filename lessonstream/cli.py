@@ -160,6 +160,21 @@ DEMO_LESSONS = [
 ]
 
 
+@app.command("credential-key")
+def credential_key(
+    kid: Annotated[str, typer.Option(help="Key id: the did:web verification method's fragment")],
+    keep: Annotated[str, typer.Option(envvar="CERTIFICATE_SIGNING_KEYS", help="Keys to keep (rotation)")] = "",
+) -> None:
+    """Print CERTIFICATE_SIGNING_KEYS with a new Ed25519 key last (it signs from then on);
+    the keys already set stay listed, so credentials they signed keep verifying."""
+    from services.certificates import credentials
+
+    kept = credentials.parse_keys(keep) if keep else []
+    if any(key.kid == kid for key in kept):
+        raise typer.BadParameter(f"key id {kid!r} is already in use", param_hint="--kid")
+    typer.echo(credentials.format_keys([*kept, credentials.generate_key(kid)]))
+
+
 @app.command("seed-demo")
 def seed_demo(
     gateway: Annotated[str, typer.Option(help="Gateway base URL")] = "http://127.0.0.1:8080",

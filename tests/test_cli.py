@@ -30,6 +30,21 @@ async def test_token_prints_only_a_token_the_services_accept() -> None:
     assert user.roles == ["instructor", "admin"]
 
 
+def test_credential_key_adds_a_signing_key_and_keeps_the_earlier_ones() -> None:
+    from services.certificates import credentials
+
+    first = runner.invoke(app, ["credential-key", "--kid", "2026-a"], env={"CERTIFICATE_SIGNING_KEYS": ""})
+    assert first.exit_code == 0, first.output
+    [key] = credentials.parse_keys(first.stdout.strip())
+    assert key.kid == "2026-a"
+    rotated = runner.invoke(app, ["credential-key", "--kid", "2027-a", "--keep", first.stdout.strip()])
+    assert rotated.exit_code == 0, rotated.output
+    assert [k.kid for k in credentials.parse_keys(rotated.stdout.strip())] == ["2026-a", "2027-a"]
+    assert credentials.parse_keys(rotated.stdout.strip())[0] == key
+    clash = runner.invoke(app, ["credential-key", "--kid", "2026-a", "--keep", first.stdout.strip()])
+    assert clash.exit_code != 0
+
+
 def test_token_refuses_an_unknown_role() -> None:
     result = runner.invoke(app, ["token", "--user", "1", "--role", "superuser"])
     assert result.exit_code != 0
