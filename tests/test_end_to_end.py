@@ -15,15 +15,18 @@ from email.message import Message
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import pypdf
 import pytest
 
 from lessonstream import infra
+from services.certificates import credentials
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
 from tests.devstack import DevStack, running_dev_stack
+from tests.reference_verifier import verify_with_reference
 
 T = TypeVar("T")
 SETTINGS = ServiceSettings()  # the dev stack runs on the development secret
@@ -137,6 +140,19 @@ def test_a_learner_enrolls_completes_gets_a_certificate_and_the_emails(stack: De
         )
         assert verified.status_code == 200
         assert verified.json()["data"]["valid"] is True
+
+        # The signed credential, verified offline with the issuer's did:web document, both
+        # fetched through the gateway; by our verifier and by the independent one.
+        served = client.get(issued["credential_url"].replace(SETTINGS.public_base_url, stack.gateway))
+        assert served.status_code == 200 and served.headers["content-type"] == "application/vc+ld+json"
+        credential = served.json()
+        did_url = credentials.did_document_url(credential["issuer"]["id"])
+        assert did_url.endswith("/.well-known/did.json")
+        did_document = client.get(urlsplit(did_url).path).json()
+        assert did_document["id"] == credential["issuer"]["id"]
+        assert credentials.verify_proof(credential, credentials.keys_from_did_document(did_document).get).valid
+        contexts = {url: credentials.document_loader(url)["document"] for url in credentials.CONTEXT_URLS}
+        assert verify_with_reference(credential, did_document, contexts) == (True, "")
 
         # The enrollment and the progress object learn of the completion and the certificate.
         def completed_course() -> dict[str, Any] | None:
