@@ -7,13 +7,22 @@ Internal routes live under ``/internal/...`` on each service, require the shared
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from typing import Literal
 from urllib.parse import quote
 from uuid import UUID
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from shared.events import CertificateIssued, CertificateRecord, CourseCatalogEntry, CourseCompleted, EnrollmentChanged
+from shared.events import (
+    CertificateIssued,
+    CertificateRecord,
+    CertificateRevoked,
+    CourseCatalogEntry,
+    CourseCompleted,
+    EnrollmentChanged,
+)
 from shared.inbox import RejectedEvent, TransientError
 from shared.settings import ServiceSettings
 
@@ -94,11 +103,26 @@ CERTIFICATE_FIELDS = (
 
 
 class IssuedCertificate(CertificateRecord):
-    """The certificates service's internal answer for one certificate."""
+    """The certificates service's internal answer for one certificate.
+
+    ``status`` is the certificate's current one. ``revoked_at`` and ``revocation_reason``
+    describe the current revocation (null while valid). ``status_changed_at`` is the time
+    of the latest revocation or reinstatement (null if the status never changed): the
+    ``changed_at`` of the latest ``certificate-revoked`` event, by which a claim about an
+    older change is recognised as superseded.
+    """
 
     user_id: str
     course_id: int
     issued_event_id: UUID | None = None
+    status: Literal["valid", "revoked"] = "valid"
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
+    status_changed_at: datetime | None = None
+
+
+# What the record says about the certificate's status, not about what certificate-issued said.
+_STATUS_FIELDS = frozenset({"issued_event_id", "status", "revoked_at", "revocation_reason", "status_changed_at"})
 
 
 def _differences(claimed: BaseModel, owned: BaseModel, fields: tuple[str, ...]) -> list[str]:
@@ -135,7 +159,7 @@ async def confirm_certificate(certificates: httpx.AsyncClient, claimed: Certific
     if body is None:
         raise RejectedEvent(f"certificates issued no certificate {claimed.certificate_id!r}")
     record = IssuedCertificate.model_validate_json(body)
-    owned = claimed.model_copy(update=record.model_dump(exclude={"issued_event_id"}))
+    owned = claimed.model_copy(update=record.model_dump(exclude=set(_STATUS_FIELDS)))
     different = _differences(claimed, owned, CERTIFICATE_FIELDS)
     if record.issued_event_id is not None and record.issued_event_id != claimed.event_id:
         different.append("event_id")
@@ -145,3 +169,53 @@ async def confirm_certificate(certificates: httpx.AsyncClient, claimed: Certific
             + ", ".join(different)
         )
     return owned
+
+
+async def _certificate_record(certificates: httpx.AsyncClient, certificate_id: str) -> IssuedCertificate | None:
+    path = f"{INTERNAL_PREFIX}/certificates/{quote(certificate_id, safe='')}"
+    body = await get_internal(certificates, path, "certificates")
+    return IssuedCertificate.model_validate_json(body) if body is not None else None
+
+
+async def confirm_revocation(
+    certificates: httpx.AsyncClient, claimed: CertificateRevoked
+) -> CertificateRevoked | None:
+    """The certificates service's word on a certificate-revoked event (revoked or reinstated).
+
+    ``GET /internal/certificates/{certificate_id}``, then, in this order:
+
+    - no such certificate, or one whose learner, course, code, name, address or title differ
+      from the claim: ``RejectedEvent``;
+    - the claim is older than the owner's latest status change (``claimed.changed_at`` before
+      ``status_changed_at``, or before ``revoked_at`` when the owner gives no
+      ``status_changed_at``): ``None``, superseded. The certificate changed again since;
+      the newer change has its own event, so this one is acknowledged and has no effect
+      (whether it was genuine cannot be told any more, and it does not matter);
+    - the owner's current status is not the claimed one (``revoked`` claimed while the owner
+      says ``valid``, or ``reinstated`` while it says ``revoked``): ``RejectedEvent``;
+    - the claim is newer than the owner's latest change (a change the owner does not know
+      of): ``RejectedEvent``.
+
+    Otherwise the event to act on: the claim with the owner's links and, for a revocation,
+    the owner's reason. ``TransientError`` when the owner cannot answer.
+    """
+    record = await _certificate_record(certificates, claimed.certificate_id)
+    what = f"certificate-revoked {claimed.event_id}"
+    if record is None:
+        raise RejectedEvent(f"certificates issued no certificate {claimed.certificate_id!r}")
+    if different := _differences(claimed, record, CERTIFICATE_FIELDS):
+        raise RejectedEvent(f"{what} differs from the certificates service's record in {', '.join(different)}")
+    latest = record.status_changed_at or (record.revoked_at if record.status == "revoked" else None)
+    if latest is not None and claimed.changed_at < latest:
+        log.info("%s (%s at %s) superseded by the owner's change at %s", what, claimed.status,
+                 claimed.changed_at, latest)
+        return None
+    expected = "revoked" if claimed.status == "revoked" else "valid"
+    if record.status != expected:
+        raise RejectedEvent(f"{what} says {claimed.status} but the certificates service says {record.status}")
+    if latest is not None and claimed.changed_at > latest:
+        raise RejectedEvent(f"{what} claims a change at {claimed.changed_at}, the owner's latest is at {latest}")
+    update: dict[str, object] = {"verification_url": record.verification_url}
+    if claimed.status == "revoked" and record.revocation_reason is not None:
+        update["reason"] = record.revocation_reason
+    return claimed.model_copy(update=update)

@@ -12,13 +12,27 @@ from enum import StrEnum
 from uuid import UUID
 
 from shared.domain import DomainError
-from shared.events import CertificateIssued, CourseCompleted
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted
 from shared.retry import Backoff
+
+# The events a mail is made from.
+MailedEvent = CourseCompleted | CertificateIssued | CertificateRevoked
 
 
 class MailKind(StrEnum):
     COURSE_COMPLETED = "course_completed"
     CERTIFICATE_READY = "certificate_ready"
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    CERTIFICATE_REINSTATED = "certificate_reinstated"
+
+
+# The Message-ID's tag per kind (kept short so that the header fits on one line).
+_MESSAGE_TAGS = {
+    MailKind.COURSE_COMPLETED: "completed",
+    MailKind.CERTIFICATE_READY: "certificate",
+    MailKind.CERTIFICATE_REVOKED: "revoked",
+    MailKind.CERTIFICATE_REINSTATED: "reinstated",
+}
 
 
 class MailStatus(StrEnum):
@@ -73,29 +87,43 @@ def valid_address(address: str) -> bool:
 def message_id(kind: MailKind, event_id: UUID, from_address: str) -> str:
     """Stable for an (event, kind): a resend carries the same id, so it can be recognised."""
     domain = from_address.rpartition("@")[2] or "lessonstream.local"
-    # Kept short so that the header fits on one line (longer ones get folded).
-    tag = "completed" if kind is MailKind.COURSE_COMPLETED else "certificate"
-    return f"<{event_id.hex}.{tag}@{domain}>"
+    return f"<{event_id.hex}.{_MESSAGE_TAGS[kind]}@{domain}>"
 
 
 def subject(kind: MailKind, course_title: str) -> str:
     title = header_safe(course_title, 150)
     if kind is MailKind.COURSE_COMPLETED:
         return f"Congratulations, you completed {title}"
+    if kind is MailKind.CERTIFICATE_REVOKED:
+        return f"Your certificate for {title} has been revoked"
+    if kind is MailKind.CERTIFICATE_REINSTATED:
+        return f"Your certificate for {title} has been reinstated"
     return f"Your certificate for {title} is ready"
 
 
+def kind_of(event: MailedEvent) -> MailKind:
+    if isinstance(event, CourseCompleted):
+        return MailKind.COURSE_COMPLETED
+    if isinstance(event, CertificateIssued):
+        return MailKind.CERTIFICATE_READY
+    return MailKind.CERTIFICATE_REVOKED if event.status == "revoked" else MailKind.CERTIFICATE_REINSTATED
+
+
+def recipient_of(event: MailedEvent) -> tuple[str, str]:
+    """The learner the event's mail goes to: (name, address)."""
+    if isinstance(event, CourseCompleted):
+        return event.user_name, event.user_email
+    return event.student_name, event.student_email
+
+
 def plan(
-    event: CourseCompleted | CertificateIssued,
+    event: MailedEvent,
     *,
     from_address: str,
     now: datetime,
     max_age: timedelta | None,
 ) -> PlannedMail:
-    if isinstance(event, CourseCompleted):
-        kind, recipient = MailKind.COURSE_COMPLETED, event.user_email.strip()
-    else:
-        kind, recipient = MailKind.CERTIFICATE_READY, event.student_email.strip()
+    kind, recipient = kind_of(event), recipient_of(event)[1].strip()
     occurred = event.occurred_at if event.occurred_at.tzinfo else event.occurred_at.replace(tzinfo=UTC)
     status, note = MailStatus.PENDING, None
     if not valid_address(recipient):

@@ -19,9 +19,9 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from services.notifications.domain import MailKind, header_safe, subject
+from services.notifications.domain import MailedEvent, MailKind, header_safe, recipient_of, subject
 from services.notifications.settings import NotificationsSettings
-from shared.events import CertificateIssued, CourseCompleted
+from shared.events import CertificateRevoked, CourseCompleted
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -61,7 +61,7 @@ class MailComposer:
             display_name=header_safe(settings.mail_from_name, 100), addr_spec=settings.mail_from_address
         )
 
-    def context(self, kind: MailKind, event: CourseCompleted | CertificateIssued) -> dict[str, Any]:
+    def context(self, kind: MailKind, event: MailedEvent) -> dict[str, Any]:
         s = self._settings
         if isinstance(event, CourseCompleted):
             return {
@@ -70,6 +70,18 @@ class MailComposer:
                 "completed_at": event.completed_at,
                 "certificate_enabled": event.certificate_enabled,
                 "course_url": f"{s.site_url}/courses/{event.course_id}",
+                "catalog_url": f"{s.site_url}/courses",
+                "platform": s.mail_from_name,
+            }
+        if isinstance(event, CertificateRevoked):
+            return {
+                "learner_name": event.student_name or "there",
+                "course_title": event.course_title,
+                "changed_at": event.changed_at,
+                "reason": event.reason,
+                "verification_url": event.verification_url,
+                "verification_code": event.verification_code,
+                "certificate_id": event.certificate_id,
                 "catalog_url": f"{s.site_url}/courses",
                 "platform": s.mail_from_name,
             }
@@ -89,7 +101,7 @@ class MailComposer:
     def compose(
         self,
         kind: MailKind,
-        event: CourseCompleted | CertificateIssued,
+        event: MailedEvent,
         *,
         message_id: str,
         date: datetime,
@@ -99,8 +111,7 @@ class MailComposer:
         text = self._text.get_template(f"{kind.value}.txt").render(context)
         html = self._html.get_template(f"{kind.value}.html").render(context)
 
-        name = event.user_name if isinstance(event, CourseCompleted) else event.student_name
-        address = event.user_email if isinstance(event, CourseCompleted) else event.student_email
+        name, address = recipient_of(event)
         msg = EmailMessage(policy=SMTP)
         msg["Subject"] = subject(kind, event.course_title)
         msg["From"] = self._from

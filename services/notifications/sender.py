@@ -32,7 +32,7 @@ from services.notifications import domain, store
 from services.notifications.mail import Attachment, MailComposer
 from services.notifications.settings import NotificationsSettings
 from services.notifications.smtp import DeliveryError, SmtpConnection
-from shared.events import CertificateIssued, CourseCompleted
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted
 from shared.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class MailSender:
                 await asyncio.sleep(RECORD_RETRY.delay(tried))
 
     async def _attachment(
-        self, mail: store.ClaimedMail, event: CourseCompleted | CertificateIssued
+        self, mail: store.ClaimedMail, event: domain.MailedEvent
     ) -> Attachment | None:
         if not (isinstance(event, CertificateIssued) and self._settings.mail_attach_certificate):
             return None
@@ -238,7 +238,9 @@ class MailSender:
         return Attachment(filename=f"certificate-{event.verification_code}.pdf", content=bytes(content))
 
 
-def _parse_event(mail: store.ClaimedMail) -> CourseCompleted | CertificateIssued:
+def _parse_event(mail: store.ClaimedMail) -> domain.MailedEvent:
     if mail.kind is domain.MailKind.COURSE_COMPLETED:
         return CourseCompleted.model_validate(mail.event)
+    if mail.kind in (domain.MailKind.CERTIFICATE_REVOKED, domain.MailKind.CERTIFICATE_REINSTATED):
+        return CertificateRevoked.model_validate(mail.event)
     return CertificateIssued.model_validate(mail.event)

@@ -4,8 +4,10 @@ sent-notification log; and the state the service runs on (``NotificationsState``
 Only the queueing happens for an event, in the inbox transaction, so a redelivered event
 is a no-op and the partition never waits on an SMTP server: sending is the sender loop's
 job. An email cannot be taken back, so every event is first confirmed with the service
-that owns it (progress for course-completed, certificates for certificate-issued) and the
-mail is made from the owner's copy; a forged or altered event is rejected (dead-lettered).
+that owns it (progress for course-completed, certificates for certificate-issued and
+certificate-revoked) and the mail is made from the owner's copy; a forged or altered event
+is rejected (dead-lettered). A revocation or reinstatement the certificate has changed
+again since is acknowledged without a mail: the newer change has its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from services.notifications.settings import NotificationsSettings
 from shared.db import Executor
 from shared.events import CertificateIssued, CourseCompleted, utcnow
 from shared.inbox import EventContext
-from shared.internal import confirm_certificate, confirm_completion
+from shared.internal import confirm_certificate, confirm_completion, confirm_revocation
 
 
 @dataclass
@@ -60,15 +62,16 @@ def max_event_age(settings: NotificationsSettings) -> timedelta | None:
 # --- Queueing (event handlers) ---------------------------------------------------------
 
 
-async def queue_mail(
-    state: NotificationsState, event: CourseCompleted | CertificateIssued, ctx: EventContext
-) -> None:
+async def queue_mail(state: NotificationsState, event: domain.MailedEvent, ctx: EventContext) -> None:
     """Confirm ``event`` with its owner, then queue its mail (or log it as skipped) in the
     inbox transaction and wake the sender."""
     if await ctx.already_applied():
         async with ctx.transaction():
             return  # a redelivery: the owner need not be asked again
     confirmed = await _confirm(state.owners, event)
+    if confirmed is None:
+        async with ctx.transaction():
+            return  # superseded by a newer change of the certificate: nothing to tell
     planned = domain.plan(
         confirmed, from_address=state.from_address, now=utcnow(), max_age=state.max_event_age
     )
@@ -83,12 +86,13 @@ async def queue_mail(
         state.sender.wake()
 
 
-async def _confirm(
-    owners: Owners, event: CourseCompleted | CertificateIssued
-) -> CourseCompleted | CertificateIssued:
+async def _confirm(owners: Owners, event: domain.MailedEvent) -> domain.MailedEvent | None:
+    """The owner's copy to mail from; None for a superseded certificate status change."""
     if isinstance(event, CourseCompleted):
         return await confirm_completion(owners.progress, event)
-    return await confirm_certificate(owners.certificates, event)
+    if isinstance(event, CertificateIssued):
+        return await confirm_certificate(owners.certificates, event)
+    return await confirm_revocation(owners.certificates, event)
 
 
 # --- The sent-notification log (admin API) ---------------------------------------------

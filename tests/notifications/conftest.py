@@ -18,7 +18,7 @@ from services.notifications.app import build_app
 from services.notifications.settings import NotificationsSettings
 from shared import outbox
 from shared.auth import issue_token
-from shared.events import CertificateIssued, CourseCompleted, Event
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, Event
 from shared.service import Runtime, ServiceSpec
 from tests.helpers import TestEnv, app_client, eventually, served
 from tests.notifications.smtp_server import MailServer
@@ -38,12 +38,14 @@ async def smtp() -> AsyncIterator[MailServer]:
 @dataclass
 class Owners:
     """The internal APIs notifications confirms events with: progress's completion events and
-    the certificates service's issued certificates, as those services answer them."""
+    the certificates service's issued certificates (with their current revocation status, from
+    the latest revoked/reinstated change it published), as those services answer them."""
 
     token: str = "test-internal-token"
     url: str = ""
     completions: dict[UUID, CourseCompleted] = field(default_factory=dict)
     certificates: dict[str, CertificateIssued] = field(default_factory=dict)
+    status_changes: dict[str, CertificateRevoked] = field(default_factory=dict)  # the latest per certificate
     down: bool = False
 
     def register(self, event: Event) -> None:
@@ -52,6 +54,23 @@ class Owners:
             self.completions[event.event_id] = event
         elif isinstance(event, CertificateIssued):
             self.certificates[event.certificate_id] = event
+        elif isinstance(event, CertificateRevoked):
+            held = self.status_changes.get(event.certificate_id)
+            if held is None or held.changed_at <= event.changed_at:
+                self.status_changes[event.certificate_id] = event
+
+    def status_of(self, certificate_id: str) -> dict[str, Any]:
+        """The status fields of the internal answer about one certificate."""
+        change = self.status_changes.get(certificate_id)
+        if change is None:
+            return {"status": "valid", "revoked_at": None, "revocation_reason": None, "status_changed_at": None}
+        revoked = change.status == "revoked"
+        return {
+            "status": "revoked" if revoked else "valid",
+            "revoked_at": change.changed_at.isoformat() if revoked else None,
+            "revocation_reason": change.reason if revoked else None,
+            "status_changed_at": change.changed_at.isoformat(),
+        }
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -76,7 +95,7 @@ class Owners:
                 raise HTTPException(404)
             event = self.certificates[certificate_id]
             return {**event.model_dump(mode="json", exclude={"event_id", "type", "version", "occurred_at"}),
-                    "issued_event_id": str(event.event_id)}
+                    "issued_event_id": str(event.event_id), **self.status_of(certificate_id)}
 
         return app
 

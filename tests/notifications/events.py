@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from shared.events import CertificateIssued, CourseCompleted
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted
 
 
 def completed(user: str, course_id: int = 7, **overrides: Any) -> CourseCompleted:
@@ -37,3 +37,25 @@ def certificate(user: str, course_id: int = 7, **overrides: Any) -> CertificateI
     }
     values.update(overrides)
     return CertificateIssued(**values)
+
+
+def status_change(
+    issued: CertificateIssued, status: Literal["revoked", "reinstated"], changed_at: datetime, reason: str = "",
+    **overrides: Any,
+) -> CertificateRevoked:
+    """A revocation or reinstatement of ``issued``, as the certificates service announces it."""
+    values: dict[str, Any] = {
+        "user_id": issued.user_id,
+        "course_id": issued.course_id,
+        "certificate_id": issued.certificate_id,
+        "verification_code": issued.verification_code,
+        "status": status,
+        "reason": reason,
+        "changed_at": changed_at,
+        "course_title": issued.course_title,
+        "student_name": issued.student_name,
+        "student_email": issued.student_email,
+        "verification_url": issued.verification_url,
+    }
+    values.update(overrides)
+    return CertificateRevoked(**values)
