@@ -185,3 +185,28 @@ def test_a_learner_enrolls_completes_gets_a_certificate_and_the_emails(stack: De
     ]
     certificate_mail = next(m for m in mails if str(m["Subject"]).startswith("Your certificate"))
     assert issued["verification_url"] in text_of(certificate_mail)
+    assert issued["credential_url"] in text_of(certificate_mail)
+
+    # An admin revokes the certificate through the gateway: the status list says so, the
+    # enrollment records it, and the learner is told why (each confirmed with certificates).
+    with httpx.Client(base_url=stack.gateway, timeout=15) as client:
+        revoked = client.post(f"/api/admin/certificates/{issued['certificate_id']}/revoke",
+                              headers=auth("admin-1", roles=["admin"]), json={"reason": "Identity not confirmed"})
+        assert revoked.status_code == 200, revoked.text
+        status_list = client.get(urlsplit(credential["credentialStatus"]["statusListCredential"]).path).json()
+        bits = credentials.decode_status_list(status_list["credentialSubject"]["encodedList"])
+        assert credentials.status_bit(bits, int(credential["credentialStatus"]["statusListIndex"]))
+
+        def revocation_recorded() -> dict[str, Any] | None:
+            courses = client.get("/api/courses/my-courses?status=completed", headers=learner).json()["data"]
+            done = [c for c in courses if c["course_id"] == course_id and c.get("certificate_revoked_at")]
+            return done[0] if done else None
+
+        assert wait_for(revocation_recorded, what="the revocation in the enrollment")["certificate_revocation_reason"] \
+            == "Identity not confirmed"
+
+    def revocation_mail() -> Message | None:
+        found = [m for m in mails_to(mail_dir, learner_email) if "revoked" in str(m["Subject"])]
+        return found[0] if found else None
+
+    assert "Identity not confirmed" in text_of(wait_for(revocation_mail, what="the revocation email"))

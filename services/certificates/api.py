@@ -226,6 +226,7 @@ async def issued_certificate(
     return {
         **_status_data(cert, settings), "user_id": cert.user_id, "student_email": cert.student_email,
         "issued_event_id": str(cert.issued_event_id) if cert.issued_event_id else None,
+        "status_changed_at": cert.status_changed_at.isoformat() if cert.status_changed_at else None,
     }
 
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from services.certificates import api
 from services.certificates.settings import CertificatesSettings
 from services.certificates.usecases import CertificatesState, load_signing_keys
+from shared.events import Topic
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
@@ -31,6 +32,7 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
             migrations=Path(__file__).parent / "migrations",
             routers=api.ROUTERS,
             errors=api.ERRORS,
+            publishes=[Topic.CERTIFICATE_REQUESTED, Topic.CERTIFICATE_REVOKED],
             open_state=open_state,
         )
     )

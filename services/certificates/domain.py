@@ -130,6 +130,7 @@ class Certificate(BaseModel):
     valid_until: datetime | None = None  # when its credentials expire (None: never)
     revoked_at: datetime | None = None
     revocation_reason: str | None = None
+    status_changed_at: datetime | None = None  # the latest revocation or reinstatement
 
 
 class CompletionStatus(BaseModel):

@@ -25,7 +25,7 @@ from shared.events import CertificateRequested, Event
 _CERT_COLUMNS = (
     "certificate_id, user_id, course_id, verification_code, student_name, student_email, "
     "course_title, completed_at, issued_at, current_version, issued_event_id, valid_until, revoked_at, "
-    "revocation_reason"
+    "revocation_reason, status_changed_at"
 )
 
 
@@ -359,8 +359,9 @@ async def change_status(
     """Revoke (``revoked_at`` set) or reinstate; recorded, and the certificate's status list
     marked changed in the same transaction."""
     await conn.execute(
-        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 WHERE certificate_id = $1",
-        certificate_id, revoked_at, reason if revoked_at is not None else None,
+        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, status_changed_at = $4 "
+        "WHERE certificate_id = $1",
+        certificate_id, revoked_at, reason if revoked_at is not None else None, changed_at,
     )
     await conn.execute(
         "INSERT INTO certificate_status_changes (certificate_id, status, reason, changed_by, changed_at) "

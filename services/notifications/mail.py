@@ -90,6 +90,7 @@ class MailComposer:
             "course_title": event.course_title,
             "issued_at": event.issued_at,
             "certificate_url": event.certificate_url,
+            "credential_url": event.credential_url,
             "verification_url": event.verification_url,
             "verification_code": event.verification_code,
             "certificate_id": event.certificate_id,

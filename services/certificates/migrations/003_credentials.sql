@@ -11,10 +11,13 @@ ALTER TABLE certificate_identities
 
 -- When the credential stops being valid (the course's validity period; NULL: never), and
 -- the certificate's revocation, if any (the reason is shown to verifiers).
+-- status_changed_at is the time of the latest revocation or reinstatement: the
+-- certificate-revoked event carries the same instant, and consumers order changes by it.
 ALTER TABLE certificates
     ADD COLUMN valid_until       timestamptz,
     ADD COLUMN revoked_at        timestamptz,
-    ADD COLUMN revocation_reason text;
+    ADD COLUMN revocation_reason text,
+    ADD COLUMN status_changed_at timestamptz;
 
 -- The signed credential of each rendering: a regenerated certificate gets a new one, and
 -- the earlier credentials are superseded (never revoked). NULL for earlier renderings.
