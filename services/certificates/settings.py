@@ -10,6 +10,9 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from shared.settings import ServiceSettings
 
+# The key id prefix of the keys generated for development and tests (never for production).
+DEVELOPMENT_KEY_PREFIX = "dev-"
+
 
 class CertificatesSettings(ServiceSettings):
     DEFAULT_DATABASE = "lessonstream_certificates"
@@ -54,9 +57,14 @@ class CertificatesSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _signing_keys_in_production(self) -> Self:
-        if self.env == "production" and not self.signing_keys.get_secret_value():
+        if self.env != "production":
+            return self
+        keys = self.signing_keys.get_secret_value()
+        if not keys:
             # A generated development key would sign credentials nobody can trust or rotate.
             raise ValueError("unsafe production settings: CERTIFICATE_SIGNING_KEYS must be set")
+        if any(entry.strip().startswith(DEVELOPMENT_KEY_PREFIX) for entry in keys.split(",")):
+            raise ValueError("unsafe production settings: CERTIFICATE_SIGNING_KEYS holds a development key")
         return self
 
 

@@ -39,7 +39,7 @@ from services.certificates.rendering import (
     sha256,
     validate_template,
 )
-from services.certificates.settings import CertificatesSettings, WorkerSettings
+from services.certificates.settings import DEVELOPMENT_KEY_PREFIX, CertificatesSettings, WorkerSettings
 from shared import db, outbox
 from shared.db import Executor
 from shared.events import CertificateIssued, CertificateRequested, CertificateRevoked, CourseCompleted
@@ -356,7 +356,7 @@ def _development_keys(path: Path) -> list[credentials.SigningKey]:
         # Written aside and linked into place: a process starting at the same moment either
         # finds no file or a complete one, and only one key wins.
         draft = path.with_name(f".{path.name}.{os.getpid()}")
-        draft.write_text(credentials.format_keys([credentials.generate_key("dev-1")]) + "\n")
+        draft.write_text(credentials.format_keys([credentials.generate_key(f"{DEVELOPMENT_KEY_PREFIX}1")]) + "\n")
         draft.chmod(0o600)
         with contextlib.suppress(FileExistsError):
             os.link(draft, path)

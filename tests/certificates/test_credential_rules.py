@@ -79,4 +79,6 @@ def test_production_refuses_to_sign_without_configured_keys() -> None:
         CertificatesSettings(**production)
     with pytest.raises(ValidationError, match="CERTIFICATE_SIGNING_KEYS must be set"):
         WorkerSettings(**production)
+    with pytest.raises(ValidationError, match="holds a development key"):
+        CertificatesSettings(**production, signing_keys="2026-a:c2VlZA, dev-1:c2VlZA")
     assert CertificatesSettings(**production, signing_keys="k1:configured").signing_keys.get_secret_value()

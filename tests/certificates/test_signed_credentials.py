@@ -16,7 +16,7 @@ import jsonschema
 from services.certificates import credentials
 from shared.events import CertificateRevoked, Topic
 from tests.certificates.support import certificate_stack, completion
-from tests.certificates.test_service import wait_for_certificate
+from tests.certificates.test_service import pdf_text, wait_for_certificate
 from tests.helpers import TestEnv, TopicReader, eventually
 from tests.reference_verifier import verify_with_reference
 
@@ -69,6 +69,8 @@ async def test_a_certificate_is_a_signed_credential_anyone_can_verify(test_env: 
         assert verify_with_reference(credential, did_document, CONTEXTS) == (True, "")
 
         # The PDF and the verification page point at the credential.
+        pdf = await stack.api.get(f"/certificates/{code}.pdf")
+        assert f"/certificates/{code}/credential" in pdf_text(pdf.content).replace("\n", "")
         page = await stack.api.get(f"/certificates/verify/{code}")
         assert f"/certificates/{code}/credential" in page.text
         verdict = (await stack.api.get(f"/certificates/verify/{code}", headers={"Accept": "application/json"})).json()
