@@ -7,7 +7,7 @@ import functools
 import hashlib
 from datetime import timedelta
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jinja2
 import orjson
@@ -311,22 +311,14 @@ def _status_data(cert: Certificate, settings: CertificatesSettings) -> dict[str,
     }
 
 
-@revocation_router.post("/revoke")
-async def revoke(
-    certificate_id: CertificateId, admin: AdminUser, pool: DbPool, settings: Settings,
-    body: Annotated[StatusChange, Body()],
+@revocation_router.post("/{action}")
+async def change_status(
+    certificate_id: CertificateId, action: Annotated[Literal["revoke", "reinstate"], Path()], admin: AdminUser,
+    pool: DbPool, settings: Settings, body: Annotated[StatusChange, Body()],
 ) -> dict[str, Any]:
-    cert = await usecases.change_status(pool, settings, certificate_id, revoke=True, reason=body.reason,
+    """``revoke`` or ``reinstate`` the certificate, with the reason."""
+    revoke = action == "revoke"
+    cert = await usecases.change_status(pool, settings, certificate_id, revoke=revoke, reason=body.reason,
                                         by=f"admin:{admin.id}")
-    return {"message": "Certificate revoked", "data": _status_data(cert, settings)}
-
-
-@revocation_router.post("/reinstate")
-async def reinstate(
-    certificate_id: CertificateId, admin: AdminUser, pool: DbPool, settings: Settings,
-    body: Annotated[StatusChange, Body()],
-) -> dict[str, Any]:
-    cert = await usecases.change_status(pool, settings, certificate_id, revoke=False, reason=body.reason,
-                                        by=f"admin:{admin.id}")
-    return {"message": "Certificate reinstated", "data": _status_data(cert, settings)}
-
+    return {"message": "Certificate revoked" if revoke else "Certificate reinstated",
+            "data": _status_data(cert, settings)}
