@@ -114,7 +114,7 @@ def worker_settings(env: TestEnv, **overrides: Any) -> WorkerSettings:
 
 
 @contextlib.asynccontextmanager
-async def certificate_stack(env: TestEnv, *, workers: int = 1) -> AsyncIterator[Stack]:
+async def certificate_stack(env: TestEnv, *, workers: int = 1, signing_keys: str = "") -> AsyncIterator[Stack]:
     """The API app and ``workers`` in-process worker apps on one database, plus a progress stand-in."""
     progress = ProgressStandIn(token="test-internal-token")
     async with contextlib.AsyncExitStack() as stack:
@@ -122,11 +122,12 @@ async def certificate_stack(env: TestEnv, *, workers: int = 1) -> AsyncIterator[
         # The API and the workers share the issuer's development key, as a stack's processes do.
         key_file = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "signing-keys"
         settings = env.settings(CertificatesSettings, database="certs", progress_internal_url=progress_url,
-                                internal_token=progress.token, signing_key_file=key_file)
+                                internal_token=progress.token, signing_key_file=key_file, signing_keys=signing_keys)
         api = await stack.enter_async_context(app_client(build_app(settings)))
         for _ in range(workers):
             worker = build_worker(worker_settings(env, progress_internal_url=progress_url,
-                                                  internal_token=progress.token, signing_key_file=key_file))
+                                                  internal_token=progress.token, signing_key_file=key_file,
+                                                  signing_keys=signing_keys))
             await stack.enter_async_context(app_client(worker))
             await eventually(functools.partial(_subscribed, worker), what="worker subscribed", timeout=60)
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)

@@ -223,3 +223,25 @@ async def test_regeneration_issues_a_new_credential_and_supersedes_the_old_one(t
         old = (await verdict(1)).json()["data"]
         assert old["status"] == "superseded" and old["credential_version"] == 1
         assert (await verdict(3)).status_code == 404
+
+
+async def test_a_rotated_key_signs_new_credentials_and_the_old_ones_still_verify(test_env: TestEnv) -> None:
+    old_key, new_key = credentials.generate_key("2026-a"), credentials.generate_key("2027-a")
+    async with certificate_stack(test_env, signing_keys=credentials.format_keys([old_key])) as stack:
+        await stack.publish_completion(completion("rot-1"))
+        first_code = str((await wait_for_certificate(stack, "rot-1"))["verification_code"])
+        first = (await stack.api.get(f"/certificates/{first_code}/credential")).json()
+    rotated = credentials.format_keys([old_key, new_key])
+    async with certificate_stack(test_env, signing_keys=rotated) as stack:
+        await stack.publish_completion(completion("rot-2"))
+        second_code = str((await wait_for_certificate(stack, "rot-2"))["verification_code"])
+        second = (await stack.api.get(f"/certificates/{second_code}/credential")).json()
+        did_document = (await stack.api.get("/.well-known/did.json")).json()
+        assert [m["id"].split("#")[1] for m in did_document["verificationMethod"]] == ["2026-a", "2027-a"]
+        assert first["proof"][0]["verificationMethod"].endswith("#2026-a")
+        assert second["proof"][0]["verificationMethod"].endswith("#2027-a")
+        for credential in (first, second):
+            assert verify_with_reference(credential, did_document, CONTEXTS) == (True, "")
+        for code in (first_code, second_code):
+            verdict = await stack.api.get(f"/certificates/verify/{code}", headers={"Accept": "application/json"})
+            assert verdict.json()["data"]["status"] == "valid"
