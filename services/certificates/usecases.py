@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import asyncpg
@@ -48,6 +48,8 @@ from shared.internal import confirm_completion, get_internal
 from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -114,18 +116,18 @@ async def learner_certificate(
 
 async def certificate_pdf(pool: Executor, code: str, version: int | None) -> store.PdfFile:
     """The current PDF of the certificate with this code, or the numbered ``version``."""
-    found = await store.get_pdf(pool, code, version) if domain.is_plausible_code(code) else None
-    if found is None:
-        raise domain.CertificateNotFound("No certificate has this code")
-    return found
+    return _found(
+        await store.get_pdf(pool, code, version) if domain.is_plausible_code(code) else None,
+        "No certificate has this code",
+    )
 
 
 async def certificate_by_code(pool: Executor, code: str) -> Certificate:
     """The certificate a verification code stands for (public verification)."""
-    cert = await store.get_certificate_by_code(pool, code) if domain.is_plausible_code(code) else None
-    if cert is None:
-        raise domain.CertificateNotFound("No certificate has this verification code")
-    return cert
+    return _found(
+        await store.get_certificate_by_code(pool, code) if domain.is_plausible_code(code) else None,
+        "No certificate has this verification code",
+    )
 
 
 def issuer_did_document(settings: CertificatesSettings, state: CertificatesState) -> dict[str, Any]:
@@ -140,10 +142,10 @@ def issuer_jwks(state: CertificatesState) -> dict[str, Any]:
 
 async def stored_credential(pool: Executor, code: str, version: int | None) -> store.StoredCredential:
     """The signed credential of a certificate's current rendering (or of ``version``)."""
-    found = await store.get_credential(pool, code, version) if domain.is_plausible_code(code) else None
-    if found is None:
-        raise domain.CertificateNotFound("No credential has this code")
-    return found
+    return _found(
+        await store.get_credential(pool, code, version) if domain.is_plausible_code(code) else None,
+        "No credential has this code",
+    )
 
 
 @dataclass(frozen=True)
@@ -237,10 +239,13 @@ def _signed_status_list(
 
 async def issued_certificate(pool: Executor, certificate_id: str) -> Certificate:
     """What was issued under this id (consumers of certificate-issued confirm events with it)."""
-    cert = await store.get_certificate_by_id(pool, certificate_id)
-    if cert is None:
-        raise domain.CertificateNotFound("No certificate has this id")
-    return cert
+    return _found(await store.get_certificate_by_id(pool, certificate_id), "No certificate has this id")
+
+
+def _found(thing: T | None, message: str) -> T:
+    if thing is None:
+        raise domain.CertificateNotFound(message)
+    return thing
 
 
 @dataclass(frozen=True)

@@ -63,40 +63,35 @@ class MailComposer:
 
     def context(self, kind: MailKind, event: MailedEvent) -> dict[str, Any]:
         s = self._settings
+        # What every mail says: to whom, about which course, and where to go next.
+        common: dict[str, Any] = {
+            "course_title": event.course_title,
+            "catalog_url": f"{s.site_url}/courses",
+            "platform": s.mail_from_name,
+        }
         if isinstance(event, CourseCompleted):
             return {
+                **common,
                 "learner_name": event.user_name or "there",
-                "course_title": event.course_title,
                 "completed_at": event.completed_at,
                 "certificate_enabled": event.certificate_enabled,
                 "course_url": f"{s.site_url}/courses/{event.course_id}",
-                "catalog_url": f"{s.site_url}/courses",
-                "platform": s.mail_from_name,
             }
-        if isinstance(event, CertificateRevoked):
-            return {
-                "learner_name": event.student_name or "there",
-                "course_title": event.course_title,
-                "changed_at": event.changed_at,
-                "reason": event.reason,
-                "verification_url": event.verification_url,
-                "verification_code": event.verification_code,
-                "certificate_id": event.certificate_id,
-                "catalog_url": f"{s.site_url}/courses",
-                "platform": s.mail_from_name,
-            }
-        return {
+        certificate = {
+            **common,
             "learner_name": event.student_name or "there",
-            "course_title": event.course_title,
-            "issued_at": event.issued_at,
-            "certificate_url": event.certificate_url,
-            "credential_url": event.credential_url,
             "verification_url": event.verification_url,
             "verification_code": event.verification_code,
             "certificate_id": event.certificate_id,
+        }
+        if isinstance(event, CertificateRevoked):
+            return {**certificate, "changed_at": event.changed_at, "reason": event.reason}
+        return {
+            **certificate,
+            "issued_at": event.issued_at,
+            "certificate_url": event.certificate_url,
+            "credential_url": event.credential_url,
             "attached": s.mail_attach_certificate,
-            "catalog_url": f"{s.site_url}/courses",
-            "platform": s.mail_from_name,
         }
 
     def compose(
