@@ -5,6 +5,7 @@ are mailed from the owner's copy; an owner that cannot answer only delays the ma
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from uuid import uuid4
 
 from shared.events import DeadLetter, Event, Topic
@@ -18,6 +19,19 @@ async def produce_forged(env: TestEnv, event: Event) -> None:
     """Straight onto the topic, as anyone able to write to it could."""
     await produce_raw(env.kafka_bootstrap, env.topic_prefix + event.topic.value,
                       event.model_dump_json().encode(), event.key().encode())
+
+async def dead_letters_by_case(env: TestEnv, dead: TopicReader, forged: Mapping[str, Event]) -> dict[str, DeadLetter]:
+    """Put each forged event straight onto its topic and wait for the dead letter of every
+    one: the dead letters by case."""
+    for event in forged.values():
+        await produce_forged(env, event)
+
+    async def rejected() -> list[DeadLetter] | None:
+        found = [DeadLetter.model_validate_json(m.value) for m in dead.messages]
+        return found if len(found) >= len(forged) else None
+
+    letters = await eventually(rejected, timeout=60, what=f"{len(forged)} dead letters")
+    return {case: next(d for d in letters if str(e.event_id) in d.value) for case, e in forged.items()}
 
 
 async def test_forged_and_altered_events_are_dead_lettered_and_mail_nobody(
@@ -41,15 +55,7 @@ async def test_forged_and_altered_events_are_dead_lettered_and_mail_nobody(
             ),
             "copy under a new id": issued.model_copy(update={"event_id": uuid4()}),
         }
-        for event in forged.values():
-            await produce_forged(test_env, event)
-
-        async def rejected() -> list[DeadLetter] | None:
-            found = [DeadLetter.model_validate_json(m.value) for m in dead.messages]
-            return found if len(found) >= len(forged) else None
-
-        letters = await eventually(rejected, timeout=60, what="five dead letters")
-        by_case = {case: next(d for d in letters if str(e.event_id) in d.value) for case, e in forged.items()}
+        by_case = await dead_letters_by_case(test_env, dead, forged)
         assert all(d.attempts == 1 and d.error.startswith("rejected: ") for d in by_case.values())
         assert "progress published no course-completed" in by_case["unknown completion"].error
         assert by_case["another address"].error.endswith("in user_email")

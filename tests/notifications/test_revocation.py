@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.events import CertificateRevoked, DeadLetter, Topic
+from shared.events import CertificateRevoked, Topic
 from tests.helpers import TestEnv, TopicReader, eventually
 from tests.notifications.conftest import Owners, Publisher, ServiceFactory, wait_for
 from tests.notifications.events import certificate, completed, status_change
 from tests.notifications.smtp_server import MailServer
-from tests.notifications.test_confirmation import produce_forged
+from tests.notifications.test_confirmation import dead_letters_by_case, produce_forged
 from tests.notifications.test_emails import parts
 
 T0 = datetime(2026, 4, 2, 10, 30, tzinfo=UTC)
@@ -79,15 +79,7 @@ async def test_a_revocation_the_owner_contradicts_is_dead_lettered_and_mails_nob
             "another address": status_change(revoked_one, "revoked", T0, student_email="mallory@evil.example"),
             "a change the owner never made": status_change(revoked_one, "revoked", T0 + timedelta(hours=1)),
         }
-        for event in forged.values():
-            await produce_forged(test_env, event)
-
-        async def rejected() -> list[DeadLetter] | None:
-            found = [DeadLetter.model_validate_json(m.value) for m in dead.messages]
-            return found if len(found) >= len(forged) else None
-
-        letters = await eventually(rejected, timeout=60, what="five dead letters")
-        by_case = {case: next(d for d in letters if str(e.event_id) in d.value) for case, e in forged.items()}
+        by_case = await dead_letters_by_case(test_env, dead, forged)
         assert all(d.attempts == 1 and d.error.startswith("rejected: ") for d in by_case.values())
         assert all(d.consumer_group == "notifications-certificate-revoked" for d in by_case.values())
         assert by_case["revoked, but the owner says valid"].error.endswith(
