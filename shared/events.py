@@ -29,6 +29,8 @@ class Topic(StrEnum):
     CERTIFICATE_ISSUED = "certificate-issued"
     CERTIFICATE_REQUESTED = "certificate-requested"
     CERTIFICATE_REVOKED = "certificate-revoked"
+    PROGRESS_RECALCULATED = "progress-recalculated"
+    RECERTIFICATION_SCHEDULED = "recertification-scheduled"
     DEAD_LETTER = "dead-letter"
 
 
@@ -43,6 +45,8 @@ TOPIC_PARTITIONS: dict[Topic, int] = {
     Topic.CERTIFICATE_ISSUED: 12,
     Topic.CERTIFICATE_REQUESTED: 12,
     Topic.CERTIFICATE_REVOKED: 12,
+    Topic.PROGRESS_RECALCULATED: 4,
+    Topic.RECERTIFICATION_SCHEDULED: 12,
     Topic.DEAD_LETTER: 1,
 }
 
@@ -87,6 +91,9 @@ class CatalogLesson(BaseModel):
     is_required: bool = True
     duration_seconds: int | None = None
     kind: str = "video"
+    # Coverage of duration_seconds a video lesson needs to complete itself, overriding the
+    # course's; None: the course's rule applies.
+    video_completion_threshold: float | None = None
 
 
 class CourseCatalogEntry(Event):
@@ -106,6 +113,12 @@ class CourseCatalogEntry(Event):
     # How long a certificate of this course stays valid after issue; None: it never expires.
     certificate_validity_days: int | None = None
     instructor_ids: list[str] = Field(default_factory=list)
+    # Coverage (0, 1] a video lesson needs to complete itself; None: learners complete
+    # lessons themselves (POST .../complete). A lesson's own threshold overrides it.
+    video_completion_threshold: float | None = None
+    # Completions older than this are reset for a new attempt; None: never.
+    recertify_after_days: int | None = None
+    # The lessons that count, in order; archived lessons are not listed (their records stay).
     lessons: list[CatalogLesson] = Field(default_factory=list)
 
     def key(self) -> str:
@@ -124,6 +137,7 @@ class EnrollmentChanged(LearnerEvent):
     display_name: str = ""
     email: str = ""
     avatar: str | None = None
+    attempt: int = 1  # grows when the learner's course is reset (recertification); 1 for the first
 
 
 class LessonStanding(LearnerEvent):
@@ -133,6 +147,7 @@ class LessonStanding(LearnerEvent):
     progress_percentage: int
     completed_lessons: int
     total_lessons: int
+    attempt: int = 1  # the enrollment's attempt the lesson belongs to
 
 
 class LessonCompleted(LessonStanding):
@@ -164,6 +179,8 @@ class CourseCompleted(LearnerEvent):
     instructor_ids: list[str] = Field(default_factory=list)
     # The course's certificate validity when the completion was decided (None: no expiry).
     certificate_validity_days: int | None = None
+    attempt: int = 1  # one completion, and one certificate, per (learner, course, attempt)
+    course_revision: int = 0  # the catalog revision the completion was decided on
 
 
 class CertificateRecord(BaseModel):
@@ -226,6 +243,52 @@ class CertificateRevoked(LearnerEvent):
     verification_url: str
 
 
+class LearnerProgress(BaseModel):
+    """One learner's course progress as recalculated after a catalog change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: str
+    attempt: int = 1
+    progress_percentage: int
+    completed_lessons: int
+    total_lessons: int
+
+
+class ProgressRecalculated(Event):
+    """A batch of learners' progress recalculated after a catalog change altered the
+    course's required lessons (revision ``revision``). Keyed by course: batches of one
+    course stay in order. ``recalculated_at`` orders it against the learners' other
+    progress facts (lesson-completed, lesson-reopened)."""
+
+    topic: ClassVar[Topic] = Topic.PROGRESS_RECALCULATED
+    type: Literal["progress-recalculated"] = "progress-recalculated"
+
+    course_id: int
+    revision: int
+    recalculated_at: datetime
+    learners: list[LearnerProgress]
+
+    def key(self) -> str:
+        return str(self.course_id)
+
+
+class RecertificationScheduled(LearnerEvent):
+    """A completed enrollment will be reset for recertification at ``reset_at``: the
+    learner is told beforehand. Published once per (enrollment, attempt)."""
+
+    topic: ClassVar[Topic] = Topic.RECERTIFICATION_SCHEDULED
+    type: Literal["recertification-scheduled"] = "recertification-scheduled"
+
+    enrollment_id: int
+    attempt: int  # the attempt that will end
+    completed_at: datetime
+    reset_at: datetime
+    course_title: str
+    user_name: str
+    user_email: str
+
+
 class DeadLetter(Event):
     """A message a consumer gave up on, with why; the consumer moved on."""
 
@@ -256,5 +319,7 @@ EVENT_TYPES: dict[Topic, type[Event]] = {
     Topic.CERTIFICATE_ISSUED: CertificateIssued,
     Topic.CERTIFICATE_REQUESTED: CertificateRequested,
     Topic.CERTIFICATE_REVOKED: CertificateRevoked,
+    Topic.PROGRESS_RECALCULATED: ProgressRecalculated,
+    Topic.RECERTIFICATION_SCHEDULED: RecertificationScheduled,
     Topic.DEAD_LETTER: DeadLetter,
 }
