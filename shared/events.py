@@ -203,6 +203,8 @@ class CertificateIssued(LearnerEvent, CertificateRecord):
     topic: ClassVar[Topic] = Topic.CERTIFICATE_ISSUED
     type: Literal["certificate-issued"] = "certificate-issued"
 
+    attempt: int = 1  # the learner's attempt at the course the certificate was issued for
+
 
 class CertificateRequested(LearnerEvent):
     """Work for the certificate workers that did not come from ``course-completed``.
@@ -219,6 +221,7 @@ class CertificateRequested(LearnerEvent):
     reason: Literal["issue", "regenerate"]
     completion: CourseCompleted | None = None  # for "issue"
     regeneration_id: int | None = None  # for "regenerate"
+    attempt: int = 1  # "regenerate": the attempt whose certificate is rendered again
 
 
 class CertificateRevoked(LearnerEvent):

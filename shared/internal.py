@@ -94,7 +94,7 @@ class CourseConfirmation(BaseModel):
 # (dead-lettered with the reason). Owner unreachable: transient (the message comes back).
 
 # What a forged course-completed could change to make a certificate or mail go astray.
-COMPLETION_FIELDS = ("user_id", "course_id", "user_email", "user_name", "course_title")
+COMPLETION_FIELDS = ("user_id", "course_id", "attempt", "user_email", "user_name", "course_title")
 # The links are not compared but taken from the owner: they derive from its configuration
 # (PUBLIC_BASE_URL), and a mismatch there must not dead-letter genuine mail.
 CERTIFICATE_FIELDS = (

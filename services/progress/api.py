@@ -52,6 +52,7 @@ def _representable(value: datetime) -> datetime:
 
 Timestamp = Annotated[datetime, AfterValidator(_representable)]
 Id = Annotated[int, Field(gt=0, le=MAX_BIGINT)]
+MAX_INT = 2**31 - 1  # attempts are integer columns
 
 
 class ProgressIn(BaseModel):
@@ -169,8 +170,11 @@ async def learner_progress(
     tracker: Tracked,
     course_id: CourseFilter = None,
     course_id_snake: CourseFilterSnake = None,
+    attempt: Annotated[int | None, Query(gt=0, le=MAX_INT)] = None,
 ) -> Response:
-    return json(await tracker.learner_records(user, learner_id, course_id or course_id_snake))
+    """The learner's records for staff; ``attempt``: that attempt's (1 for the first), an
+    earlier one's kept as history."""
+    return json(await tracker.learner_records(user, learner_id, course_id or course_id_snake, attempt))
 
 
 internal_router = APIRouter(prefix="/internal")

@@ -429,6 +429,14 @@ def check_teaches(viewer: Viewer, course: CourseCatalogEntry) -> None:
         raise NotAllowed("You do not teach this course")
 
 
+# ---------------------------------------------------------------- attempts
+
+def begins_attempt(held: int | None, stored: int) -> bool:
+    """Whether storing an enrollment at attempt ``stored`` over the replica's ``held`` one
+    (None: no row yet) begins a later attempt, whose learner starts again at 0 %."""
+    return stored > (held if held is not None else 1)
+
+
 # ---------------------------------------------------------------- what the API shows
 
 

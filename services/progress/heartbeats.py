@@ -58,6 +58,7 @@ class Entry(store.LessonRecord):
     dirty: bool = False
     unlocked: bool = False  # sequential courses: passed the lock check while cached
     touched: float = 0.0  # monotonic time of last use, for eviction
+    attempt: int = 1  # the learner's attempt at the course this record belongs to
 
     @classmethod
     def of(cls, row: store.ProgressRow) -> Entry:
@@ -72,14 +73,25 @@ class Entry(store.LessonRecord):
             row.created_at, row.updated_at,
             domain.Playback(row.video_progress, row.last_position, _ts(row.position_at), seen),
             row.time_spent_seconds, row.credited, row.credited_until,
-            touched=time.monotonic(),
+            touched=time.monotonic(), attempt=row.attempt,
         )
+
+    def _begin(self, row: store.ProgressRow) -> None:
+        """The record of a later attempt replaces this one whole: what was buffered here
+        belonged to the attempt that ended."""
+        fresh = Entry.of(row)
+        for name in Entry.__dataclass_fields__:
+            setattr(self, name, getattr(fresh, name))
 
     def refresh(self, row: store.ProgressRow) -> None:
         """Take what the database holds, where it is not older than what this entry knows:
         the stored time spent and intervals (they never shrink), and the position if it is
         newer by the ordering rule. Pending intervals stay: they are not in ``row`` yet, or,
-        if they are, the union counts them once."""
+        if they are, the union counts them once. A row of a later attempt replaces it all."""
+        if row.attempt != self.attempt:
+            if row.attempt > self.attempt:
+                self._begin(row)
+            return
         if row.time_spent_seconds >= self.stored_time:
             self.stored_time = row.time_spent_seconds
             self.stored_credited = row.credited
@@ -105,7 +117,7 @@ class Entry(store.LessonRecord):
         assert p.seen_at is not None
         return store.FlushRow(
             self.user_id, self.course_id, self.lesson_id, p.video_progress, p.last_position, _dt(p.position_at),
-            datetime.fromtimestamp(p.seen_at, UTC), self.pending, self.updated_at,
+            datetime.fromtimestamp(p.seen_at, UTC), self.pending, self.updated_at, self.attempt,
         )
 
     def confirmed(self, written: store.FlushRow, version: int) -> None:
@@ -152,6 +164,10 @@ class HeartbeatBuffer:
 
     def peek(self, user_id: str, lesson_id: int) -> Entry | None:
         return self.entries.get((user_id, lesson_id))
+
+    def drop(self, user_id: str, lesson_id: int) -> None:
+        """Forget an entry of an attempt that ended (its playback is not written anywhere)."""
+        self.entries.pop((user_id, lesson_id), None)
 
     async def heartbeat(
         self,
@@ -225,10 +241,18 @@ class HeartbeatBuffer:
                 entry.confirmed(row, version)
             # The records as they are now, merged with what other replicas wrote: entries
             # answer from them until the next read or flush.
+            written = set()
             for record in stored:
+                written.add((record.user_id, record.lesson_id))
                 found = self.entries.get((record.user_id, record.lesson_id))
                 if found is not None:
                     found.refresh(record)
+            # A row the statement did not write belongs to an attempt that ended (FLUSH_SQL):
+            # its entry goes, and the next heartbeat starts from the current attempt's record.
+            for entry in dirty:
+                key = (entry.user_id, entry.lesson_id)
+                if key not in written and self.entries.get(key) is entry:
+                    del self.entries[key]
             self.flushes += 1
             self.flushed_rows += len(rows)
             return len(rows)

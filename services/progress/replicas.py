@@ -23,7 +23,8 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 
-from services.progress import store
+from services.progress import domain, store
+from shared.db import Connection
 from shared.events import CourseCatalogEntry, EnrollmentChanged
 from shared.internal import CourseConfirmation, PeerUnavailable, get_internal
 
@@ -31,6 +32,21 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("active", "completed")
 OWNER = "enrollment"  # the service that owns the catalog and the enrollments
+
+
+async def store_enrollment(conn: Connection, e: EnrollmentChanged) -> bool:
+    """Store an enrollment in the replica (an older revision is ignored), in the caller's
+    transaction; every path that stores enrollments comes here. When it begins a later
+    attempt than the replica held, the earlier attempt's records move to the history and
+    its pending confirmation goes in the same transaction, under the enrollment row lock
+    completions take: no completion decides on the old attempt's records afterwards."""
+    held = await store.held_attempt(conn, e.user_id, e.course_id)
+    saved = await store.save_enrollment(conn, e)
+    if saved and domain.begins_attempt(held, e.attempt):
+        moved = await store.end_attempts_before(conn, e.user_id, e.course_id, e.attempt)
+        log.info("%s begins attempt %d of course %d (%d records kept as history)", e.user_id, e.attempt,
+                 e.course_id, moved)
+    return saved
 
 
 class Replicas:
@@ -98,8 +114,12 @@ class Replicas:
         if body is None:
             return None
         enrollment = EnrollmentChanged.model_validate_json(body)
-        await store.save_enrollment(self._pool, enrollment)
+        await self._store_enrollment(enrollment)
         return enrollment
+
+    async def _store_enrollment(self, e: EnrollmentChanged) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store_enrollment(conn, e)
 
     def on_enrollment(self, e: EnrollmentChanged) -> None:
         key = (e.user_id, e.course_id)
@@ -138,7 +158,7 @@ class Replicas:
             owned = answer.enrollment
             # What this process remembers was stored first: the row is at least that new.
             if held is None or held[1].enrollment_id != owned.enrollment_id or held[1].revision < owned.revision:
-                await store.save_enrollment(self._pool, owned)
+                await self._store_enrollment(owned)
                 self.on_enrollment(owned)
         else:
             self._enrollments.pop((user_id, course_id), None)

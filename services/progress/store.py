@@ -18,7 +18,7 @@ from shared.retry import Backoff
 
 _PROGRESS_COLUMNS = (
     "id, user_id, course_id, lesson_id, completed, completed_at, video_progress, last_position, "
-    "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at"
+    "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at, attempt"
 )
 
 
@@ -46,6 +46,7 @@ class ProgressRow(LessonRecord):
     credited_until: float | None  # nothing before this is credited any more
     created_at: datetime
     updated_at: datetime
+    attempt: int = 1  # the learner's attempt at the course the record belongs to
 
     @classmethod
     def of(cls, r: asyncpg.Record) -> ProgressRow:
@@ -53,7 +54,7 @@ class ProgressRow(LessonRecord):
             r["id"], r["user_id"], r["course_id"], r["lesson_id"], r["completed"], r["completed_at"],
             r["video_progress"], r["last_position"], r["position_at"], r["position_seen_at"],
             r["time_spent_seconds"], domain.pairs(r["credited"]), r["credited_until"],
-            r["created_at"], r["updated_at"],
+            r["created_at"], r["updated_at"], attempt=r["attempt"],
         )
 
 
@@ -71,6 +72,7 @@ class FlushRow:
     position_seen_at: datetime
     credited: domain.Intervals
     updated_at: datetime
+    attempt: int = 1  # the attempt the playback was recorded in: it is written into no other
 
 
 # ---------------------------------------------------------------- progress rows
@@ -83,12 +85,17 @@ async def get_progress(conn: Executor, user_id: str, lesson_id: int) -> Progress
 
 
 async def ensure_progress(conn: Executor, user_id: str, course_id: int, lesson_id: int) -> ProgressRow:
-    """The row for (user, lesson), created empty if missing. Never two rows: the unique key
-    decides between concurrent creators, and the loser reads the winner's row."""
+    """The row for (user, lesson), created empty if missing, in the learner's current attempt.
+    Never two rows: the unique key decides between concurrent creators, and the loser reads
+    the winner's row."""
     while True:
         # Insert first: the common case is a learner opening a lesson for the first time.
+        # The attempt is read with a share lock on the enrollment row: a reset committing
+        # meanwhile is waited for, so a new record never lands in the attempt that ended.
         r = await conn.fetchrow(
-            "INSERT INTO lesson_progress (user_id, course_id, lesson_id) VALUES ($1, $2, $3) "
+            "INSERT INTO lesson_progress (user_id, course_id, lesson_id, attempt) "
+            "SELECT $1::text, $2::bigint, $3::bigint, coalesce(e.attempt, 1) FROM (SELECT 1) AS one LEFT JOIN LATERAL "
+            "(SELECT attempt FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR SHARE) AS e ON true "
             f"ON CONFLICT (user_id, lesson_id) DO NOTHING RETURNING {_PROGRESS_COLUMNS}",
             user_id, course_id, lesson_id,
         )
@@ -122,19 +129,26 @@ ON CONFLICT (user_id, lesson_id) DO UPDATE SET
     position_seen_at = CASE WHEN {_POSITION_NEWER} THEN excluded.position_seen_at ELSE p.position_seen_at END,
     {_CREDIT.strip()},
     updated_at = GREATEST(p.updated_at, excluded.updated_at)
+WHERE p.attempt = excluded.attempt
 """
 # A row that does not exist yet (the flush also creates) gets the fresh intervals as they
 # are, and their length; one that exists gets the merge above.
 # The rows' intervals travel as one flat array ($9), each row's being the slice after
 # offset $10 (exclusive) up to $11 (inclusive).
+# A row is written only into the attempt it was recorded in ($13): the lateral join finds
+# the learner's enrollment replica row at that attempt, share-locked, so a reset (which
+# updates that row) committing meanwhile is waited for and the row re-checked and dropped.
+# The buffer takes a row that comes back from none as one of an attempt that ended.
 FLUSH_SQL = """
 INSERT INTO lesson_progress AS p
     (user_id, course_id, lesson_id, video_progress, last_position, position_at, position_seen_at,
-     time_spent_seconds, credited, updated_at)
-SELECT u, c, l, v, lp, pa, ps, t, CASE WHEN hi > lo THEN ($9::float8[])[lo + 1:hi] ELSE '{}' END, ua
+     time_spent_seconds, credited, updated_at, attempt)
+SELECT u, c, l, v, lp, pa, ps, t, CASE WHEN hi > lo THEN ($9::float8[])[lo + 1:hi] ELSE '{}' END, ua, a
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[], $6::timestamptz[],
-            $7::timestamptz[], $8::float8[], $10::int[], $11::int[], $12::timestamptz[])
-     AS x (u, c, l, v, lp, pa, ps, t, lo, hi, ua)
+            $7::timestamptz[], $8::float8[], $10::int[], $11::int[], $12::timestamptz[], $13::int[])
+     AS x (u, c, l, v, lp, pa, ps, t, lo, hi, ua, a)
+CROSS JOIN LATERAL (SELECT FROM enrollments e WHERE e.user_id = x.u AND e.course_id = x.c AND e.attempt = x.a
+                    FOR SHARE) AS current_attempt
 """ + FLUSH_ON_CONFLICT + f"RETURNING {_PROGRESS_COLUMNS}"
 
 
@@ -169,20 +183,24 @@ async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> list[Pro
         starts,
         ends,
         [r.updated_at for r in rows],
+        [r.attempt for r in rows],
     )
     return [ProgressRow.of(r) for r in records]
 
 
 async def mark_complete(
-    conn: Connection, user_id: str, course_id: int, lesson_id: int, now: datetime, playback: FlushRow | None
+    conn: Connection, user_id: str, course_id: int, lesson_id: int, now: datetime, playback: FlushRow | None,
+    attempt: int = 1,
 ) -> ProgressRow:
     """Complete the lesson (keeping the first completed_at), writing any pending playback
-    with it by the flush's rules (position ordering, credited intervals)."""
+    with it by the flush's rules (position ordering, credited intervals). Under the
+    learner's enrollment lock, ``attempt`` its current one: the row it finds is of it too."""
     r = await conn.fetchrow(
         f"""
         INSERT INTO lesson_progress AS p (user_id, course_id, lesson_id, completed, completed_at,
-            video_progress, last_position, position_at, position_seen_at, time_spent_seconds, credited, updated_at)
-        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $9, $10::float8[], $4)
+            video_progress, last_position, position_at, position_seen_at, time_spent_seconds, credited, updated_at,
+            attempt)
+        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $9, $10::float8[], $4, $11)
         ON CONFLICT (user_id, lesson_id) DO UPDATE SET
             completed = true,
             completed_at = COALESCE(p.completed_at, excluded.completed_at),
@@ -205,6 +223,7 @@ async def mark_complete(
         playback.position_seen_at if playback else None,
         domain.length(playback.credited) if playback else 0.0,
         domain.flat(playback.credited) if playback else [],
+        attempt,
     )
     assert r is not None
     return ProgressRow.of(r)
@@ -224,17 +243,34 @@ async def mark_incomplete(conn: Connection, user_id: str, lesson_id: int, now: d
 
 
 async def list_progress(
-    conn: Executor, user_id: str, course_id: int | None = None, course_ids: Sequence[int] | None = None
+    conn: Executor, user_id: str, course_id: int | None = None, course_ids: Sequence[int] | None = None,
+    attempt: int | None = None,
 ) -> list[ProgressRow]:
-    rows = await conn.fetch(
-        f"""
-        SELECT {_PROGRESS_COLUMNS} FROM lesson_progress
-        WHERE user_id = $1 AND ($2::bigint IS NULL OR course_id = $2)
-          AND ($3::bigint[] IS NULL OR course_id = ANY($3))
-        ORDER BY course_id, lesson_id
-        """,
-        user_id, course_id, list(course_ids) if course_ids is not None else None,
-    )
+    """The learner's current records; with ``attempt``, that attempt's records instead,
+    current or kept in the history."""
+    if attempt is None:
+        rows = await conn.fetch(
+            f"""
+            SELECT {_PROGRESS_COLUMNS} FROM lesson_progress
+            WHERE user_id = $1 AND ($2::bigint IS NULL OR course_id = $2)
+              AND ($3::bigint[] IS NULL OR course_id = ANY($3))
+            ORDER BY course_id, lesson_id
+            """,
+            user_id, course_id, list(course_ids) if course_ids is not None else None,
+        )
+    else:
+        rows = await conn.fetch(
+            f"""
+            SELECT * FROM (
+                SELECT {_PROGRESS_COLUMNS} FROM lesson_progress WHERE user_id = $1 AND attempt = $4
+                UNION ALL
+                SELECT {_PROGRESS_COLUMNS} FROM lesson_progress_history WHERE user_id = $1 AND attempt = $4
+            ) AS r
+            WHERE ($2::bigint IS NULL OR course_id = $2) AND ($3::bigint[] IS NULL OR course_id = ANY($3))
+            ORDER BY course_id, lesson_id
+            """,
+            user_id, course_id, list(course_ids) if course_ids is not None else None, attempt,
+        )
     return [ProgressRow.of(r) for r in rows]
 
 
@@ -279,10 +315,11 @@ def _enrollment(r: asyncpg.Record) -> EnrollmentChanged:
     return EnrollmentChanged(
         user_id=r["user_id"], course_id=r["course_id"], enrollment_id=r["enrollment_id"], status=r["status"],
         revision=r["revision"], enrolled_at=r["enrolled_at"], display_name=r["display_name"], email=r["email"],
+        attempt=r["attempt"],
     )
 
 
-_ENROLLMENT_COLUMNS = "user_id, course_id, enrollment_id, status, revision, enrolled_at, display_name, email"
+_ENROLLMENT_COLUMNS = "user_id, course_id, enrollment_id, status, revision, enrolled_at, display_name, email, attempt"
 
 
 async def get_enrollment(conn: Executor, user_id: str, course_id: int) -> EnrollmentChanged | None:
@@ -301,40 +338,75 @@ async def lock_enrollment(conn: Connection, user_id: str, course_id: int) -> Enr
     return _enrollment(r) if r else None
 
 
+async def held_attempt(conn: Connection, user_id: str, course_id: int) -> int | None:
+    """The attempt the replica holds for the learner, its enrollment row locked (the lock
+    completions take); None when it holds no row."""
+    attempt: int | None = await conn.fetchval(
+        "SELECT attempt FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE", user_id, course_id
+    )
+    return attempt
+
+
 async def save_enrollment(conn: Executor, e: EnrollmentChanged) -> bool:
-    """Store ``e`` unless the replica already holds this or a later revision."""
+    """Store ``e`` unless the replica already holds this or a later revision. The attempt
+    never goes back."""
     saved = await conn.fetchval(
         """
         INSERT INTO enrollments (user_id, course_id, enrollment_id, status, revision, enrolled_at,
-                                 display_name, email)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                 display_name, email, attempt)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (user_id, course_id) DO UPDATE SET enrollment_id = excluded.enrollment_id,
             status = excluded.status, revision = excluded.revision, enrolled_at = excluded.enrolled_at,
-            display_name = excluded.display_name, email = excluded.email, updated_at = now()
+            display_name = excluded.display_name, email = excluded.email,
+            attempt = GREATEST(enrollments.attempt, excluded.attempt), updated_at = now()
         WHERE enrollments.revision < excluded.revision
            OR enrollments.enrollment_id <> excluded.enrollment_id AND excluded.enrolled_at > enrollments.enrolled_at
         RETURNING true
         """,
         e.user_id, e.course_id, e.enrollment_id, e.status, e.revision, e.enrolled_at,
-        e.display_name or e.username, e.email,
+        e.display_name or e.username, e.email, e.attempt,
     )
     return bool(saved)
 
 
+async def end_attempts_before(conn: Connection, user_id: str, course_id: int, attempt: int) -> int:
+    """The learner begins ``attempt``: the records of earlier attempts move to the history
+    (``SELECT *``: the two tables have the same columns, see migration 009) and the pending
+    confirmation goes (its completions were of an earlier attempt). Returns how many
+    records moved. Run under the enrollment row lock, in the transaction that stored it."""
+    moved = await conn.fetchval(
+        """
+        WITH ended AS (
+            DELETE FROM lesson_progress WHERE user_id = $1 AND course_id = $2 AND attempt < $3 RETURNING *
+        ), kept AS (
+            INSERT INTO lesson_progress_history SELECT * FROM ended RETURNING 1
+        )
+        SELECT count(*) FROM kept
+        """,
+        user_id, course_id, attempt,
+    )
+    await conn.execute("DELETE FROM pending_confirmations WHERE user_id = $1 AND course_id = $2", user_id, course_id)
+    return int(moved)
+
+
 # ---------------------------------------------------------------- course completions
 
-async def get_completion(conn: Executor, user_id: str, course_id: int, enrollment_id: int) -> CourseCompleted | None:
+async def get_completion(
+    conn: Executor, user_id: str, course_id: int, enrollment_id: int, attempt: int
+) -> CourseCompleted | None:
     event = await conn.fetchval(
-        "SELECT event FROM course_completions WHERE user_id = $1 AND course_id = $2 AND enrollment_id = $3",
-        user_id, course_id, enrollment_id,
+        "SELECT event FROM course_completions WHERE user_id = $1 AND course_id = $2 AND enrollment_id = $3 "
+        "AND attempt = $4",
+        user_id, course_id, enrollment_id, attempt,
     )
     return CourseCompleted.model_validate(event) if event is not None else None
 
 
 async def latest_completion(conn: Executor, user_id: str, course_id: int) -> CourseCompleted | None:
+    """The completion of the learner's current enrollment and attempt, as the replica holds them."""
     event = await conn.fetchval(
-        "SELECT event FROM course_completions WHERE user_id = $1 AND course_id = $2 "
-        "ORDER BY completed_at DESC LIMIT 1",
+        "SELECT c.event FROM course_completions c JOIN enrollments e USING (user_id, course_id, enrollment_id) "
+        "WHERE c.user_id = $1 AND c.course_id = $2 AND c.attempt = e.attempt",
         user_id, course_id,
     )
     return CourseCompleted.model_validate(event) if event is not None else None
@@ -350,27 +422,32 @@ async def completion_by_event_id(conn: Executor, event_id: UUID) -> CourseComple
 
 async def add_completion(conn: Connection, enrollment_id: int, event: CourseCompleted) -> bool:
     added = await conn.fetchval(
-        "INSERT INTO course_completions (user_id, course_id, enrollment_id, completed_at, event) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
-        event.user_id, event.course_id, enrollment_id, event.completed_at, event.model_dump(mode="json"),
+        "INSERT INTO course_completions (user_id, course_id, enrollment_id, attempt, completed_at, event) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+        event.user_id, event.course_id, enrollment_id, event.attempt, event.completed_at,
+        event.model_dump(mode="json"),
     )
     return bool(added)
 
 
 # ---------------------------------------------------------------- certificates
 
-async def save_certificate(conn: Executor, user_id: str, course_id: int, url: str, issued_at: datetime) -> None:
+async def save_certificate(
+    conn: Executor, user_id: str, course_id: int, url: str, issued_at: datetime, attempt: int = 1
+) -> None:
     await conn.execute(
-        "INSERT INTO certificates (user_id, course_id, certificate_url, issued_at) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (user_id, course_id) DO UPDATE SET certificate_url = excluded.certificate_url, "
+        "INSERT INTO certificates (user_id, course_id, attempt, certificate_url, issued_at) "
+        "VALUES ($1, $2, $5, $3, $4) "
+        "ON CONFLICT (user_id, course_id, attempt) DO UPDATE SET certificate_url = excluded.certificate_url, "
         "issued_at = excluded.issued_at WHERE certificates.issued_at <= excluded.issued_at",
-        user_id, course_id, url, issued_at,
+        user_id, course_id, url, issued_at, attempt,
     )
 
 
-async def certificate_url(conn: Executor, user_id: str, course_id: int) -> str | None:
+async def certificate_url(conn: Executor, user_id: str, course_id: int, attempt: int = 1) -> str | None:
     url: Any = await conn.fetchval(
-        "SELECT certificate_url FROM certificates WHERE user_id = $1 AND course_id = $2", user_id, course_id
+        "SELECT certificate_url FROM certificates WHERE user_id = $1 AND course_id = $2 AND attempt = $3",
+        user_id, course_id, attempt,
     )
     return str(url) if url is not None else None
 

@@ -32,7 +32,7 @@ from services.progress.domain import (
     NotEnrolled,
 )
 from services.progress.heartbeats import Entry, HeartbeatBuffer
-from services.progress.replicas import ACTIVE, OWNER, Replicas
+from services.progress.replicas import ACTIVE, OWNER, Replicas, store_enrollment
 from shared import db, outbox
 from shared.auth import User
 from shared.db import Connection
@@ -68,12 +68,13 @@ def unconfirmed(what: str) -> PeerUnavailable:
 
 
 def lesson_completed(
-    user_id: str, course_id: int, lesson_id: int, completed_at: datetime, standing: domain.CourseStanding
+    user_id: str, course_id: int, lesson_id: int, completed_at: datetime, standing: domain.CourseStanding,
+    attempt: int,
 ) -> LessonCompleted:
     return LessonCompleted(
         user_id=user_id, course_id=course_id, lesson_id=lesson_id, completed_at=completed_at,
         progress_percentage=standing.progress_percentage, completed_lessons=standing.completed_required,
-        total_lessons=standing.total_required,
+        total_lessons=standing.total_required, attempt=attempt,
     )
 
 
@@ -146,6 +147,10 @@ class Tracker:
             raise LessonNotInCourse(lesson_id, course_id)
         enrollment = await self.enrollment(user.id, course_id)
         entry = self.buffer.peek(user.id, lesson_id)
+        if entry is not None and entry.attempt < enrollment.attempt:
+            # Buffered before the learner's course was reset: none of it is the new attempt's.
+            self.buffer.drop(user.id, lesson_id)
+            entry = None
         if course.requires_sequential_progress and (entry is None or not entry.unlocked):
             blocker = domain.lock_blocker(
                 course, lesson_id, await store.completed_lesson_ids(self.pool, user.id, course_id)
@@ -235,6 +240,8 @@ class Tracker:
             if confirmed and (locked is None or locked.status not in ACTIVE):
                 raise NotEnrolled()
             enrollment = locked or enrollment
+            if pending is not None and pending.attempt != enrollment.attempt:
+                pending = None  # playback of an attempt that ended is written into no other
             course = await store.get_course(conn, course_id) or course
             if course.status != "published":
                 raise CourseNotPublished(course_id) if confirmed else unconfirmed("course not published here")
@@ -253,13 +260,14 @@ class Tracker:
                 if blocker is not None:
                     raise LessonLocked(blocker)
             now = datetime.now(UTC)
-            row = await store.mark_complete(conn, user.id, course_id, lesson_id, now, pending)
+            row = await store.mark_complete(conn, user.id, course_id, lesson_id, now, pending, enrollment.attempt)
             newly = before is None or not before.completed
             ids.add(lesson_id)
             standing = domain.standing(course, ids)
             if newly and confirmed:
                 completed_at = row.completed_at or now
-                await outbox.add(conn, lesson_completed(user.id, course_id, lesson_id, completed_at, standing))
+                await outbox.add(conn, lesson_completed(user.id, course_id, lesson_id, completed_at, standing,
+                                                        enrollment.attempt))
             await self._decide(conn, user, course, enrollment, standing, confirmed, lesson_id if newly else None)
             return Completion(row, newly, standing, confirmed)
 
@@ -287,9 +295,10 @@ class Tracker:
         self, conn: Connection, user_id: str, name: str, email: str, course: CourseCatalogEntry,
         enrollment: EnrollmentChanged,
     ) -> None:
-        """Once per enrollment, whatever is toggled afterwards. ``name``/``email``: the
-        completing request's token claims, if any."""
-        if await store.get_completion(conn, user_id, course.course_id, enrollment.enrollment_id) is not None:
+        """Once per enrollment and attempt, whatever is toggled afterwards. ``name``/``email``:
+        the completing request's token claims, if any."""
+        attempt = enrollment.attempt
+        if await store.get_completion(conn, user_id, course.course_id, enrollment.enrollment_id, attempt) is not None:
             return
         own_claims = user_id == enrollment.user_id
         event = CourseCompleted(
@@ -305,6 +314,7 @@ class Tracker:
             instructor_ids=list(course.instructor_ids),
             # From the confirmed revision, like the title: the workers date the expiry by it.
             certificate_validity_days=course.certificate_validity_days,
+            attempt=attempt,
         )
         if await store.add_completion(conn, enrollment.enrollment_id, event):
             await outbox.add(conn, event)
@@ -358,7 +368,7 @@ class Tracker:
                         if row is None or row.completed_at is None or domain.find_lesson(course, lesson_id) is None:
                             continue  # reopened since (its event said so), or not in the course any more
                         await outbox.add(conn, lesson_completed(user_id, course_id, lesson_id, row.completed_at,
-                                                                standing))
+                                                                standing, locked.attempt))
                     if standing.all_required_done:
                         await self._course_completed(conn, user_id, held.user_name, held.user_email, course, locked)
                 # Else nothing to publish: the learner has left, or the course is not published.
@@ -396,6 +406,7 @@ class Tracker:
                         user_id=user.id, course_id=course_id, lesson_id=lesson_id, reopened_at=now,
                         progress_percentage=standing.progress_percentage,
                         completed_lessons=standing.completed_required, total_lessons=standing.total_required,
+                        attempt=locked.attempt,
                     ))
                 return row, standing
 
@@ -410,27 +421,40 @@ class Tracker:
     # ------------------------------------------------------------ reads
     def _overlay(self, rows: list[store.ProgressRow]) -> list[dict[str, Any]]:
         peek = self.buffer.peek
-        return [record_json(row, peek(row.user_id, row.lesson_id)) for row in rows]
 
-    async def records(self, user_id: str, course_id: int | None, course_ids: list[int] | None = None) -> list[Any]:
-        return self._overlay(await store.list_progress(self.pool, user_id, course_id, course_ids))
+        def buffered(row: store.ProgressRow) -> Entry | None:
+            entry = peek(row.user_id, row.lesson_id)
+            # An earlier attempt's record (history) shows as stored; a later one replaces
+            # the entry (Entry.refresh).
+            return entry if entry is not None and entry.attempt <= row.attempt else None
+
+        return [record_json(row, buffered(row)) for row in rows]
+
+    async def records(
+        self, user_id: str, course_id: int | None, course_ids: list[int] | None = None, attempt: int | None = None
+    ) -> list[Any]:
+        return self._overlay(await store.list_progress(self.pool, user_id, course_id, course_ids, attempt))
 
     async def my_records(self, user: User, course_id: int | None) -> list[Any]:
         if course_id is not None:
             await self.course(course_id)
         return await self.records(user.id, course_id)
 
-    async def learner_records(self, viewer: User, learner_id: str, course_id: int | None) -> list[Any]:
+    async def learner_records(
+        self, viewer: User, learner_id: str, course_id: int | None, attempt: int | None = None
+    ) -> list[Any]:
+        """The learner's records for staff: the current attempt's, or ``attempt``'s (an
+        earlier one's from the history)."""
         if viewer.is_admin:
             if course_id is not None:
                 await self.course(course_id)
-            return await self.records(learner_id, course_id)
+            return await self.records(learner_id, course_id, None, attempt)
         domain.check_sees_learners(viewer)
         if course_id is not None:
             domain.check_teaches(viewer, await self.course(course_id))
-            return await self.records(learner_id, course_id)
+            return await self.records(learner_id, course_id, None, attempt)
         taught = await store.courses_taught_by(self.pool, viewer.id)
-        return await self.records(learner_id, None, taught)
+        return await self.records(learner_id, None, taught, attempt)
 
     async def course_progress(self, viewer: User, course_id: int, user_id: str | None) -> dict[str, Any]:
         course = await self.course(course_id)
@@ -441,12 +465,14 @@ class Tracker:
         completed_ids = {r["lesson_id"] for r in records if r["completed"]}
         standing = domain.standing(course, completed_ids)
         seconds = round(sum(r["time_spent_seconds"] for r in records))
+        attempt = enrollment.attempt
         async with self.pool.acquire() as conn:
-            completion = await store.get_completion(conn, target, course_id, enrollment.enrollment_id)
-            certificate = await store.certificate_url(conn, target, course_id)
+            completion = await store.get_completion(conn, target, course_id, enrollment.enrollment_id, attempt)
+            certificate = await store.certificate_url(conn, target, course_id, attempt)
         return {
             "course_id": course_id,
             "user_id": target,
+            "attempt": attempt,
             "progress_percentage": standing.progress_percentage,
             "completed_lessons": standing.completed_required,
             "total_lessons": standing.total_required,
@@ -463,7 +489,8 @@ class Tracker:
         }
 
     async def completion_status(self, user_id: str, course_id: int) -> dict[str, Any]:
-        """For the certificates service: has this learner completed the course, and the event."""
+        """For the certificates service: has this learner completed the current attempt at
+        the course, and the event."""
         course = await self.course(course_id)
         async with self.pool.acquire() as conn:
             completion = await store.latest_completion(conn, user_id, course_id)
@@ -497,14 +524,15 @@ async def keep_course(transaction: Transaction, replicas: Replicas, entry: Cours
 
 async def keep_enrollment(transaction: Transaction, replicas: Replicas, event: EnrollmentChanged) -> None:
     async with transaction() as conn:
-        saved = await store.save_enrollment(conn, event)
+        saved = await store_enrollment(conn, event)
     if saved:
         replicas.on_enrollment(event)
 
 
 async def keep_certificate(transaction: Transaction, event: CertificateIssued) -> None:
     async with transaction() as conn:
-        await store.save_certificate(conn, event.user_id, event.course_id, event.certificate_url, event.issued_at)
+        await store.save_certificate(conn, event.user_id, event.course_id, event.certificate_url, event.issued_at,
+                                     event.attempt)
 
 
 class Folder(Protocol):

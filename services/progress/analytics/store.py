@@ -50,6 +50,7 @@ SELECT count(*) AS enrolled,
 FROM enrollments e
 LEFT JOIN course_completions c
        ON c.course_id = e.course_id AND c.user_id = e.user_id AND c.enrollment_id = e.enrollment_id
+      AND c.attempt = e.attempt
 WHERE e.course_id = $1 AND {IN_POPULATION}
 """
 
@@ -57,8 +58,8 @@ WHERE e.course_id = $1 AND {IN_POPULATION}
 async def learner_figures(
     conn: Executor, course_id: int, start: datetime | None, end: datetime | None
 ) -> LearnerFigures:
-    # The completion of the learner's current enrollment only: an earlier enrollment's
-    # completion does not make a re-enrolled learner complete.
+    # The completion of the learner's current enrollment and attempt only: an earlier
+    # enrollment's or attempt's completion does not make the learner complete.
     r = await conn.fetchrow(LEARNER_FIGURES_SQL, course_id, start, end)
     assert r is not None
     return LearnerFigures(r["enrolled"], r["completed"], r["median_s"], r["p90_s"])
@@ -71,7 +72,7 @@ LEFT JOIN analytics_learners a ON a.course_id = e.course_id AND a.user_id = e.us
 WHERE e.course_id = $1 AND {IN_POPULATION}
   AND coalesce(a.last_activity_at, e.enrolled_at) < $4
   AND NOT EXISTS (SELECT 1 FROM course_completions c WHERE c.course_id = e.course_id
-                  AND c.user_id = e.user_id AND c.enrollment_id = e.enrollment_id)
+                  AND c.user_id = e.user_id AND c.enrollment_id = e.enrollment_id AND c.attempt = e.attempt)
 GROUP BY a.last_lesson_id
 """
 
