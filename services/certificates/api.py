@@ -73,6 +73,7 @@ def _certificate_data(cert: Certificate, settings: CertificatesSettings) -> dict
         "course_id": cert.course_id,
         "verification_code": cert.verification_code,
         "verification_url": domain.verification_url(settings.public_base_url, cert.verification_code),
+        "attempt": cert.attempt,
     }
 
 

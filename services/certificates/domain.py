@@ -113,6 +113,7 @@ class Identity:
     issued_at: datetime
     status_list: int | None = None  # the certificate's revocation entry (None: issued before credentials)
     status_index: int | None = None
+    attempt: int = 1  # the learner's attempt at the course: one certificate per attempt
 
 
 class Certificate(BaseModel):
@@ -131,6 +132,7 @@ class Certificate(BaseModel):
     revoked_at: datetime | None = None
     revocation_reason: str | None = None
     status_changed_at: datetime | None = None  # the latest revocation or reinstatement
+    attempt: int = 1  # the learner's attempt at the course it certifies
 
 
 class CompletionStatus(BaseModel):

@@ -25,7 +25,7 @@ from shared.events import CertificateRequested, Event
 _CERT_COLUMNS = (
     "certificate_id, user_id, course_id, verification_code, student_name, student_email, "
     "course_title, completed_at, issued_at, current_version, issued_event_id, valid_until, revoked_at, "
-    "revocation_reason, status_changed_at"
+    "revocation_reason, status_changed_at, attempt"
 )
 
 
@@ -33,9 +33,15 @@ def _certificate(row: asyncpg.Record | None) -> Certificate | None:
     return None if row is None else Certificate.model_validate(dict(row))
 
 
-async def get_certificate(conn: Executor, user_id: str, course_id: int) -> Certificate | None:
+async def get_certificate(
+    conn: Executor, user_id: str, course_id: int, attempt: int | None = None
+) -> Certificate | None:
+    """The learner's certificate for the course and ``attempt``; without it, the latest
+    attempt's (the highest attempt that has one)."""
     row = await conn.fetchrow(
-        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE user_id = $1 AND course_id = $2", user_id, course_id
+        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE user_id = $1 AND course_id = $2 "
+        "AND ($3::integer IS NULL OR attempt = $3) ORDER BY attempt DESC LIMIT 1",
+        user_id, course_id, attempt,
     )
     return _certificate(row)
 
@@ -81,14 +87,16 @@ async def get_pdf(conn: Executor, code: str, version: int | None) -> PdfFile | N
     )
 
 
-_IDENTITY_COLUMNS = "user_id, course_id, certificate_id, verification_code, issued_at, status_list, status_index"
+_IDENTITY_COLUMNS = (
+    "user_id, course_id, certificate_id, verification_code, issued_at, status_list, status_index, attempt"
+)
 
 
 async def reserve_identity(
     pool: asyncpg.Pool, user_id: str, course_id: int, now: datetime, new_code: Callable[[], str],
-    new_status_index: Callable[[], int], *, holder: str, lease_s: float,
+    new_status_index: Callable[[], int], *, holder: str, lease_s: float, attempt: int = 1,
 ) -> Identity:
-    """The certificate's id and code, reserved once per (learner, course) before rendering,
+    """The certificate's id and code, reserved once per (learner, course, attempt) before rendering,
     and leased to ``holder`` for ``lease_s`` seconds (renewed while it renders).
 
     An advisory lock on the (learner, course) pair serialises racing workers: the second
@@ -100,9 +108,9 @@ async def reserve_identity(
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7305114))", f"{user_id}:{course_id}")
         row = await conn.fetchrow(
             "UPDATE certificate_identities SET lease_until = now() + make_interval(secs => $3), leased_by = $4 "
-            "WHERE user_id = $1 AND course_id = $2 "
+            "WHERE user_id = $1 AND course_id = $2 AND attempt = $5 "
             f"RETURNING {_IDENTITY_COLUMNS}",
-            user_id, course_id, lease_s, holder,
+            user_id, course_id, lease_s, holder, attempt,
         )
         if row is None:
             sequence = await conn.fetchval(
@@ -119,11 +127,12 @@ async def reserve_identity(
                     async with conn.transaction():
                         row = await conn.fetchrow(
                             "INSERT INTO certificate_identities (user_id, course_id, certificate_id, "
-                            "verification_code, issued_at, lease_until, leased_by, status_list, status_index) "
-                            "VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8, $9) "
+                            "verification_code, issued_at, lease_until, leased_by, status_list, status_index, "
+                            "attempt) "
+                            "VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8, $9, $10) "
                             f"RETURNING {_IDENTITY_COLUMNS}",
                             user_id, course_id, number, code, now, lease_s, holder, status_list,
-                            new_status_index(),
+                            new_status_index(), attempt,
                         )
                 except asyncpg.UniqueViolationError as exc:
                     if exc.constraint_name != "certificate_identities_status":
@@ -178,22 +187,27 @@ async def get_credential(conn: Executor, code: str, version: int | None) -> Stor
     )
 
 
-async def renew_lease(pool: asyncpg.Pool, user_id: str, course_id: int, *, holder: str, lease_s: float) -> bool:
+async def renew_lease(
+    pool: asyncpg.Pool, user_id: str, course_id: int, *, holder: str, lease_s: float, attempt: int = 1
+) -> bool:
     """Extend ``holder``'s lease; False if another worker has taken the reservation over."""
     renewed = await pool.fetchval(
         "UPDATE certificate_identities SET lease_until = now() + make_interval(secs => $3) "
-        "WHERE user_id = $1 AND course_id = $2 AND leased_by = $4 RETURNING true",
-        user_id, course_id, lease_s, holder,
+        "WHERE user_id = $1 AND course_id = $2 AND attempt = $5 AND leased_by = $4 RETURNING true",
+        user_id, course_id, lease_s, holder, attempt,
     )
     return bool(renewed)
 
 
 async def work_in_flight(conn: Executor, user_id: str, course_id: int) -> WorkInFlight:
-    """A worker's lease and the API's last hand-over for a (learner, course), on the database's clock."""
+    """A worker's lease and the API's last hand-over for a (learner, course), on the database's
+    clock: those of the latest attempt that has them."""
     row = await conn.fetchrow(
         "SELECT now() AS now, i.lease_until, r.requested_at FROM (SELECT 1) AS one "
-        "LEFT JOIN certificate_identities i ON i.user_id = $1 AND i.course_id = $2 "
-        "LEFT JOIN certificate_requests r ON r.user_id = $1 AND r.course_id = $2",
+        "LEFT JOIN LATERAL (SELECT lease_until FROM certificate_identities WHERE user_id = $1 AND course_id = $2 "
+        "                   ORDER BY attempt DESC LIMIT 1) AS i ON true "
+        "LEFT JOIN LATERAL (SELECT requested_at FROM certificate_requests WHERE user_id = $1 AND course_id = $2 "
+        "                   ORDER BY attempt DESC LIMIT 1) AS r ON true",
         user_id, course_id,
     )
     assert row is not None
@@ -217,19 +231,20 @@ async def insert_certificate(
     credential: dict[str, Any] | None,
     valid_until: datetime | None,
 ) -> bool:
-    """Store the record and its first PDF; False if this (learner, course) already has one.
+    """Store the record and its first PDF; False if this (learner, course, attempt) already has one.
 
     A racing insert of the same pair waits on the unique key until the other commits, then
     does nothing: exactly one record, and the caller publishes only when this returns True.
     """
     inserted = await conn.fetchval(
         "INSERT INTO certificates (certificate_id, user_id, course_id, verification_code, student_name, "
-        "student_email, course_title, completed_at, issued_at, source_event_id, issued_event_id, valid_until) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
-        "ON CONFLICT (user_id, course_id) DO NOTHING RETURNING true",
+        "student_email, course_title, completed_at, issued_at, source_event_id, issued_event_id, valid_until, "
+        "attempt) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+        "ON CONFLICT (user_id, course_id, attempt) DO NOTHING RETURNING true",
         identity.certificate_id, identity.user_id, identity.course_id, identity.verification_code,
         student_name, student_email, course_title, completed_at, identity.issued_at, source_event_id,
-        issued_event_id, valid_until,
+        issued_event_id, valid_until, identity.attempt,
     )
     if not inserted:
         return False
@@ -279,10 +294,11 @@ async def list_versions(conn: Executor, certificate_id: str) -> list[asyncpg.Rec
 
 async def record_request(conn: Connection, event: CertificateRequested, now: datetime) -> None:
     """Remember the hand-over and queue the event, in the caller's transaction."""
+    attempt = event.completion.attempt if event.completion is not None else event.attempt
     await conn.execute(
-        "INSERT INTO certificate_requests (user_id, course_id, requested_at) VALUES ($1, $2, $3) "
-        "ON CONFLICT (user_id, course_id) DO UPDATE SET requested_at = EXCLUDED.requested_at",
-        event.user_id, event.course_id, now,
+        "INSERT INTO certificate_requests (user_id, course_id, attempt, requested_at) VALUES ($1, $2, $4, $3) "
+        "ON CONFLICT (user_id, course_id, attempt) DO UPDATE SET requested_at = EXCLUDED.requested_at",
+        event.user_id, event.course_id, now, attempt,
     )
     await outbox.add(conn, event)
 
@@ -318,19 +334,22 @@ async def set_template(conn: Executor, course_id: int, source: str | None, by: s
 
 
 async def request_regeneration(
-    conn: Connection, course_id: int, requested_by: str, make_event: Callable[[str, int, int], Event]
+    conn: Connection, course_id: int, requested_by: str, make_event: Callable[[str, int, int, int], Event]
 ) -> tuple[int, int]:
-    """Queue one re-render per issued certificate of the course; returns (id, count)."""
+    """Queue one re-render per issued certificate of the course (every attempt's); returns
+    (id, count). ``make_event(user_id, course_id, regeneration_id, attempt)``."""
     async with conn.transaction():
-        users = [r["user_id"] for r in await conn.fetch(
-            "SELECT user_id FROM certificates WHERE course_id = $1 ORDER BY certificate_id", course_id
-        )]
+        issued = await conn.fetch(
+            "SELECT user_id, attempt FROM certificates WHERE course_id = $1 ORDER BY certificate_id", course_id
+        )
         regeneration_id: int = await conn.fetchval(
             "INSERT INTO regenerations (course_id, total, requested_by) VALUES ($1, $2, $3) RETURNING id",
-            course_id, len(users), requested_by,
+            course_id, len(issued), requested_by,
         )
-        await outbox.add_many(conn, [make_event(user, course_id, regeneration_id) for user in users])
-    return regeneration_id, len(users)
+        await outbox.add_many(
+            conn, [make_event(r["user_id"], course_id, regeneration_id, r["attempt"]) for r in issued]
+        )
+    return regeneration_id, len(issued)
 
 
 async def regeneration_status(conn: Executor, course_id: int, regeneration_id: int) -> RegenerationProgress | None:

@@ -79,7 +79,9 @@ async def _ask_progress(client: httpx.AsyncClient, course_id: int, user_id: str)
 async def learner_certificate(
     pool: asyncpg.Pool, state: CertificatesState, user_id: str, course_id: int, *, retry_after: timedelta
 ) -> Certificate | None:
-    """The learner's certificate, or None while it is being made (the API answers "pending").
+    """The learner's latest attempt's certificate, or None while it is being made (the API
+    answers "pending"). A later attempt's completion shows once its certificate is issued
+    (from course-completed): until then the earlier one, still valid, is answered.
 
     On a miss the API's own tables are not trusted: the course-completed event may not have
     arrived. Refuses with ``NotEnrolled``, ``CourseNotComplete`` or ``CertificateNotAvailable``.
@@ -282,9 +284,9 @@ async def reset_template(pool: Executor, course_id: int, by: str) -> int:
     return await store.set_template(pool, course_id, None, by)
 
 
-def _regeneration_event(user_id: str, course_id: int, regeneration_id: int) -> CertificateRequested:
+def _regeneration_event(user_id: str, course_id: int, regeneration_id: int, attempt: int) -> CertificateRequested:
     return CertificateRequested(
-        user_id=user_id, course_id=course_id, reason="regenerate", regeneration_id=regeneration_id
+        user_id=user_id, course_id=course_id, reason="regenerate", regeneration_id=regeneration_id, attempt=attempt
     )
 
 
@@ -426,13 +428,13 @@ def _job(state: WorkerState, identity: domain.Identity, name: str, title: str, c
 
 
 async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext) -> None:
-    """Issue the learner's certificate for a completion, once: confirmed with progress,
-    rendered under a lease, stored with its certificate-issued event in one transaction."""
+    """Issue the learner's certificate for a completion, once per attempt: confirmed with
+    progress, rendered under a lease, stored with its certificate-issued event in one transaction."""
     pool = ctx.pool
     if (
         not claimed.certificate_enabled
         or await ctx.already_applied()
-        or await store.get_certificate(pool, claimed.user_id, claimed.course_id) is not None
+        or await store.get_certificate(pool, claimed.user_id, claimed.course_id, claimed.attempt) is not None
     ):
         async with ctx.transaction():
             return  # nothing to render; the event is recorded as applied
@@ -445,7 +447,7 @@ async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext)
     lease_s = state.settings.lease_s
     identity = await store.reserve_identity(
         pool, completion.user_id, completion.course_id, datetime.now(UTC), domain.new_verification_code,
-        domain.new_status_index, holder=state.identity, lease_s=lease_s,
+        domain.new_status_index, holder=state.identity, lease_s=lease_s, attempt=completion.attempt,
     )
     template = await store.get_template(pool, completion.course_id)
     facts = CredentialFacts(
@@ -469,6 +471,7 @@ async def issue(state: WorkerState, claimed: CourseCompleted, ctx: EventContext)
         course_title=completion.course_title,
         student_name=completion.user_name,
         student_email=completion.user_email,
+        attempt=identity.attempt,
     )
     async with ctx.transaction() as conn:
         issued = await store.insert_certificate(
@@ -501,7 +504,7 @@ async def _leased(pool: asyncpg.Pool, identity: domain.Identity, *, holder: str,
         # A failed renewal is logged and retried next tick; the render goes on, and at worst
         # the work is handed over once more.
         taken_over = not await store.renew_lease(
-            pool, identity.user_id, identity.course_id, holder=holder, lease_s=lease_s
+            pool, identity.user_id, identity.course_id, holder=holder, lease_s=lease_s, attempt=identity.attempt
         )
 
     renewing = Periodic(lease_s / 3, renew, f"renewing the lease on {identity.certificate_id}")
@@ -528,7 +531,7 @@ async def rerender(state: WorkerState, event: CertificateRequested, ctx: EventCo
     version (same id and code; earlier versions stay)."""
     pool = ctx.pool
     cert = None if await ctx.already_applied() else await store.get_certificate(
-        pool, event.user_id, event.course_id
+        pool, event.user_id, event.course_id, event.attempt
     )
     if cert is None:
         async with ctx.transaction():
