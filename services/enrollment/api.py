@@ -30,6 +30,7 @@ from shared.validation import MAX_BIGINT, MAX_PAGE
 
 CourseId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
 LessonId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
+LearnerId = Annotated[str, Path(min_length=1, max_length=255)]
 Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PerPage = Annotated[int, Query(ge=1, description="capped at 100")]
 
@@ -101,6 +102,15 @@ async def update_lesson(
     out = CourseOut.of(course)
     lesson = next(lesson for lesson in out.lessons if lesson.id == lesson_id)
     return Message(message="Lesson updated", data={"lesson": lesson, "course": out})
+
+
+@admin.post("/{course_id}/learners/{user_id}/reset")
+async def reset_learner(
+    course_id: CourseId, user_id: LearnerId, user: CurrentUser, pool: DbPool
+) -> Message[EnrollmentOut]:
+    """Start the learner's next attempt at 0 % (earlier attempts stay as history)."""
+    enrollment = await usecases.reset_learner(pool, user, course_id, user_id)
+    return Message(message="Learner's course reset", data=EnrollmentOut.of(enrollment))
 
 
 # --- learners --------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class Enrollment(BaseModel):
     user_id: str
     course_id: int
     status: EnrollmentStatus
+    attempt: int = 1  # grows by one on each reset (by staff or for recertification)
     revision: int
     enrolled_at: datetime
     unenrolled_at: datetime | None
@@ -289,10 +290,24 @@ def enrollment_event(enrollment: Enrollment) -> EnrollmentChanged:
         display_name=enrollment.display_name,
         email=enrollment.email,
         avatar=enrollment.avatar,
+        attempt=enrollment.attempt,
     )
 
 
+def ensure_resettable(enrollment: Enrollment | None) -> Enrollment:
+    """A reset starts a new attempt of a current enrollment (active or completed)."""
+    if enrollment is None or not is_enrolled(enrollment):
+        raise NoCurrentEnrollment()
+    return enrollment
+
+
 # --- progress, as reported by events ---------------------------------------------------
+
+
+def is_past_attempt(enrollment: Enrollment, attempt: int) -> bool:
+    """Whether a progress or completion fact belongs to an attempt since reset: it changes
+    nothing (the new attempt starts from zero whatever the old one does later)."""
+    return attempt < enrollment.attempt
 
 
 def is_newer_progress(enrollment: Enrollment, at: datetime, seq: datetime) -> bool:

@@ -123,6 +123,7 @@ class EnrollmentOut(BaseModel):
     user_id: str
     enrolled_at: datetime
     status: str
+    attempt: int
     progress_percentage: int
     completed_at: datetime | None
     resumed: bool = False
@@ -131,7 +132,7 @@ class EnrollmentOut(BaseModel):
     def of(cls, enrollment: Enrollment, resumed: bool = False) -> EnrollmentOut:
         return cls(
             enrollment_id=enrollment.id, course_id=enrollment.course_id, user_id=enrollment.user_id,
-            enrolled_at=enrollment.enrolled_at, status=enrollment.status,
+            enrolled_at=enrollment.enrolled_at, status=enrollment.status, attempt=enrollment.attempt,
             progress_percentage=enrollment.progress_percentage, completed_at=enrollment.completed_at,
             resumed=resumed,
         )

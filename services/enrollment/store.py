@@ -144,7 +144,7 @@ async def course_ids(conn: Connection) -> list[int]:
 # --- enrollments -----------------------------------------------------------------------
 
 _ENROLLMENT_COLUMNS = (
-    "id, user_id, course_id, status, revision, enrolled_at, unenrolled_at, username, display_name, email, "
+    "id, user_id, course_id, status, attempt, revision, enrolled_at, unenrolled_at, username, display_name, email, "
     "avatar, progress_percentage, completed_lessons, total_lessons, progress_at, progress_seq, last_accessed, "
     "completed_at, certificate_id, certificate_url, certificate_issued_at, certificate_revoked_at, "
     "certificate_revocation_reason, certificate_status_changed_at, last_event_id, last_event_at"
@@ -197,6 +197,33 @@ async def change_enrollment(
     )
     assert row is not None
     return Enrollment(**dict(row))
+
+
+async def start_attempt(
+    conn: Connection,
+    enrollment_id: int,
+    attempt: int,
+    now: datetime,
+    event_id: UUID,
+    *,
+    only_completed: bool = False,
+) -> Enrollment | None:
+    """Reset the enrollment to a new attempt (``attempt`` + 1) from zero: active, not completed,
+    progress 0 of the same total, stamped ``now`` so that progress facts from before are
+    older; a published change (new revision, new event id). The certificate fields stay.
+
+    Conditional on the enrollment still being at ``attempt`` (and completed, with
+    ``only_completed``): ``None`` when it is not, so one attempt is reset at most once.
+    """
+    return await fetch_one(
+        conn, Enrollment,
+        "UPDATE enrollments SET attempt = attempt + 1, status = 'active', completed_at = NULL, "
+        "progress_percentage = 0, completed_lessons = 0, progress_at = $3, progress_seq = $3, "
+        "revision = revision + 1, last_event_id = $4, last_event_at = $3 "
+        "WHERE id = $1 AND attempt = $2 AND (NOT $5 OR status = 'completed') "
+        f"RETURNING {_ENROLLMENT_COLUMNS}",
+        enrollment_id, attempt, now, event_id, only_completed,
+    )
 
 
 async def set_progress(
@@ -276,6 +303,7 @@ class StudentRow(BaseModel):
     email: str
     avatar: str | None
     status: EnrollmentStatus
+    attempt: int
     progress_percentage: int
     enrolled_at: datetime
     last_accessed: datetime | None
@@ -292,6 +320,7 @@ class MyCourseRow(BaseModel):
     course_slug: str
     course_status: str
     status: EnrollmentStatus
+    attempt: int
     progress_percentage: int
     completed_lessons: int
     total_lessons: int
@@ -325,7 +354,8 @@ async def list_students(
             "SELECT count(*) FROM enrollments WHERE course_id = $1 AND status <> 'unenrolled'", course_id
         )
         rows = await conn.fetch(
-            "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, progress_percentage, "
+            "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, attempt, "
+            "progress_percentage, "
             "enrolled_at, last_accessed, completed_at, certificate_url, certificate_revoked_at, "
             "certificate_revocation_reason FROM enrollments "
             f"WHERE course_id = $1 AND status <> 'unenrolled' ORDER BY {sort} LIMIT $2 OFFSET $3",
@@ -343,7 +373,8 @@ async def my_courses(
         )
         rows = await conn.fetch(
             "SELECT e.id AS enrollment_id, e.course_id, c.title AS course_title, c.slug AS course_slug, "
-            "c.status AS course_status, e.status, e.progress_percentage, e.completed_lessons, e.total_lessons, "
+            "c.status AS course_status, e.status, e.attempt, e.progress_percentage, e.completed_lessons, "
+            "e.total_lessons, "
             "e.enrolled_at, e.last_accessed, e.completed_at, e.certificate_url, e.certificate_revoked_at, "
             "e.certificate_revocation_reason "
             "FROM enrollments e JOIN courses c ON c.id = e.course_id "

@@ -213,6 +213,22 @@ async def unenroll(pool: asyncpg.Pool, user: User, course_id: int) -> Enrollment
         return enrollment
 
 
+async def reset_learner(pool: asyncpg.Pool, user: User, course_id: int, user_id: str) -> Enrollment:
+    """Start a new attempt of the learner's course (see ``store.start_attempt``), published on
+    enrollment-changed; the earlier attempt's records stay with their owners as history."""
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await store.get_course(conn, course_id)
+        if course is None:
+            raise domain.CourseNotFound()
+        domain.ensure_can_manage(user, course)
+        existing = domain.ensure_resettable(await store.get_enrollment(conn, user_id, course_id, lock=True))
+        enrollment = await store.start_attempt(conn, existing.id, existing.attempt, now, uuid4())
+        assert enrollment is not None  # the row is locked at that attempt
+        await outbox.add(conn, domain.enrollment_event(enrollment))
+        return enrollment
+
+
 async def students(
     pool: asyncpg.Pool,
     user: User,
@@ -296,6 +312,9 @@ async def record_progress(conn: Connection, event: LessonCompleted | LessonReope
     """A lesson completed or reopened at ``at``: last access moves on, and the progress
     figures are replaced unless newer ones are stored."""
     enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    if domain.is_past_attempt(enrollment, event.attempt):
+        log.info("ignoring progress of %s: attempt %d was reset", event.event_id, event.attempt)
+        return
     await store.touch_last_accessed(conn, enrollment.id, at)
     if domain.is_newer_progress(enrollment, at, event.occurred_at):
         await store.set_progress(
@@ -309,6 +328,9 @@ async def record_progress(conn: Connection, event: LessonCompleted | LessonReope
 async def record_completion(conn: Connection, event: CourseCompleted) -> None:
     """A course completed (see ``domain.apply_completion``); a change of status is published."""
     enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    if domain.is_past_attempt(enrollment, event.attempt):
+        log.info("ignoring completion %s: attempt %d was reset", event.event_id, event.attempt)
+        return
     change = domain.apply_completion(enrollment, event.completed_at, event.occurred_at)
     await store.set_completion(
         conn, enrollment.id, completed_at=change.completed_at, progress_to_full=change.progress_to_full,
