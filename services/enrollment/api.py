@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
@@ -194,6 +195,14 @@ async def internal_confirmation(
     return JSONResponse(found.model_dump(mode="json"))
 
 
+@internal.get("/recertifications/{event_id}")
+async def internal_recertification(event_id: UUID, _: InternalCaller, pool: DbPool) -> JSONResponse:
+    """For notifications, before it mails a learner: the recertification-scheduled event as
+    this service published it (404 if it never did)."""
+    notice = await usecases.recertification_notice(pool, event_id)
+    return JSONResponse(notice.model_dump(mode="json"))
+
+
 ROUTERS = [admin, public, internal]
 
 # The one place the enrollment's refusals become HTTP answers (message: the refusal's own).
@@ -209,4 +218,5 @@ ERRORS: ErrorMap = {
     domain.AlreadyEnrolled: HttpError(400, "already_enrolled"),
     domain.NotEnrolled: HttpError(403, "not_enrolled"),
     domain.NoCurrentEnrollment: HttpError(404, "not_enrolled"),
+    domain.RecertificationNotFound: HttpError(404, "recertification_not_found"),
 }
