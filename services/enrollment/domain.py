@@ -384,11 +384,6 @@ class DueCompletion(BaseModel):
     recertify_after_days: int
 
 
-def notice_threshold_days(recertify_after_days: int, notice_days: int) -> int:
-    """How many days after completion the learner is told of the reset to come."""
-    return recertify_after_days - notice_days
-
-
 def reset_time(completed_at: datetime, recertify_after_days: int, now: datetime, notice_days: int) -> datetime:
     """When a completion noticed at ``now`` is reset: when it falls due, but never sooner than
     ``notice_days`` after the learner was told (a notice found late, e.g. after the course
