@@ -22,6 +22,8 @@ Duration = Annotated[int, Field(ge=0, le=7 * 24 * 3600)]
 Order = Annotated[int, Field(ge=1, le=100_000)]  # a position among a course's lessons
 # Days a certificate stays valid after issue (up to a century); strict: "30" is refused.
 ValidityDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
+# Days after completion a course is reset for recertification (up to a century); strict too.
+RecertifyDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
 
 
 class _Patch(BaseModel):
@@ -51,11 +53,13 @@ class CourseCreate(BaseModel):
     requires_sequential_progress: bool = False
     certificate_enabled: bool = True
     certificate_validity_days: ValidityDays | None = None  # null: certificates never expire
+    recertify_after_days: RecertifyDays | None = None  # null: completions are never reset
     instructor_ids: Instructors = Field(default_factory=list)
 
 
 class CourseUpdate(_Patch):
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"certificate_validity_days"})  # null clears it
+    # null clears them: no expiry, no recertification
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"certificate_validity_days", "recertify_after_days"})
 
     title: Title | None = None
     slug: Slug | None = None
@@ -63,6 +67,7 @@ class CourseUpdate(_Patch):
     requires_sequential_progress: bool | None = None
     certificate_enabled: bool | None = None
     certificate_validity_days: ValidityDays | None = None
+    recertify_after_days: RecertifyDays | None = None
     instructor_ids: Instructors | None = None
     status: CourseStatus | None = None
 
@@ -123,6 +128,7 @@ class EnrollmentOut(BaseModel):
     user_id: str
     enrolled_at: datetime
     status: str
+    attempt: int
     progress_percentage: int
     completed_at: datetime | None
     resumed: bool = False
@@ -131,7 +137,7 @@ class EnrollmentOut(BaseModel):
     def of(cls, enrollment: Enrollment, resumed: bool = False) -> EnrollmentOut:
         return cls(
             enrollment_id=enrollment.id, course_id=enrollment.course_id, user_id=enrollment.user_id,
-            enrolled_at=enrollment.enrolled_at, status=enrollment.status,
+            enrolled_at=enrollment.enrolled_at, status=enrollment.status, attempt=enrollment.attempt,
             progress_percentage=enrollment.progress_percentage, completed_at=enrollment.completed_at,
             resumed=resumed,
         )
