@@ -54,7 +54,7 @@ async def get_course(conn: Connection, course_id: int, *, lock: bool = False) ->
         return None
     lessons = await conn.fetch(
         "SELECT id, course_id, title, position AS \"order\", is_required, duration_seconds, kind "
-        "FROM lessons WHERE course_id = $1 ORDER BY position",
+        "FROM lessons WHERE course_id = $1 AND archived_at IS NULL ORDER BY position",
         course_id,
     )
     return Course(**dict(row), lessons=[Lesson(**dict(r)) for r in lessons])
@@ -125,6 +125,13 @@ async def update_lesson(conn: Connection, lesson_id: int, changes: dict[str, Any
     names = sorted(changes)
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
     await conn.execute(f"UPDATE lessons SET {sets} WHERE id = $1", lesson_id, *[changes[n] for n in names])
+
+
+async def archive_lesson(conn: Connection, lesson_id: int, now: datetime) -> None:
+    """Take the lesson out of its course (no position; see migration 005); renumber the rest after."""
+    await conn.execute(
+        "UPDATE lessons SET archived_at = $2, position = NULL WHERE id = $1 AND archived_at IS NULL", lesson_id, now
+    )
 
 
 async def set_lesson_order(conn: Connection, course_id: int, lesson_ids: list[int]) -> None:
@@ -214,6 +221,29 @@ async def set_progress(
         "progress_at = $5, progress_seq = $6 WHERE id = $1",
         enrollment_id, percentage, completed_lessons, total_lessons, at, seq,
     )
+
+
+async def set_progress_batch(
+    conn: Connection,
+    course_id: int,
+    learners: list[tuple[str, int, int, int]],
+    *,
+    at: datetime,
+    seq: datetime,
+) -> int:
+    """(user_id, percentage, completed, total) of many learners of one course, in one
+    statement, each only where (``at``, ``seq``) is newer than the stored progress fact
+    (``domain.is_newer_progress``'s rule). Returns how many rows changed."""
+    status: str = await conn.execute(
+        "UPDATE enrollments AS e SET progress_percentage = x.p, completed_lessons = x.c, total_lessons = x.t, "
+        "progress_at = $6, progress_seq = $7 "
+        "FROM unnest($2::text[], $3::int[], $4::int[], $5::int[]) AS x (u, p, c, t) "
+        "WHERE e.course_id = $1 AND e.user_id = x.u "
+        "AND (e.progress_at IS NULL OR e.progress_seq IS NULL OR (e.progress_at, e.progress_seq) < ($6, $7))",
+        course_id, [r[0] for r in learners], [r[1] for r in learners], [r[2] for r in learners],
+        [r[3] for r in learners], at, seq,
+    )
+    return int(status.split()[-1])
 
 
 async def touch_last_accessed(conn: Connection, enrollment_id: int, at: datetime) -> None:
