@@ -234,11 +234,15 @@ async def set_progress_batch(
     """(user_id, percentage, completed, total) of many learners of one course, in one
     statement, each only where (``at``, ``seq``) is newer than the stored progress fact
     (``domain.is_newer_progress``'s rule). Returns how many rows changed."""
+    # The rows are locked in id order first: two batches touching the same learners (a
+    # redelivery during a rebalance) wait for each other instead of deadlocking.
     status: str = await conn.execute(
-        "UPDATE enrollments AS e SET progress_percentage = x.p, completed_lessons = x.c, total_lessons = x.t, "
+        "UPDATE enrollments AS e SET progress_percentage = s.p, completed_lessons = s.c, total_lessons = s.t, "
         "progress_at = $6, progress_seq = $7 "
-        "FROM unnest($2::text[], $3::int[], $4::int[], $5::int[]) AS x (u, p, c, t) "
-        "WHERE e.course_id = $1 AND e.user_id = x.u "
+        "FROM (SELECT l.id, x.p, x.c, x.t FROM enrollments AS l "
+        "      JOIN unnest($2::text[], $3::int[], $4::int[], $5::int[]) AS x (u, p, c, t) ON l.user_id = x.u "
+        "      WHERE l.course_id = $1 ORDER BY l.id FOR UPDATE OF l) AS s "
+        "WHERE e.id = s.id "
         "AND (e.progress_at IS NULL OR e.progress_seq IS NULL OR (e.progress_at, e.progress_seq) < ($6, $7))",
         course_id, [r[0] for r in learners], [r[1] for r in learners], [r[2] for r in learners],
         [r[3] for r in learners], at, seq,
