@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
@@ -310,3 +311,67 @@ async def test_an_interrupted_recalculation_resumes_from_its_cursor(test_env: Te
         events = await live.recalculation_events(course_id, since)
         assert [[learner.user_id for learner in e.learners] for e in events] == [users[:2], users[2:4], users[4:]]
         await live.percentages_become(course_id, {u: 50 if u in users[:3] else 0 for u in users})
+
+
+async def test_a_process_stopped_mid_job_leaves_it_to_the_next_from_its_cursor(test_env: TestEnv) -> None:
+    enrollment_settings = test_env.settings(EnrollmentSettings, database="enrollment")
+    await ensure_topics(enrollment_settings)
+    enrollment_app = build_enrollment(enrollment_settings)
+    async with served(enrollment_app) as url, httpx.AsyncClient(base_url=url, timeout=30) as enrollment:
+
+        def progress_app() -> FastAPI:
+            return build_progress(test_env.settings(
+                ProgressSettings, database="progress", enrollment_internal_url=url, replica_cache_ttl_s=0,
+                recalculation_batch_size=1, recalculation_interval_s=0.1, recalculation_lease_s=1.0,
+            ))
+
+        first_app = progress_app()
+        async with app_client(first_app):
+            runtime: Runtime[Any] = first_app.state.runtime
+            live = Live(test_env, enrollment, enrollment_settings, [], [first_app])
+
+            async def started() -> bool:
+                return runtime.broker_started
+
+            await eventually(started, what="progress subscribers started")
+            course_id, _ = await live.course("Stopped Course", [True])
+            shown = await enrollment.get(f"/api/admin/courses/{course_id}", headers=live.admin)
+
+            async def replicated() -> bool:
+                entry = await store.get_course(live.pool, course_id)
+                return entry is not None and entry.revision == shown.json()["data"]["revision"]
+
+            await eventually(replicated, what="the published course in the replica")
+            await live.no_job_left()
+            # Enough learners for many one-learner batches, written straight into the replica.
+            users = [f"s{n:04d}" for n in range(1500)]
+            await live.pool.execute(
+                "INSERT INTO enrollments (user_id, course_id, enrollment_id, status, revision, enrolled_at) "
+                "SELECT u, $1, 100000 + ordinality, 'active', 1, now() FROM unnest($2::text[]) WITH ORDINALITY AS u",
+                course_id, users,
+            )
+            since = await live.outbox_position()
+            await live.add_lesson(course_id, "Lesson 2 (new)")
+
+            async def under_way() -> str | None:
+                cursor: str | None = await live.pool.fetchval(
+                    "SELECT cursor FROM course_recalculations WHERE course_id = $1", course_id)
+                return cursor
+
+            await eventually(under_way, interval=0.01, what="the job under way")
+        # The process is stopped (its loop cancelled mid-job); the job stays with its cursor.
+        pool = await asyncpg.connect(test_env.database_url("progress"))
+        try:
+            left = await pool.fetchrow("SELECT cursor FROM course_recalculations WHERE course_id = $1", course_id)
+            assert left is not None and left["cursor"] in users[:-1], "stopped mid-job"
+        finally:
+            await pool.close()
+
+        second_app = progress_app()
+        async with app_client(second_app):
+            live = Live(test_env, enrollment, enrollment_settings, [], [second_app])
+            await live.no_job_left()
+            events = await live.recalculation_events(course_id, since)
+            recalculated = [learner.user_id for e in events for learner in e.learners]
+            assert sorted(recalculated) == users, "every learner once: nothing lost, nothing done twice"
+            assert {learner.total_lessons for e in events for learner in e.learners} == {2}
