@@ -22,6 +22,8 @@ Duration = Annotated[int, Field(ge=0, le=7 * 24 * 3600)]
 Order = Annotated[int, Field(ge=1, le=100_000)]  # a position among a course's lessons
 # Days a certificate stays valid after issue (up to a century); strict: "30" is refused.
 ValidityDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
+# Coverage of a video's duration that completes it, in (0, 1]; strict: "0.9" and true are refused.
+Threshold = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)]
 
 
 class _Patch(BaseModel):
@@ -51,11 +53,13 @@ class CourseCreate(BaseModel):
     requires_sequential_progress: bool = False
     certificate_enabled: bool = True
     certificate_validity_days: ValidityDays | None = None  # null: certificates never expire
+    video_completion_threshold: Threshold | None = None  # null: learners complete lessons themselves
     instructor_ids: Instructors = Field(default_factory=list)
 
 
 class CourseUpdate(_Patch):
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"certificate_validity_days"})  # null clears it
+    # null clears them
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"certificate_validity_days", "video_completion_threshold"})
 
     title: Title | None = None
     slug: Slug | None = None
@@ -63,6 +67,7 @@ class CourseUpdate(_Patch):
     requires_sequential_progress: bool | None = None
     certificate_enabled: bool | None = None
     certificate_validity_days: ValidityDays | None = None
+    video_completion_threshold: Threshold | None = None
     instructor_ids: Instructors | None = None
     status: CourseStatus | None = None
 
@@ -75,16 +80,18 @@ class LessonCreate(BaseModel):
     is_required: bool = True
     duration_seconds: Duration | None = None
     kind: LessonKind = "video"
+    video_completion_threshold: Threshold | None = None  # null: the course's rule
 
 
 class LessonUpdate(_Patch):
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"duration_seconds"})
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"duration_seconds", "video_completion_threshold"})
 
     title: Title | None = None
     order: Order | None = None
     is_required: bool | None = None
     duration_seconds: Duration | None = None
     kind: LessonKind | None = None
+    video_completion_threshold: Threshold | None = None
 
 
 class LessonOrder(BaseModel):
@@ -100,6 +107,7 @@ class LessonOut(BaseModel):
     is_required: bool
     duration_seconds: int | None
     kind: str
+    video_completion_threshold: float | None
 
 
 class CourseOut(CourseFields):
