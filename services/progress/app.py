@@ -35,7 +35,9 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         tracker = Tracker(runtime.pool, replicas, buffer, recheck)
         rechecks = Periodic(interval, tracker.recheck_pending, "completion re-check")
         rechecks.start()
-        return ProgressState(client, replicas, buffer, folder, tracker, rechecks)
+        watching = Periodic(settings.heartbeat_flush_interval_s, tracker.complete_watched, "automatic completion")
+        watching.start()
+        return ProgressState(client, replicas, buffer, folder, tracker, rechecks, watching)
 
     app = create_app(
         ServiceSpec(

@@ -18,7 +18,8 @@ from shared.retry import Backoff
 
 _PROGRESS_COLUMNS = (
     "id, user_id, course_id, lesson_id, completed, completed_at, video_progress, last_position, "
-    "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at"
+    "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at, "
+    "watched, watched_seconds"
 )
 
 
@@ -46,6 +47,8 @@ class ProgressRow(LessonRecord):
     credited_until: float | None  # nothing before this is credited any more
     created_at: datetime
     updated_at: datetime
+    watched: domain.Intervals = ()  # watched media ranges (seconds of the video), see domain.watched_union
+    watched_seconds: float = 0.0
 
     @classmethod
     def of(cls, r: asyncpg.Record) -> ProgressRow:
@@ -53,7 +56,7 @@ class ProgressRow(LessonRecord):
             r["id"], r["user_id"], r["course_id"], r["lesson_id"], r["completed"], r["completed_at"],
             r["video_progress"], r["last_position"], r["position_at"], r["position_seen_at"],
             r["time_spent_seconds"], domain.pairs(r["credited"]), r["credited_until"],
-            r["created_at"], r["updated_at"],
+            r["created_at"], r["updated_at"], domain.pairs(r["watched"]), r["watched_seconds"],
         )
 
 
@@ -71,6 +74,7 @@ class FlushRow:
     position_seen_at: datetime
     credited: domain.Intervals
     updated_at: datetime
+    watched: domain.Intervals = ()  # media ranges watched since the last flush (normalized, bounded)
 
 
 # ---------------------------------------------------------------- progress rows
@@ -113,6 +117,11 @@ _CREDIT = """
     (time_spent_seconds, credited, credited_until) = (
         SELECT p.time_spent_seconds + c.added, c.credited, c.credited_until
         FROM progress_credit(p.credited, p.credited_until, excluded.credited) c)"""
+# Watched media ranges: the union of the stored and the fresh ones (progress_watch,
+# migration 007), so replicas and repeated flushes agree.
+_WATCH = """
+    (watched, watched_seconds) = (
+        SELECT w.watched, w.watched_seconds FROM progress_watch(p.watched, excluded.watched) w)"""
 FLUSH_ON_CONFLICT = f"""
 ON CONFLICT (user_id, lesson_id) DO UPDATE SET
     video_progress = CASE WHEN {_POSITION_NEWER} THEN excluded.video_progress ELSE p.video_progress END,
@@ -121,20 +130,24 @@ ON CONFLICT (user_id, lesson_id) DO UPDATE SET
                        ELSE p.position_at END,
     position_seen_at = CASE WHEN {_POSITION_NEWER} THEN excluded.position_seen_at ELSE p.position_seen_at END,
     {_CREDIT.strip()},
+    {_WATCH.strip()},
     updated_at = GREATEST(p.updated_at, excluded.updated_at)
 """
 # A row that does not exist yet (the flush also creates) gets the fresh intervals as they
 # are, and their length; one that exists gets the merge above.
 # The rows' intervals travel as one flat array ($9), each row's being the slice after
-# offset $10 (exclusive) up to $11 (inclusive).
+# offset $10 (exclusive) up to $11 (inclusive); their watched ranges likewise ($13, $14,
+# $15), with their lengths ($16).
 FLUSH_SQL = """
 INSERT INTO lesson_progress AS p
     (user_id, course_id, lesson_id, video_progress, last_position, position_at, position_seen_at,
-     time_spent_seconds, credited, updated_at)
-SELECT u, c, l, v, lp, pa, ps, t, CASE WHEN hi > lo THEN ($9::float8[])[lo + 1:hi] ELSE '{}' END, ua
+     time_spent_seconds, credited, updated_at, watched, watched_seconds)
+SELECT u, c, l, v, lp, pa, ps, t, CASE WHEN hi > lo THEN ($9::float8[])[lo + 1:hi] ELSE '{}' END, ua,
+       CASE WHEN whi > wlo THEN ($13::float8[])[wlo + 1:whi] ELSE '{}' END, ws
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[], $6::timestamptz[],
-            $7::timestamptz[], $8::float8[], $10::int[], $11::int[], $12::timestamptz[])
-     AS x (u, c, l, v, lp, pa, ps, t, lo, hi, ua)
+            $7::timestamptz[], $8::float8[], $10::int[], $11::int[], $12::timestamptz[],
+            $14::int[], $15::int[], $16::float8[])
+     AS x (u, c, l, v, lp, pa, ps, t, lo, hi, ua, wlo, whi, ws)
 """ + FLUSH_ON_CONFLICT + f"RETURNING {_PROGRESS_COLUMNS}"
 
 
@@ -155,6 +168,15 @@ async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> list[Pro
             total += end - start
         ends.append(len(bounds))
         lengths.append(total)
+    watched: list[float] = []
+    watched_starts: list[int] = []
+    watched_ends: list[int] = []
+    watched_lengths: list[float] = []
+    for r in rows:
+        watched_starts.append(len(watched))
+        watched.extend(domain.flat(r.watched))
+        watched_ends.append(len(watched))
+        watched_lengths.append(domain.length(r.watched))
     records = await conn.fetch(
         FLUSH_SQL,
         [r.user_id for r in rows],
@@ -169,6 +191,10 @@ async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> list[Pro
         starts,
         ends,
         [r.updated_at for r in rows],
+        watched,
+        watched_starts,
+        watched_ends,
+        watched_lengths,
     )
     return [ProgressRow.of(r) for r in records]
 
@@ -181,8 +207,10 @@ async def mark_complete(
     r = await conn.fetchrow(
         f"""
         INSERT INTO lesson_progress AS p (user_id, course_id, lesson_id, completed, completed_at,
-            video_progress, last_position, position_at, position_seen_at, time_spent_seconds, credited, updated_at)
-        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $9, $10::float8[], $4)
+            video_progress, last_position, position_at, position_seen_at, time_spent_seconds, credited, updated_at,
+            watched, watched_seconds)
+        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $9, $10::float8[], $4,
+                $11::float8[], $12)
         ON CONFLICT (user_id, lesson_id) DO UPDATE SET
             completed = true,
             completed_at = COALESCE(p.completed_at, excluded.completed_at),
@@ -195,6 +223,7 @@ async def mark_complete(
             position_seen_at = CASE WHEN $8::timestamptz IS NOT NULL AND {_POSITION_NEWER}
                                     THEN excluded.position_seen_at ELSE p.position_seen_at END,
             {_CREDIT.strip()},
+            {_WATCH.strip()},
             updated_at = GREATEST(p.updated_at, $4)  -- never backwards (analytics' last activity)
         RETURNING {_PROGRESS_COLUMNS}
         """,
@@ -205,6 +234,8 @@ async def mark_complete(
         playback.position_seen_at if playback else None,
         domain.length(playback.credited) if playback else 0.0,
         domain.flat(playback.credited) if playback else [],
+        domain.flat(playback.watched) if playback else [],
+        domain.length(playback.watched) if playback else 0.0,
     )
     assert r is not None
     return ProgressRow.of(r)
