@@ -20,16 +20,16 @@ _STARTED = "(p.completed OR p.video_progress > 0 OR p.last_position > 0)"
 # percentile_cont(0.5) over whole seconds, found by a running count over the seconds.
 _LESSON_SUMMARY = """
 , h AS (
-    SELECT lesson_id, watch_s, sum(n)::bigint AS n, sum(c)::bigint AS c
+    SELECT lesson_id, watch_s, sum(n)::bigint AS n, sum(c)::bigint AS c, sum(v)::bigint AS v
     FROM histogram GROUP BY lesson_id, watch_s HAVING sum(n) > 0
 ), ranked AS (
-    SELECT lesson_id, watch_s, n, c,
+    SELECT lesson_id, watch_s, n, c, v,
            sum(n) OVER (PARTITION BY lesson_id ORDER BY watch_s)::bigint AS upto,
            sum(n) OVER (PARTITION BY lesson_id)::bigint AS total
     FROM h
 )
 SELECT r.lesson_id, max(r.total)::bigint AS started, sum(r.c)::bigint AS completed,
-       sum(r.watch_s * r.n)::bigint AS watch_sum,
+       sum(r.watch_s * r.n)::bigint AS watch_sum, sum(r.v)::bigint AS watched_sum,
        sum(least(1.0::float8, r.watch_s / d.duration) * r.n) FILTER (WHERE d.duration > 0) AS fraction_sum,
        (min(r.watch_s) FILTER (WHERE r.upto > (r.total - 1) / 2)
         + min(r.watch_s) FILTER (WHERE r.upto > r.total / 2)) / 2.0::float8 AS median_watch
@@ -42,7 +42,7 @@ GROUP BY r.lesson_id
 LESSONS_FROM_SCRATCH_SQL = f"""
 WITH histogram AS (
     SELECT p.lesson_id, round(p.time_spent_seconds)::integer AS watch_s, count(*) AS n,
-           count(*) FILTER (WHERE p.completed) AS c
+           count(*) FILTER (WHERE p.completed) AS c, sum(round(p.watched_seconds)::bigint) AS v
     FROM enrollments e
     JOIN lesson_progress p ON p.user_id = e.user_id AND p.course_id = e.course_id
     WHERE e.course_id = $1 AND {IN_POPULATION} AND {_STARTED}
@@ -62,7 +62,8 @@ async def lesson_figures_from_scratch(
     )
     return {
         r["lesson_id"]: LessonFigures(
-            r["lesson_id"], r["started"], r["completed"], r["watch_sum"], r["fraction_sum"], float(r["median_watch"])
+            r["lesson_id"], r["started"], r["completed"], r["watch_sum"], r["fraction_sum"], float(r["median_watch"]),
+            r["watched_sum"],
         )
         for r in rows
     }

@@ -81,7 +81,7 @@ class Playback:
     position_at: float | None = None  # latest client timestamp (epoch s) behind the position, if any
     seen_at: float | None = None  # server time (epoch s) of the heartbeat that set the position
     last_credit: float = 0.0  # seconds the last accepted pair credited (ending at seen_at)
-    watch_budget: float = FIRST_WATCH_BUDGET  # media seconds the next forward movement may cover as watching (see watched_step)
+    watch_budget: float = FIRST_WATCH_BUDGET  # media seconds the next movement may cover as watching (watched_step)
 
 
 def merge_heartbeat(

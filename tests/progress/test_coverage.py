@@ -8,12 +8,14 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from services.progress import domain
+from services.progress import store as progress_store
 from services.progress.app import build_app
 from shared.events import CourseCatalogEntry, CourseCompleted, LessonCompleted, Topic
 from tests.helpers import TopicReader, app_client, eventually
@@ -246,3 +248,31 @@ async def test_the_watch_merge_in_sql_is_the_domain_one(stack: Stack) -> None:
             assert got is not None
             assert domain.pairs(got["watched"]) == expected, (case, current, fresh, most)
             assert got["watched_seconds"] == domain.length(expected), case
+
+
+async def test_coverage_reached_only_by_another_replicas_flush_completes(stack: Stack) -> None:
+    """Coverage that reaches the threshold only in the database (another replica flushed
+    the rest) is found in the rows this process's flush returns."""
+    await stack.catalog(watched_course(0.9))
+    await stack.enroll(enrollment("u7", COURSE))
+    me = stack.token("u7")
+    # A process that flushes and checks only when told (its loops wait an hour).
+    settings = stack.settings.model_copy(update={"heartbeat_flush_interval_s": 3600.0})
+    app = build_app(settings)
+    async with app_client(app) as client:
+        state = app.state.runtime.state
+        mine = await beat(client, me, video_progress=560, played_segments=[[300, 560]])
+        assert mine["completed"] is False and mine["watched_seconds"] == 260
+        # Another replica flushes the first half.
+        now = datetime.now(UTC)
+        await progress_store.flush_heartbeats(stack.runtime.pool, [progress_store.FlushRow(
+            "u7", COURSE, L1, 300.0, 300.0, None, now, (), now, ((0.0, 300.0),))])
+        assert await state.tracker.complete_watched() == 0  # nothing flushed here yet
+        assert await state.heartbeats.flush() == 1
+        assert await state.tracker.complete_watched() == 1
+        assert await state.tracker.complete_watched() == 0
+        lessons = await events(stack, Topic.LESSON_COMPLETED, "u7", 1)
+        assert [e.lesson_id for e in lessons] == [L1]
+        answer = await beat(client, me, video_progress=561)
+        assert answer["completed"] is True and answer["watched_seconds"] == 560
+    assert await published(stack, Topic.LESSON_COMPLETED, "u7") == 1
