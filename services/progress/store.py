@@ -121,7 +121,8 @@ _CREDIT = """
 # migration 007), so replicas and repeated flushes agree.
 _WATCH = """
     (watched, watched_seconds) = (
-        SELECT w.watched, w.watched_seconds FROM progress_watch(p.watched, excluded.watched) w)"""
+        SELECT w.watched, w.watched_seconds
+        FROM progress_watch(p.watched, excluded.watched, stored_seconds => p.watched_seconds) w)"""
 FLUSH_ON_CONFLICT = f"""
 ON CONFLICT (user_id, lesson_id) DO UPDATE SET
     video_progress = CASE WHEN {_POSITION_NEWER} THEN excluded.video_progress ELSE p.video_progress END,

@@ -185,6 +185,12 @@ class Tracker:
                 )
             except (LessonNotWatched, NoThresholdRule):
                 pass  # the confirmed revision's rule says not yet
+            except (DomainError, PeerUnavailable):
+                if completed:
+                    raise
+                # Nobody asked for this completion: the heartbeat itself was recorded, and the
+                # next one (or a flush) tries again.
+                log.info("automatic completion of %s:%s not possible now", user.id, lesson_id, exc_info=True)
             else:
                 entry.adopt(done.row)
         return entry.as_json(duration)

@@ -18,12 +18,18 @@ ALTER TABLE lesson_progress
 -- services/progress/domain.watched_union, step for step: the ranges of both merged
 -- (sorted by start then end; overlapping and touching ranges joined), then, beyond
 -- `max_ranges`, the shortest dropped (of equal lengths, the earlier first); and the total
--- length, summed in order.
+-- length, summed in order. Given the stored length (`stored_seconds`), the usual flushes
+-- take a short cut: nothing fresh, or one range from the start of the last one on (playback
+-- going on), which extends the last range or follows it; the length then grows by what
+-- the range adds (equal to the sum up to rounding).
 CREATE FUNCTION progress_watch(
     stored double precision[], fresh double precision[], max_ranges integer DEFAULT 50,
+    stored_seconds double precision DEFAULT NULL,
     OUT watched double precision[], OUT watched_seconds double precision)
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
+    ns integer := coalesce(array_length(stored, 1), 0);
+    nf integer := coalesce(array_length(fresh, 1), 0);
     r record;
     cs double precision;
     ce double precision;
@@ -31,6 +37,29 @@ DECLARE
     n integer;
     k integer;
 BEGIN
+    IF stored_seconds IS NOT NULL THEN
+        IF nf = 0 THEN
+            watched := stored;
+            watched_seconds := stored_seconds;
+            RETURN;
+        END IF;
+        IF nf = 2 AND fresh[2] > fresh[1] AND (ns = 0 OR fresh[1] >= stored[ns - 1]) THEN
+            IF ns = 0 THEN
+                watched := fresh;
+                watched_seconds := fresh[2] - fresh[1];
+                RETURN;
+            ELSIF fresh[1] <= stored[ns] THEN
+                watched := stored;
+                watched[ns] := greatest(stored[ns], fresh[2]);
+                watched_seconds := stored_seconds + (watched[ns] - stored[ns]);
+                RETURN;
+            ELSIF ns / 2 < greatest(max_ranges, 1) THEN
+                watched := stored || fresh;
+                watched_seconds := stored_seconds + (fresh[2] - fresh[1]);
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
     FOR r IN
         SELECT b.v[i] AS s, b.v[i + 1] AS e
         FROM (SELECT coalesce(stored, '{}') || coalesce(fresh, '{}') AS v) b,
