@@ -286,3 +286,37 @@ async def test_coverage_reached_only_by_another_replicas_flush_completes(stack: 
         answer = await beat(client, me, video_progress=561)
         assert answer["completed"] is True and answer["watched_seconds"] == 560
     assert await published(stack, Topic.LESSON_COMPLETED, "u7") == 1
+
+
+async def test_inferred_playback_alternating_between_replicas_completes_once(
+    two: tuple[Stack, list[httpx.AsyncClient]],
+) -> None:
+    """Real playback paced by the clock, heartbeats alternating between two processes (each
+    sees every other one): the inferred coverage adds up in the database and a 4-second
+    video completes itself once at 90 %."""
+    stack, clients = two
+    short = watched_course(0.9, revision=2)
+    lessons = [lesson.model_copy(update={"duration_seconds": 4}) if lesson.id == L2 else lesson
+               for lesson in short.lessons]
+    await stack.catalog(short.model_copy(update={"lessons": lessons}))
+    await stack.enroll(enrollment("u8", COURSE))
+    me = stack.token("u8")
+    started = time.time()
+    answers = []
+    for i in range(24):  # 6 s at a heartbeat every 0.25 s
+        await asyncio.sleep(max(0.0, started + i * 0.25 - time.time()))
+        position = min(4.0, time.time() - started)
+        answers.append(await beat(clients[i % 2], me, lesson=L2, video_progress=position))
+    assert answers[0]["completed"] is False and answers[-1]["completed"] is True
+    assert answers[-1]["watched_ratio"] >= 0.9
+    lessons_done = await events(stack, Topic.LESSON_COMPLETED, "u8", 1)
+    assert [e.lesson_id for e in lessons_done] == [L2]
+
+    async def flushed() -> Any:
+        row = await stack.runtime.pool.fetchrow(
+            "SELECT completed, watched_seconds FROM lesson_progress WHERE user_id = 'u8' AND lesson_id = $1", L2)
+        return row if row["watched_seconds"] >= 3.6 else None
+
+    row = await eventually(flushed, what="the coverage of both processes in the database")
+    assert row["completed"] and row["watched_seconds"] <= 4.0
+    assert await published(stack, Topic.LESSON_COMPLETED, "u8") == 1
