@@ -9,6 +9,7 @@ course-completed event (the course_completions key makes a second one impossible
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -638,6 +639,10 @@ class ProgressState:
         await self.heartbeats.stop()
         if self.watching is not None:
             await self.watching.stop()
+            # The last flush's rows may have reached a threshold: decide them while the pool
+            # and the enrollment client are still open.
+            with contextlib.suppress(Exception):
+                await self.tracker.complete_watched()
         await self.rechecks.stop()
         await self.analytics_folder.stop()
         await self.enrollment_client.aclose()
