@@ -22,6 +22,7 @@ from shared.events import (
     CourseCatalogEntry,
     CourseCompleted,
     EnrollmentChanged,
+    RecertificationScheduled,
 )
 from shared.inbox import RejectedEvent, TransientError
 from shared.settings import ServiceSettings
@@ -95,6 +96,11 @@ class CourseConfirmation(BaseModel):
 
 # What a forged course-completed could change to make a certificate or mail go astray.
 COMPLETION_FIELDS = ("user_id", "course_id", "user_email", "user_name", "course_title")
+# What a forged recertification-scheduled could change to mail someone else, or another date.
+RECERTIFICATION_FIELDS = (
+    "user_id", "course_id", "enrollment_id", "attempt", "completed_at", "reset_at", "user_email", "user_name",
+    "course_title",
+)
 # The links are not compared but taken from the owner: they derive from its configuration
 # (PUBLIC_BASE_URL), and a mismatch there must not dead-letter genuine mail.
 CERTIFICATE_FIELDS = (
@@ -143,6 +149,27 @@ async def confirm_completion(progress: httpx.AsyncClient, claimed: CourseComplet
     if different := _differences(claimed, owned, COMPLETION_FIELDS):
         raise RejectedEvent(
             f"course-completed {claimed.event_id} differs from progress's copy in {', '.join(different)}"
+        )
+    return owned
+
+
+async def confirm_recertification(
+    enrollment: httpx.AsyncClient, claimed: RecertificationScheduled
+) -> RecertificationScheduled:
+    """Enrollment's own copy of a recertification-scheduled event
+    (``GET /internal/recertifications/{id}``).
+
+    Raises ``RejectedEvent`` when enrollment published no such event or its copy differs in
+    who is reset when (a forged or altered message), ``TransientError`` when enrollment
+    cannot answer. The returned event is the one to act on.
+    """
+    body = await get_internal(enrollment, f"{INTERNAL_PREFIX}/recertifications/{claimed.event_id}", "enrollment")
+    if body is None:
+        raise RejectedEvent(f"enrollment published no recertification-scheduled with event_id {claimed.event_id}")
+    owned = RecertificationScheduled.model_validate_json(body)
+    if different := _differences(claimed, owned, RECERTIFICATION_FIELDS):
+        raise RejectedEvent(
+            f"recertification-scheduled {claimed.event_id} differs from enrollment's copy in {', '.join(different)}"
         )
     return owned
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
@@ -30,6 +31,7 @@ from shared.validation import MAX_BIGINT, MAX_PAGE
 
 CourseId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
 LessonId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
+LearnerId = Annotated[str, Path(min_length=1, max_length=255)]
 Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PerPage = Annotated[int, Query(ge=1, description="capped at 100")]
 
@@ -101,6 +103,15 @@ async def update_lesson(
     out = CourseOut.of(course)
     lesson = next(lesson for lesson in out.lessons if lesson.id == lesson_id)
     return Message(message="Lesson updated", data={"lesson": lesson, "course": out})
+
+
+@admin.post("/{course_id}/learners/{user_id}/reset")
+async def reset_learner(
+    course_id: CourseId, user_id: LearnerId, user: CurrentUser, pool: DbPool
+) -> Message[EnrollmentOut]:
+    """Start the learner's next attempt at 0 % (earlier attempts stay as history)."""
+    enrollment = await usecases.reset_learner(pool, user, course_id, user_id)
+    return Message(message="Learner's course reset", data=EnrollmentOut.of(enrollment))
 
 
 # --- learners --------------------------------------------------------------------------
@@ -184,6 +195,14 @@ async def internal_confirmation(
     return JSONResponse(found.model_dump(mode="json"))
 
 
+@internal.get("/recertifications/{event_id}")
+async def internal_recertification(event_id: UUID, _: InternalCaller, pool: DbPool) -> JSONResponse:
+    """For notifications, before it mails a learner: the recertification-scheduled event as
+    this service published it (404 if it never did)."""
+    notice = await usecases.recertification_notice(pool, event_id)
+    return JSONResponse(notice.model_dump(mode="json"))
+
+
 ROUTERS = [admin, public, internal]
 
 # The one place the enrollment's refusals become HTTP answers (message: the refusal's own).
@@ -199,4 +218,5 @@ ERRORS: ErrorMap = {
     domain.AlreadyEnrolled: HttpError(400, "already_enrolled"),
     domain.NotEnrolled: HttpError(403, "not_enrolled"),
     domain.NoCurrentEnrollment: HttpError(404, "not_enrolled"),
+    domain.RecertificationNotFound: HttpError(404, "recertification_not_found"),
 }

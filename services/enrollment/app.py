@@ -8,12 +8,17 @@ from fastapi import FastAPI
 
 from services.enrollment import api, handlers
 from services.enrollment.settings import EnrollmentSettings
-from shared.service import ServiceSpec, create_app
+from services.enrollment.usecases import EnrollmentState
+from shared.service import Runtime, ServiceSpec, create_app
 
 
 def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
     """Factory for uvicorn (`uvicorn --factory services.enrollment.app:build_app`) and tests."""
     settings = settings or EnrollmentSettings()
+
+    async def open_state(runtime: Runtime[EnrollmentState]) -> EnrollmentState:
+        return EnrollmentState.open(runtime.pool, settings)
+
     return create_app(
         ServiceSpec(
             name="enrollment",
@@ -22,6 +27,7 @@ def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
             routers=list(api.ROUTERS),
             errors=api.ERRORS,
             subscriptions=handlers.subscriptions(settings),
+            open_state=open_state,
             title="Lessonstream enrollment: course catalog and enrollments",
         )
     )

@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
 from shared.domain import DomainError, User
-from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged
+from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged, RecertificationScheduled
 
 CourseStatus = Literal["draft", "published", "archived"]
 EnrollmentStatus = Literal["active", "completed", "unenrolled"]
@@ -52,6 +52,7 @@ class CourseFields(BaseModel):
     certificate_validity_days: int | None = None  # null: certificates never expire
     # Coverage (0, 1] a video lesson needs to complete itself; null: learners complete lessons.
     video_completion_threshold: float | None = None
+    recertify_after_days: int | None = None  # null: completions are never reset
     instructor_ids: list[str]
     revision: int
 
@@ -71,6 +72,7 @@ class Enrollment(BaseModel):
     user_id: str
     course_id: int
     status: EnrollmentStatus
+    attempt: int = 1  # grows by one on each reset (by staff or for recertification)
     revision: int
     enrolled_at: datetime
     unenrolled_at: datetime | None
@@ -147,6 +149,12 @@ class NoCurrentEnrollment(DomainError):
     """Another service asking for a learner's current enrollment, and there is none."""
 
     default_message = "No current enrollment of this learner in this course"
+
+
+class RecertificationNotFound(DomainError):
+    """Another service asking for a recertification notice this service never published."""
+
+    default_message = "No such recertification notice"
 
 
 # --- who may do what -------------------------------------------------------------------
@@ -232,6 +240,7 @@ def catalog_entry(course: Course) -> CourseCatalogEntry:
         certificate_enabled=course.certificate_enabled,
         certificate_validity_days=course.certificate_validity_days,
         video_completion_threshold=course.video_completion_threshold,
+        recertify_after_days=course.recertify_after_days,
         instructor_ids=list(course.instructor_ids),
         lessons=[
             CatalogLesson(
@@ -294,10 +303,24 @@ def enrollment_event(enrollment: Enrollment) -> EnrollmentChanged:
         display_name=enrollment.display_name,
         email=enrollment.email,
         avatar=enrollment.avatar,
+        attempt=enrollment.attempt,
     )
 
 
+def ensure_resettable(enrollment: Enrollment | None) -> Enrollment:
+    """A reset starts a new attempt of a current enrollment (active or completed)."""
+    if enrollment is None or not is_enrolled(enrollment):
+        raise NoCurrentEnrollment()
+    return enrollment
+
+
 # --- progress, as reported by events ---------------------------------------------------
+
+
+def is_past_attempt(enrollment: Enrollment, attempt: int) -> bool:
+    """Whether a progress or completion fact belongs to an attempt since reset: it changes
+    nothing (the new attempt starts from zero whatever the old one does later)."""
+    return attempt < enrollment.attempt
 
 
 def is_newer_progress(enrollment: Enrollment, at: datetime, seq: datetime) -> bool:
@@ -345,6 +368,47 @@ def is_newer_certificate_status(enrollment: Enrollment, changed_at: datetime) ->
     """Whether a revocation or reinstatement made at ``changed_at`` is newer than the one stored."""
     stored = enrollment.certificate_status_changed_at
     return stored is None or changed_at > stored
+
+
+# --- recertification -------------------------------------------------------------------
+
+
+class DueCompletion(BaseModel):
+    """A completed enrollment of a course that recertifies, due for its notice."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enrollment_id: int
+    user_id: str
+    course_id: int
+    attempt: int
+    completed_at: datetime
+    display_name: str
+    email: str
+    course_title: str
+    recertify_after_days: int
+
+
+def reset_time(completed_at: datetime, recertify_after_days: int, now: datetime, notice_days: int) -> datetime:
+    """When a completion noticed at ``now`` is reset: when it falls due, but never sooner than
+    ``notice_days`` after the learner was told (a notice found late, e.g. after the course
+    started recertifying or the job was down, moves the reset, not the notice)."""
+    return max(completed_at + timedelta(days=recertify_after_days), now + timedelta(days=notice_days))
+
+
+def recertification_notice(due: DueCompletion, now: datetime, notice_days: int) -> RecertificationScheduled:
+    return RecertificationScheduled(
+        occurred_at=now,
+        user_id=due.user_id,
+        course_id=due.course_id,
+        enrollment_id=due.enrollment_id,
+        attempt=due.attempt,
+        completed_at=due.completed_at,
+        reset_at=reset_time(due.completed_at, due.recertify_after_days, now, notice_days),
+        course_title=due.course_title,
+        user_name=due.display_name,
+        user_email=due.email,
+    )
 
 
 # --- lists -----------------------------------------------------------------------------

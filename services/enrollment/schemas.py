@@ -24,6 +24,8 @@ Order = Annotated[int, Field(ge=1, le=100_000)]  # a position among a course's l
 ValidityDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
 # Coverage of a video's duration that completes it, in (0, 1]; strict: "0.9" and true are refused.
 Threshold = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)]
+# Days after completion a course is reset for recertification (up to a century); strict too.
+RecertifyDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
 
 
 class _Patch(BaseModel):
@@ -54,12 +56,15 @@ class CourseCreate(BaseModel):
     certificate_enabled: bool = True
     certificate_validity_days: ValidityDays | None = None  # null: certificates never expire
     video_completion_threshold: Threshold | None = None  # null: learners complete lessons themselves
+    recertify_after_days: RecertifyDays | None = None  # null: completions are never reset
     instructor_ids: Instructors = Field(default_factory=list)
 
 
 class CourseUpdate(_Patch):
-    # null clears them
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"certificate_validity_days", "video_completion_threshold"})
+    # null clears them: no expiry, manual completion, no recertification
+    NULLABLE: ClassVar[frozenset[str]] = frozenset(
+        {"certificate_validity_days", "video_completion_threshold", "recertify_after_days"}
+    )
 
     title: Title | None = None
     slug: Slug | None = None
@@ -68,6 +73,7 @@ class CourseUpdate(_Patch):
     certificate_enabled: bool | None = None
     certificate_validity_days: ValidityDays | None = None
     video_completion_threshold: Threshold | None = None
+    recertify_after_days: RecertifyDays | None = None
     instructor_ids: Instructors | None = None
     status: CourseStatus | None = None
 
@@ -131,6 +137,7 @@ class EnrollmentOut(BaseModel):
     user_id: str
     enrolled_at: datetime
     status: str
+    attempt: int
     progress_percentage: int
     completed_at: datetime | None
     resumed: bool = False
@@ -139,7 +146,7 @@ class EnrollmentOut(BaseModel):
     def of(cls, enrollment: Enrollment, resumed: bool = False) -> EnrollmentOut:
         return cls(
             enrollment_id=enrollment.id, course_id=enrollment.course_id, user_id=enrollment.user_id,
-            enrolled_at=enrollment.enrolled_at, status=enrollment.status,
+            enrolled_at=enrollment.enrolled_at, status=enrollment.status, attempt=enrollment.attempt,
             progress_percentage=enrollment.progress_percentage, completed_at=enrollment.completed_at,
             resumed=resumed,
         )

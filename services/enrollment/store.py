@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from services.enrollment.domain import (
     Course,
+    DueCompletion,
     Enrollment,
     EnrollmentStatus,
     Lesson,
@@ -19,17 +20,18 @@ from services.enrollment.domain import (
     StudentOrderBy,
 )
 from shared.db import Connection, fetch_one
+from shared.events import RecertificationScheduled
 
 _COURSE_COLUMNS = (
     "id, title, slug, description, status, requires_sequential_progress, certificate_enabled, "
     "certificate_validity_days, video_completion_threshold, instructor_ids, revision, created_at, updated_at, "
-    "last_event_id, last_event_at"
+    "last_event_id, last_event_at, recertify_after_days"
 )
 # Columns a course update may set (names come from this set only, never from input).
 COURSE_FIELDS = frozenset(
     {
         "title", "slug", "description", "status", "requires_sequential_progress", "certificate_enabled",
-        "certificate_validity_days", "video_completion_threshold", "instructor_ids",
+        "certificate_validity_days", "video_completion_threshold", "instructor_ids", "recertify_after_days",
     }
 )
 LESSON_FIELDS = frozenset({"title", "is_required", "duration_seconds", "kind", "video_completion_threshold"})
@@ -74,11 +76,12 @@ async def insert_course(
         course_id: int = await conn.fetchval(
             "INSERT INTO courses (title, slug, description, requires_sequential_progress, certificate_enabled, "
             "instructor_ids, created_at, updated_at, last_event_id, last_event_at, certificate_validity_days, "
-            "video_completion_threshold) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $7, $9, $10) RETURNING id",
+            "video_completion_threshold, recertify_after_days) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $7, $9, $10, $11) RETURNING id",
             fields["title"], fields["slug"], fields.get("description", ""),
             fields.get("requires_sequential_progress", False), fields.get("certificate_enabled", True),
             fields.get("instructor_ids", []), now, event_id, fields.get("certificate_validity_days"),
-            fields.get("video_completion_threshold"),
+            fields.get("video_completion_threshold"), fields.get("recertify_after_days"),
         )
     except asyncpg.UniqueViolationError as exc:
         raise SlugTaken from exc
@@ -146,7 +149,7 @@ async def course_ids(conn: Connection) -> list[int]:
 # --- enrollments -----------------------------------------------------------------------
 
 _ENROLLMENT_COLUMNS = (
-    "id, user_id, course_id, status, revision, enrolled_at, unenrolled_at, username, display_name, email, "
+    "id, user_id, course_id, status, attempt, revision, enrolled_at, unenrolled_at, username, display_name, email, "
     "avatar, progress_percentage, completed_lessons, total_lessons, progress_at, progress_seq, last_accessed, "
     "completed_at, certificate_id, certificate_url, certificate_issued_at, certificate_revoked_at, "
     "certificate_revocation_reason, certificate_status_changed_at, last_event_id, last_event_at"
@@ -199,6 +202,33 @@ async def change_enrollment(
     )
     assert row is not None
     return Enrollment(**dict(row))
+
+
+async def start_attempt(
+    conn: Connection,
+    enrollment_id: int,
+    attempt: int,
+    now: datetime,
+    event_id: UUID,
+    *,
+    only_completed: bool = False,
+) -> Enrollment | None:
+    """Reset the enrollment to a new attempt (``attempt`` + 1) from zero: active, not completed,
+    progress 0 of the same total, stamped ``now`` so that progress facts from before are
+    older; a published change (new revision, new event id). The certificate fields stay.
+
+    Conditional on the enrollment still being at ``attempt`` (and completed, with
+    ``only_completed``): ``None`` when it is not, so one attempt is reset at most once.
+    """
+    return await fetch_one(
+        conn, Enrollment,
+        "UPDATE enrollments SET attempt = attempt + 1, status = 'active', completed_at = NULL, "
+        "progress_percentage = 0, completed_lessons = 0, progress_at = $3, progress_seq = $3, "
+        "revision = revision + 1, last_event_id = $4, last_event_at = $3 "
+        "WHERE id = $1 AND attempt = $2 AND (NOT $5 OR status = 'completed') "
+        f"RETURNING {_ENROLLMENT_COLUMNS}",
+        enrollment_id, attempt, now, event_id, only_completed,
+    )
 
 
 async def set_progress(
@@ -267,6 +297,78 @@ async def set_certificate_status(
     )
 
 
+# --- recertification -------------------------------------------------------------------
+
+
+async def completions_due_for_notice(
+    conn: Connection, now: datetime, notice_days: int, limit: int
+) -> list[DueCompletion]:
+    """Completed enrollments of recertifying courses, completed at least
+    ``recertify_after_days - notice_days`` days before ``now``, whose current attempt has no
+    notice yet; locked (rows another transaction holds are skipped, for the next run)."""
+    rows = await conn.fetch(
+        "SELECT e.id AS enrollment_id, e.user_id, e.course_id, e.attempt, e.completed_at, e.display_name, "
+        "e.email, c.title AS course_title, c.recertify_after_days "
+        "FROM enrollments e JOIN courses c ON c.id = e.course_id "
+        "WHERE c.recertify_after_days IS NOT NULL AND e.status = 'completed' AND e.completed_at IS NOT NULL "
+        "AND e.completed_at + make_interval(days => c.recertify_after_days - $2) <= $1 "
+        "AND NOT EXISTS (SELECT 1 FROM recertification_notices n "
+        "                WHERE n.enrollment_id = e.id AND n.attempt = e.attempt) "
+        "ORDER BY e.id LIMIT $3 FOR UPDATE OF e SKIP LOCKED",
+        now, notice_days, limit,
+    )
+    return [DueCompletion(**dict(r)) for r in rows]
+
+
+async def insert_notice(conn: Connection, event: RecertificationScheduled, now: datetime) -> bool:
+    """Record the notice of (enrollment, attempt); False if it was recorded already."""
+    inserted = await conn.fetchval(
+        "INSERT INTO recertification_notices (enrollment_id, attempt, completed_at, reset_at, event_id, event, "
+        "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        "ON CONFLICT (enrollment_id, attempt) DO NOTHING RETURNING true",
+        event.enrollment_id, event.attempt, event.completed_at, event.reset_at, event.event_id,
+        event.model_dump(mode="json"), now,
+    )
+    return bool(inserted)
+
+
+async def notices_due_for_reset(conn: Connection, now: datetime, limit: int) -> list[tuple[int, int]]:
+    """(enrollment id, attempt) of pending notices whose reset time has come, whose
+    enrollment is still completed at that attempt, in a course that still recertifies;
+    notice and enrollment rows locked (rows another transaction holds are skipped)."""
+    rows = await conn.fetch(
+        "SELECT n.enrollment_id, n.attempt FROM recertification_notices n "
+        "JOIN enrollments e ON e.id = n.enrollment_id JOIN courses c ON c.id = e.course_id "
+        "WHERE n.settled_at IS NULL AND n.reset_at <= $1 AND e.attempt = n.attempt AND e.status = 'completed' "
+        "AND c.recertify_after_days IS NOT NULL "
+        "ORDER BY n.reset_at, n.enrollment_id LIMIT $2 FOR UPDATE OF n, e SKIP LOCKED",
+        now, limit,
+    )
+    return [(r["enrollment_id"], r["attempt"]) for r in rows]
+
+
+async def settle_notice(conn: Connection, enrollment_id: int, attempt: int, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE recertification_notices SET settled_at = $3 WHERE enrollment_id = $1 AND attempt = $2",
+        enrollment_id, attempt, now,
+    )
+
+
+async def settle_overtaken_notices(conn: Connection, now: datetime) -> int:
+    """Settle pending notices of attempts that were reset otherwise (by staff): nothing is left to do."""
+    status = await conn.execute(
+        "UPDATE recertification_notices n SET settled_at = $1 FROM enrollments e "
+        "WHERE e.id = n.enrollment_id AND n.settled_at IS NULL AND e.attempt > n.attempt",
+        now,
+    )
+    return int(status.split()[-1])
+
+
+async def get_notice(conn: Connection, event_id: UUID) -> RecertificationScheduled | None:
+    body = await conn.fetchval("SELECT event FROM recertification_notices WHERE event_id = $1", event_id)
+    return RecertificationScheduled.model_validate(body) if body is not None else None
+
+
 # --- lists -----------------------------------------------------------------------------
 
 
@@ -278,6 +380,7 @@ class StudentRow(BaseModel):
     email: str
     avatar: str | None
     status: EnrollmentStatus
+    attempt: int
     progress_percentage: int
     enrolled_at: datetime
     last_accessed: datetime | None
@@ -294,6 +397,7 @@ class MyCourseRow(BaseModel):
     course_slug: str
     course_status: str
     status: EnrollmentStatus
+    attempt: int
     progress_percentage: int
     completed_lessons: int
     total_lessons: int
@@ -327,7 +431,8 @@ async def list_students(
             "SELECT count(*) FROM enrollments WHERE course_id = $1 AND status <> 'unenrolled'", course_id
         )
         rows = await conn.fetch(
-            "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, progress_percentage, "
+            "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, attempt, "
+            "progress_percentage, "
             "enrolled_at, last_accessed, completed_at, certificate_url, certificate_revoked_at, "
             "certificate_revocation_reason FROM enrollments "
             f"WHERE course_id = $1 AND status <> 'unenrolled' ORDER BY {sort} LIMIT $2 OFFSET $3",
@@ -345,7 +450,8 @@ async def my_courses(
         )
         rows = await conn.fetch(
             "SELECT e.id AS enrollment_id, e.course_id, c.title AS course_title, c.slug AS course_slug, "
-            "c.status AS course_status, e.status, e.progress_percentage, e.completed_lessons, e.total_lessons, "
+            "c.status AS course_status, e.status, e.attempt, e.progress_percentage, e.completed_lessons, "
+            "e.total_lessons, "
             "e.enrolled_at, e.last_accessed, e.completed_at, e.certificate_url, e.certificate_revoked_at, "
             "e.certificate_revocation_reason "
             "FROM enrollments e JOIN courses c ON c.id = e.course_id "

@@ -14,12 +14,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 
 from services.enrollment import domain, store
 from services.enrollment.domain import Course, Enrollment
+from services.enrollment.settings import EnrollmentSettings
 from shared import outbox
 from shared.auth import User
 from shared.db import Connection
@@ -29,9 +30,11 @@ from shared.events import (
     CourseCompleted,
     LessonCompleted,
     LessonReopened,
+    RecertificationScheduled,
     utcnow,
 )
 from shared.internal import CourseConfirmation
+from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,22 @@ async def unenroll(pool: asyncpg.Pool, user: User, course_id: int) -> Enrollment
         return enrollment
 
 
+async def reset_learner(pool: asyncpg.Pool, user: User, course_id: int, user_id: str) -> Enrollment:
+    """Start a new attempt of the learner's course (see ``store.start_attempt``), published on
+    enrollment-changed; the earlier attempt's records stay with their owners as history."""
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await store.get_course(conn, course_id)
+        if course is None:
+            raise domain.CourseNotFound()
+        domain.ensure_can_manage(user, course)
+        existing = domain.ensure_resettable(await store.get_enrollment(conn, user_id, course_id, lock=True))
+        enrollment = await store.start_attempt(conn, existing.id, existing.attempt, now, uuid4())
+        assert enrollment is not None  # the row is locked at that attempt
+        await outbox.add(conn, domain.enrollment_event(enrollment))
+        return enrollment
+
+
 async def students(
     pool: asyncpg.Pool,
     user: User,
@@ -276,6 +295,93 @@ async def confirmation(pool: asyncpg.Pool, course_id: int, user_id: str, known_r
     )
 
 
+async def recertification_notice(pool: asyncpg.Pool, event_id: UUID) -> RecertificationScheduled:
+    """The recertification-scheduled event as published, for a consumer confirming it."""
+    async with pool.acquire() as conn:
+        notice = await store.get_notice(conn, event_id)
+    if notice is None:
+        raise domain.RecertificationNotFound()
+    return notice
+
+
+# --- recertification (the daily job) ----------------------------------------------------
+
+# Enrollments handled per transaction: locks stay short, and a large course goes in steps.
+RECERTIFY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class RecertificationRun:
+    noticed: int  # recertification-scheduled events published
+    reset: int  # attempts reset
+
+
+async def recertify(
+    pool: asyncpg.Pool, now: datetime, *, notice_days: int, batch: int = RECERTIFY_BATCH
+) -> RecertificationRun:
+    """The recertification job as of ``now``.
+
+    First the notices: every completed enrollment of a course with ``recertify_after_days``,
+    completed ``recertify_after_days - notice_days`` days or more before ``now``, gets one
+    notice for its current attempt (the (enrollment, attempt) key of
+    ``recertification_notices``), to be reset at ``domain.reset_time``, and
+    ``recertification-scheduled`` is queued in the same transaction. Then the resets: every
+    pending notice whose time has come, whose enrollment is still completed at that
+    attempt, starts the next attempt (``store.start_attempt``, conditional on the attempt)
+    and publishes ``enrollment-changed``. A reset always follows its notice by at least
+    ``notice_days``. Processes running it together skip each other's locked rows, and the
+    keys and conditions make each notice and each reset happen once.
+    """
+    noticed = reset = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            due = await store.completions_due_for_notice(conn, now, notice_days, batch)
+            for completion in due:
+                event = domain.recertification_notice(completion, now, notice_days)
+                if await store.insert_notice(conn, event, now):
+                    await outbox.add(conn, event)
+                    noticed += 1
+        if len(due) < batch:
+            break
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            notices = await store.notices_due_for_reset(conn, now, batch)
+            for enrollment_id, attempt in notices:
+                enrollment = await store.start_attempt(
+                    conn, enrollment_id, attempt, now, uuid4(), only_completed=True
+                )
+                if enrollment is not None:  # always, with the row locked at that attempt
+                    await outbox.add(conn, domain.enrollment_event(enrollment))
+                    await store.settle_notice(conn, enrollment_id, attempt, now)
+                    reset += 1
+        if len(notices) < batch:
+            break
+    async with pool.acquire() as conn:
+        await store.settle_overtaken_notices(conn, now)
+    if noticed or reset:
+        log.info("recertification: %d notices, %d resets", noticed, reset)
+    return RecertificationRun(noticed, reset)
+
+
+@dataclass
+class EnrollmentState:
+    """What one enrollment process runs on besides the pool: the recertification job."""
+
+    recertification: Periodic
+
+    @classmethod
+    def open(cls, pool: asyncpg.Pool, settings: EnrollmentSettings) -> EnrollmentState:
+        async def run() -> RecertificationRun:
+            return await recertify(pool, utcnow(), notice_days=settings.recertification_notice_days)
+
+        job = Periodic(settings.recertification_interval_s, run, "recertification", at_once=True)
+        job.start()
+        return cls(job)
+
+    async def close(self) -> None:
+        await self.recertification.stop()
+
+
 # --- progress and certificates, as events report them -----------------------------------
 
 
@@ -296,6 +402,9 @@ async def record_progress(conn: Connection, event: LessonCompleted | LessonReope
     """A lesson completed or reopened at ``at``: last access moves on, and the progress
     figures are replaced unless newer ones are stored."""
     enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    if domain.is_past_attempt(enrollment, event.attempt):
+        log.info("ignoring progress of %s: attempt %d was reset", event.event_id, event.attempt)
+        return
     await store.touch_last_accessed(conn, enrollment.id, at)
     if domain.is_newer_progress(enrollment, at, event.occurred_at):
         await store.set_progress(
@@ -309,6 +418,9 @@ async def record_progress(conn: Connection, event: LessonCompleted | LessonReope
 async def record_completion(conn: Connection, event: CourseCompleted) -> None:
     """A course completed (see ``domain.apply_completion``); a change of status is published."""
     enrollment = await _enrollment(conn, event.user_id, event.course_id)
+    if domain.is_past_attempt(enrollment, event.attempt):
+        log.info("ignoring completion %s: attempt %d was reset", event.event_id, event.attempt)
+        return
     change = domain.apply_completion(enrollment, event.completed_at, event.occurred_at)
     await store.set_completion(
         conn, enrollment.id, completed_at=change.completed_at, progress_to_full=change.progress_to_full,

@@ -26,6 +26,7 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             owners=Owners(
                 progress=internal_client(settings, settings.progress_internal_url),
                 certificates=internal_client(settings, settings.certificates_internal_url),
+                enrollment=internal_client(settings, settings.enrollment_internal_url),
             ),
             from_address=settings.mail_from_address,
             max_event_age=max_event_age(settings),

@@ -12,11 +12,11 @@ from enum import StrEnum
 from uuid import UUID
 
 from shared.domain import DomainError
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, RecertificationScheduled
 from shared.retry import Backoff
 
 # The events a mail is made from.
-MailedEvent = CourseCompleted | CertificateIssued | CertificateRevoked
+MailedEvent = CourseCompleted | CertificateIssued | CertificateRevoked | RecertificationScheduled
 
 
 class MailKind(StrEnum):
@@ -24,6 +24,7 @@ class MailKind(StrEnum):
     CERTIFICATE_READY = "certificate_ready"
     CERTIFICATE_REVOKED = "certificate_revoked"
     CERTIFICATE_REINSTATED = "certificate_reinstated"
+    RECERTIFICATION_SCHEDULED = "recertification_scheduled"
 
 
 # The Message-ID's tag per kind (kept short so that the header fits on one line).
@@ -32,6 +33,7 @@ _MESSAGE_TAGS = {
     MailKind.CERTIFICATE_READY: "certificate",
     MailKind.CERTIFICATE_REVOKED: "revoked",
     MailKind.CERTIFICATE_REINSTATED: "reinstated",
+    MailKind.RECERTIFICATION_SCHEDULED: "recertification",
 }
 
 
@@ -98,6 +100,8 @@ def subject(kind: MailKind, course_title: str) -> str:
         return f"Your certificate for {title} has been revoked"
     if kind is MailKind.CERTIFICATE_REINSTATED:
         return f"Your certificate for {title} has been reinstated"
+    if kind is MailKind.RECERTIFICATION_SCHEDULED:
+        return f"Time to renew {title}: your course restarts soon"
     return f"Your certificate for {title} is ready"
 
 
@@ -106,12 +110,14 @@ def kind_of(event: MailedEvent) -> MailKind:
         return MailKind.COURSE_COMPLETED
     if isinstance(event, CertificateIssued):
         return MailKind.CERTIFICATE_READY
+    if isinstance(event, RecertificationScheduled):
+        return MailKind.RECERTIFICATION_SCHEDULED
     return MailKind.CERTIFICATE_REVOKED if event.status == "revoked" else MailKind.CERTIFICATE_REINSTATED
 
 
 def recipient_of(event: MailedEvent) -> tuple[str, str]:
     """The learner the event's mail goes to: (name, address)."""
-    if isinstance(event, CourseCompleted):
+    if isinstance(event, CourseCompleted | RecertificationScheduled):
         return event.user_name, event.user_email
     return event.student_name, event.student_email
 

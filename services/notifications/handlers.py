@@ -7,13 +7,14 @@ from typing import Any
 
 from services.notifications.settings import NotificationsSettings
 from services.notifications.usecases import NotificationsState, queue_mail
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, Topic
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, RecertificationScheduled, Topic
 from shared.inbox import EventContext, Subscription
 
 # One consumer group per topic: a rebalance on one topic does not pause the other.
 COMPLETED_CONSUMER = "notifications-course-completed"
 CERTIFICATE_CONSUMER = "notifications-certificate-issued"
 REVOCATION_CONSUMER = "notifications-certificate-revoked"
+RECERTIFICATION_CONSUMER = "notifications-recertification-scheduled"
 
 
 async def on_course_completed(event: CourseCompleted, ctx: EventContext) -> None:
@@ -28,9 +29,17 @@ async def on_certificate_revoked(event: CertificateRevoked, ctx: EventContext) -
     await queue_mail(ctx.state(NotificationsState), event, ctx)
 
 
+async def on_recertification_scheduled(event: RecertificationScheduled, ctx: EventContext) -> None:
+    await queue_mail(ctx.state(NotificationsState), event, ctx)
+
+
 def subscriptions(settings: NotificationsSettings) -> list[Subscription[Any]]:
     return [
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, on_course_completed, COMPLETED_CONSUMER),
         Subscription(Topic.CERTIFICATE_ISSUED, CertificateIssued, on_certificate_issued, CERTIFICATE_CONSUMER),
         Subscription(Topic.CERTIFICATE_REVOKED, CertificateRevoked, on_certificate_revoked, REVOCATION_CONSUMER),
+        Subscription(
+            Topic.RECERTIFICATION_SCHEDULED, RecertificationScheduled, on_recertification_scheduled,
+            RECERTIFICATION_CONSUMER,
+        ),
     ]

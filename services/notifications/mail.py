@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from services.notifications.domain import MailedEvent, MailKind, header_safe, recipient_of, subject
 from services.notifications.settings import NotificationsSettings
-from shared.events import CertificateRevoked, CourseCompleted
+from shared.events import CertificateRevoked, CourseCompleted, RecertificationScheduled
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -75,6 +75,14 @@ class MailComposer:
                 "learner_name": event.user_name or "there",
                 "completed_at": event.completed_at,
                 "certificate_enabled": event.certificate_enabled,
+                "course_url": f"{s.site_url}/courses/{event.course_id}",
+            }
+        if isinstance(event, RecertificationScheduled):
+            return {
+                **common,
+                "learner_name": event.user_name or "there",
+                "completed_at": event.completed_at,
+                "reset_at": event.reset_at,
                 "course_url": f"{s.site_url}/courses/{event.course_id}",
             }
         certificate = {

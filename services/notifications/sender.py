@@ -32,7 +32,7 @@ from services.notifications import domain, store
 from services.notifications.mail import Attachment, MailComposer
 from services.notifications.settings import NotificationsSettings
 from services.notifications.smtp import DeliveryError, SmtpConnection
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, RecertificationScheduled
 from shared.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,8 @@ class MailSender:
 def _parse_event(mail: store.ClaimedMail) -> domain.MailedEvent:
     if mail.kind is domain.MailKind.COURSE_COMPLETED:
         return CourseCompleted.model_validate(mail.event)
+    if mail.kind is domain.MailKind.RECERTIFICATION_SCHEDULED:
+        return RecertificationScheduled.model_validate(mail.event)
     if mail.kind in (domain.MailKind.CERTIFICATE_REVOKED, domain.MailKind.CERTIFICATE_REINSTATED):
         return CertificateRevoked.model_validate(mail.event)
     return CertificateIssued.model_validate(mail.event)

@@ -5,9 +5,10 @@ Only the queueing happens for an event, in the inbox transaction, so a redeliver
 is a no-op and the partition never waits on an SMTP server: sending is the sender loop's
 job. An email cannot be taken back, so every event is first confirmed with the service
 that owns it (progress for course-completed, certificates for certificate-issued and
-certificate-revoked) and the mail is made from the owner's copy; a forged or altered event
-is rejected (dead-lettered). A revocation or reinstatement the certificate has changed
-again since is acknowledged without a mail: the newer change has its own.
+certificate-revoked, enrollment for recertification-scheduled) and the mail is made from
+the owner's copy; a forged or altered event is rejected (dead-lettered). A revocation or
+reinstatement the certificate has changed again since is acknowledged without a mail: the
+newer change has its own.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from services.notifications import domain, store
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
 from shared.db import Executor
-from shared.events import CertificateIssued, CourseCompleted, utcnow
+from shared.events import CertificateIssued, CourseCompleted, RecertificationScheduled, utcnow
 from shared.inbox import EventContext
-from shared.internal import confirm_certificate, confirm_completion, confirm_revocation
+from shared.internal import confirm_certificate, confirm_completion, confirm_recertification, confirm_revocation
 
 
 @dataclass
@@ -33,10 +34,12 @@ class Owners:
 
     progress: httpx.AsyncClient
     certificates: httpx.AsyncClient
+    enrollment: httpx.AsyncClient
 
     async def close(self) -> None:
         await self.progress.aclose()
         await self.certificates.aclose()
+        await self.enrollment.aclose()
 
 
 @dataclass
@@ -92,6 +95,8 @@ async def _confirm(owners: Owners, event: domain.MailedEvent) -> domain.MailedEv
         return await confirm_completion(owners.progress, event)
     if isinstance(event, CertificateIssued):
         return await confirm_certificate(owners.certificates, event)
+    if isinstance(event, RecertificationScheduled):
+        return await confirm_recertification(owners.enrollment, event)
     return await confirm_revocation(owners.certificates, event)
 
 

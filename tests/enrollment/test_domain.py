@@ -127,3 +127,33 @@ def test_per_page_is_capped() -> None:
     assert domain.page_size(20) == 20
     assert domain.page_size(100) == 100
     assert domain.page_size(101) == 100
+
+
+def test_a_reset_needs_a_current_enrollment_and_past_attempts_change_nothing() -> None:
+    for refused in (None, enrollment(status="unenrolled")):
+        with pytest.raises(domain.NoCurrentEnrollment):
+            domain.ensure_resettable(refused)
+    assert domain.ensure_resettable(enrollment(status="completed")).status == "completed"
+    second = enrollment(attempt=2)
+    assert domain.is_past_attempt(second, 1)
+    assert not domain.is_past_attempt(second, 2)
+    assert domain.enrollment_event(second).attempt == 2
+
+
+def test_the_reset_comes_when_due_but_never_sooner_than_the_notice_allows() -> None:
+    done = T0
+    # Noticed on time (16 days after completion, 30-day period, 14 days' notice): reset when due.
+    assert domain.reset_time(done, 30, done + timedelta(days=16), 14) == done + timedelta(days=30)
+    # Noticed late (the job was down, or the course only now recertifies): 14 days from the notice.
+    late = done + timedelta(days=100)
+    assert domain.reset_time(done, 30, late, 14) == late + timedelta(days=14)
+    due = domain.DueCompletion(
+        enrollment_id=5, user_id="u1", course_id=9, attempt=3, completed_at=done, display_name="Ada",
+        email="ada@example.com", course_title="Fire safety", recertify_after_days=30,
+    )
+    notice = domain.recertification_notice(due, late, 14)
+    reset_at = late + timedelta(days=14)
+    assert (notice.enrollment_id, notice.attempt, notice.reset_at, notice.occurred_at) == (5, 3, reset_at, late)
+    assert (notice.user_name, notice.user_email, notice.course_title, notice.key()) == (
+        "Ada", "ada@example.com", "Fire safety", "u1:9"
+    )

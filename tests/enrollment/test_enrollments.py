@@ -40,7 +40,8 @@ async def test_enroll_keeps_the_profile_and_answers_in_the_fluent_shape(service:
     assert students.json()["data"] == [{
         "enrollment_id": data["enrollment_id"], "user_id": "u1", "username": "ada", "display_name": "Ada Lovelace",
         "email": "ada@example.com", "avatar": "https://example.com/ada.png", "status": "active",
-        "progress_percentage": 0, "enrolled_at": data["enrolled_at"], "last_accessed": None, "completed_at": None,
+        "attempt": 1, "progress_percentage": 0, "enrolled_at": data["enrolled_at"], "last_accessed": None,
+        "completed_at": None,
         "certificate_url": None, "certificate_revoked_at": None, "certificate_revocation_reason": None,
     }]
     assert students.json()["meta"] == {"total": 1, "per_page": 20, "current_page": 1}

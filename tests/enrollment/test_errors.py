@@ -67,6 +67,10 @@ CASES: list[tuple[DomainError, dict[str, Any]]] = [
         "code": "not_enrolled", "message": "No current enrollment of this learner in this course",
         "data": {"status": 404},
     }),
+    (domain.RecertificationNotFound(), {
+        "code": "recertification_not_found", "message": "No such recertification notice",
+        "data": {"status": 404},
+    }),
 ]
 
 

@@ -18,7 +18,7 @@ from services.notifications.app import build_app
 from services.notifications.settings import NotificationsSettings
 from shared import outbox
 from shared.auth import issue_token
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, Event
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, Event, RecertificationScheduled
 from shared.service import Runtime, ServiceSpec
 from tests.helpers import TestEnv, app_client, eventually, served
 from tests.notifications.smtp_server import MailServer
@@ -37,15 +37,17 @@ async def smtp() -> AsyncIterator[MailServer]:
 
 @dataclass
 class Owners:
-    """The internal APIs notifications confirms events with: progress's completion events and
+    """The internal APIs notifications confirms events with: progress's completion events,
     the certificates service's issued certificates (with their current revocation status, from
-    the latest revoked/reinstated change it published), as those services answer them."""
+    the latest revoked/reinstated change it published) and enrollment's recertification
+    notices, as those services answer them."""
 
     token: str = "test-internal-token"
     url: str = ""
     completions: dict[UUID, CourseCompleted] = field(default_factory=dict)
     certificates: dict[str, CertificateIssued] = field(default_factory=dict)
     status_changes: dict[str, CertificateRevoked] = field(default_factory=dict)  # the latest per certificate
+    recertifications: dict[UUID, RecertificationScheduled] = field(default_factory=dict)
     down: bool = False
 
     def register(self, event: Event) -> None:
@@ -54,6 +56,8 @@ class Owners:
             self.completions[event.event_id] = event
         elif isinstance(event, CertificateIssued):
             self.certificates[event.certificate_id] = event
+        elif isinstance(event, RecertificationScheduled):
+            self.recertifications[event.event_id] = event
         elif isinstance(event, CertificateRevoked):
             held = self.status_changes.get(event.certificate_id)
             if held is None or held.changed_at <= event.changed_at:
@@ -96,6 +100,13 @@ class Owners:
             event = self.certificates[certificate_id]
             return {**event.model_dump(mode="json", exclude={"event_id", "type", "version", "occurred_at"}),
                     "issued_event_id": str(event.event_id), **self.status_of(certificate_id)}
+
+        @app.get("/internal/recertifications/{event_id}")
+        async def recertification(event_id: UUID, x_internal_token: str = Header("")) -> dict[str, Any]:
+            check(x_internal_token)
+            if event_id not in self.recertifications:
+                raise HTTPException(404)
+            return self.recertifications[event_id].model_dump(mode="json")
 
         return app
 
@@ -156,6 +167,7 @@ def notifications(test_env: TestEnv, owners: Owners) -> ServiceFactory:
             "mail_max_attempts": 40,
             "progress_internal_url": owners.url,
             "certificates_internal_url": owners.url,
+            "enrollment_internal_url": owners.url,
             "internal_token": owners.token,
         }
         values.update(overrides)

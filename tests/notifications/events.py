@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted
+from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, RecertificationScheduled
 
 
 def completed(user: str, course_id: int = 7, **overrides: Any) -> CourseCompleted:
@@ -59,3 +59,20 @@ def status_change(
     }
     values.update(overrides)
     return CertificateRevoked(**values)
+
+
+def recertification(user: str, course_id: int = 7, **overrides: Any) -> RecertificationScheduled:
+    """A completion to be reset for recertification, as the enrollment service announces it."""
+    values: dict[str, Any] = {
+        "user_id": user,
+        "course_id": course_id,
+        "enrollment_id": 40 + course_id,
+        "attempt": 1,
+        "completed_at": datetime(2025, 3, 5, 14, 3, tzinfo=UTC),
+        "reset_at": datetime(2026, 3, 5, 14, 3, tzinfo=UTC),
+        "course_title": "Practical Kafka",
+        "user_name": f"Learner {user}",
+        "user_email": f"{user}@learners.example",
+    }
+    values.update(overrides)
+    return RecertificationScheduled(**values)
