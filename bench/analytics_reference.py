@@ -70,21 +70,23 @@ async def lesson_figures_from_scratch(
 
 
 Fine = dict[tuple[int, int, int, int], int]  # (level, block, lesson, watch_s) -> learners
-Coarse = dict[tuple[int, int, int, int], tuple[int, int, int]]  # (level, block, lesson, bucket) -> n, c, sum
+# (level, block, lesson, bucket) -> learners, completed, watch-time sum, watched-seconds sum
+Coarse = dict[tuple[int, int, int, int], tuple[int, int, int, int]]
 
 
-def _rolled_up(seconds: dict[tuple[int, int, int, int], tuple[int, int]]) -> tuple[Fine, Coarse]:
+def _rolled_up(seconds: dict[tuple[int, int, int, int], tuple[int, int, int]]) -> tuple[Fine, Coarse]:
     fine: Fine = {}
     coarse: dict[tuple[int, int, int, int], list[int]] = {}
-    for (level, block, lesson, watch_s), (n, c) in seconds.items():
+    for (level, block, lesson, watch_s), (n, c, watched) in seconds.items():
         if n:
             fine[(level, block, lesson, watch_s)] = fine.get((level, block, lesson, watch_s), 0) + n
-        totals = coarse.setdefault((level, block, lesson, watch_s // BUCKET_S), [0, 0, 0])
+        totals = coarse.setdefault((level, block, lesson, watch_s // BUCKET_S), [0, 0, 0, 0])
         totals[0] += n
         totals[1] += c
         totals[2] += n * watch_s
+        totals[3] += watched
     return ({k: v for k, v in fine.items() if v},
-            {k: (v[0], v[1], v[2]) for k, v in coarse.items() if any(v)})
+            {k: (v[0], v[1], v[2], v[3]) for k, v in coarse.items() if any(v)})
 
 
 async def histograms_from_scratch(conn: Executor, course_id: int) -> tuple[Fine, Coarse]:
@@ -94,30 +96,33 @@ async def histograms_from_scratch(conn: Executor, course_id: int) -> tuple[Fine,
         WITH days AS (
             SELECT analytics_cohort(e.status, e.enrolled_at) AS day, p.lesson_id,
                    round(p.time_spent_seconds)::integer AS watch_s, count(*) AS n,
-                   count(*) FILTER (WHERE p.completed) AS c
+                   count(*) FILTER (WHERE p.completed) AS c, sum(round(p.watched_seconds)::bigint) AS v
             FROM lesson_progress p JOIN enrollments e ON e.user_id = p.user_id AND e.course_id = p.course_id
             WHERE p.course_id = $1 AND {_STARTED} AND analytics_cohort(e.status, e.enrolled_at) IS NOT NULL
             GROUP BY 1, 2, 3
         )
-        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c
+        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c,
+               sum(d.v)::bigint AS v
         FROM days d CROSS JOIN LATERAL analytics_blocks(d.day) b GROUP BY 1, 2, 3, 4
         """,
         course_id,
     )
-    return _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"]) for r in rows})
+    return _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"], r["v"])
+                       for r in rows})
 
 
 async def histograms_maintained(conn: Executor, course_id: int) -> tuple[Fine, Coarse]:
     """Both histograms as a report sees them: the folded rows plus the pending deltas."""
     pending = await conn.fetch(
         """
-        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c
+        SELECT b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::bigint AS n, sum(d.c)::bigint AS c,
+               sum(d.watched)::bigint AS v
         FROM analytics_deltas d CROSS JOIN LATERAL analytics_blocks(d.cohort_day) b
         WHERE d.course_id = $1 GROUP BY 1, 2, 3, 4
         """,
         course_id,
     )
-    fine, coarse = _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"])
+    fine, coarse = _rolled_up({(r["level"], r["block"], r["lesson_id"], r["watch_s"]): (r["n"], r["c"], r["v"])
                                for r in pending})
     for r in await conn.fetch(
         "SELECT level, block, lesson_id, watch_s, learners FROM analytics_watch_fine WHERE course_id = $1", course_id
@@ -125,12 +130,12 @@ async def histograms_maintained(conn: Executor, course_id: int) -> tuple[Fine, C
         key = (r["level"], r["block"], r["lesson_id"], r["watch_s"])
         fine[key] = fine.get(key, 0) + r["learners"]
     for r in await conn.fetch(
-        "SELECT level, block, lesson_id, bucket, learners, completed, watch_sum FROM analytics_watch_coarse "
-        "WHERE course_id = $1", course_id,
+        "SELECT level, block, lesson_id, bucket, learners, completed, watch_sum, watched_sum "
+        "FROM analytics_watch_coarse WHERE course_id = $1", course_id,
     ):
         key = (r["level"], r["block"], r["lesson_id"], r["bucket"])
-        n, c, w = coarse.get(key, (0, 0, 0))
-        coarse[key] = (n + r["learners"], c + r["completed"], w + r["watch_sum"])
+        n, c, w, v = coarse.get(key, (0, 0, 0, 0))
+        coarse[key] = (n + r["learners"], c + r["completed"], w + r["watch_sum"], v + r["watched_sum"])
     return ({k: v for k, v in fine.items() if v}, {k: v for k, v in coarse.items() if any(v)})
 
 
