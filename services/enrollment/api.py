@@ -114,6 +114,15 @@ async def reset_learner(
     return Message(message="Learner's course reset", data=EnrollmentOut.of(enrollment))
 
 
+@admin.delete("/{course_id}/lessons/{lesson_id}")
+async def archive_lesson(
+    course_id: CourseId, lesson_id: LessonId, user: CurrentUser, pool: DbPool
+) -> Message[CourseOut]:
+    """Archive the lesson: it leaves the course and no longer counts; learners' records of it stay."""
+    course = await usecases.archive_lesson(pool, user, course_id, lesson_id)
+    return Message(message="Lesson archived", data=CourseOut.of(course))
+
+
 # --- learners --------------------------------------------------------------------------
 # my-courses comes before /{course_id}: the literal path must win over the parameter.
 
@@ -213,6 +222,7 @@ ERRORS: ErrorMap = {
     domain.InstructorsByAdminsOnly: HttpError(403, "forbidden"),
     domain.NoReturnToDraft: HttpError(400, "invalid_status"),
     domain.CourseHasNoLessons: HttpError(400, "course_has_no_lessons"),
+    domain.LastLessonOfPublishedCourse: HttpError(400, "course_needs_a_lesson"),
     domain.InvalidLessonOrder: HttpError(400, "invalid_request"),
     domain.SlugTaken: HttpError(409, "slug_taken"),
     domain.AlreadyEnrolled: HttpError(400, "already_enrolled"),

@@ -125,6 +125,10 @@ class CourseHasNoLessons(DomainError):
     default_message = "A course needs at least one lesson to be published"
 
 
+class LastLessonOfPublishedCourse(DomainError):
+    default_message = "A published course needs a lesson: this is its last one (add another, or archive the course)"
+
+
 class InvalidLessonOrder(DomainError):
     """A reorder that is not a permutation of the course's lessons; ``data`` says why."""
 
@@ -198,6 +202,12 @@ def check_transition(current: CourseStatus, target: CourseStatus, lesson_count: 
     if target == "published" and lesson_count == 0:
         raise CourseHasNoLessons()
     return True
+
+
+def check_archive_lesson(status: CourseStatus, live_lessons: int) -> None:
+    """Archiving a lesson; a published course keeps at least one (as publishing needs one)."""
+    if status == "published" and live_lessons <= 1:
+        raise LastLessonOfPublishedCourse()
 
 
 def place_lesson(order_now: list[int], lesson_id: int, position: int | None) -> list[int]:

@@ -1,5 +1,5 @@
-"""Event entry points: progress and certificates (issued, revoked, reinstated), as the
-enrollment keeps them.
+"""Event entry points: progress (lessons, recalculations, completions) and certificates
+(issued, revoked, reinstated), as the enrollment keeps them.
 
 Each handler applies its use case inside ``ctx.transaction()``, the inbox transaction
 that also marks the event applied, so a redelivery changes nothing.
@@ -17,6 +17,7 @@ from shared.events import (
     CourseCompleted,
     LessonCompleted,
     LessonReopened,
+    ProgressRecalculated,
     Topic,
 )
 from shared.inbox import EventContext, Subscription
@@ -30,6 +31,11 @@ async def on_lesson_completed(event: LessonCompleted, ctx: EventContext) -> None
 async def on_lesson_reopened(event: LessonReopened, ctx: EventContext) -> None:
     async with ctx.transaction() as conn:
         await usecases.record_progress(conn, event, event.reopened_at)
+
+
+async def on_progress_recalculated(event: ProgressRecalculated, ctx: EventContext) -> None:
+    async with ctx.transaction() as conn:
+        await usecases.record_recalculation(conn, event)
 
 
 async def on_course_completed(event: CourseCompleted, ctx: EventContext) -> None:
@@ -53,6 +59,10 @@ def subscriptions(settings: EnrollmentSettings) -> list[Subscription[Any]]:
     return [
         Subscription(Topic.LESSON_COMPLETED, LessonCompleted, on_lesson_completed, "enrollment.lesson-completed"),
         Subscription(Topic.LESSON_REOPENED, LessonReopened, on_lesson_reopened, "enrollment.lesson-reopened"),
+        Subscription(
+            Topic.PROGRESS_RECALCULATED, ProgressRecalculated, on_progress_recalculated,
+            "enrollment.progress-recalculated",
+        ),
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, on_course_completed, "enrollment.course-completed"),
         Subscription(
             Topic.CERTIFICATE_ISSUED, CertificateIssued, on_certificate_issued, "enrollment.certificate-issued"

@@ -57,7 +57,7 @@ async def get_course(conn: Connection, course_id: int, *, lock: bool = False) ->
         return None
     lessons = await conn.fetch(
         "SELECT id, course_id, title, position AS \"order\", is_required, duration_seconds, kind, "
-        "video_completion_threshold FROM lessons WHERE course_id = $1 ORDER BY position",
+        "video_completion_threshold FROM lessons WHERE course_id = $1 AND archived_at IS NULL ORDER BY position",
         course_id,
     )
     return Course(**dict(row), lessons=[Lesson(**dict(r)) for r in lessons])
@@ -130,6 +130,13 @@ async def update_lesson(conn: Connection, lesson_id: int, changes: dict[str, Any
     names = sorted(changes)
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
     await conn.execute(f"UPDATE lessons SET {sets} WHERE id = $1", lesson_id, *[changes[n] for n in names])
+
+
+async def archive_lesson(conn: Connection, lesson_id: int, now: datetime) -> None:
+    """Take the lesson out of its course (no position; see migration 005); renumber the rest after."""
+    await conn.execute(
+        "UPDATE lessons SET archived_at = $2, position = NULL WHERE id = $1 AND archived_at IS NULL", lesson_id, now
+    )
 
 
 async def set_lesson_order(conn: Connection, course_id: int, lesson_ids: list[int]) -> None:
@@ -246,6 +253,35 @@ async def set_progress(
         "progress_at = $5, progress_seq = $6 WHERE id = $1",
         enrollment_id, percentage, completed_lessons, total_lessons, at, seq,
     )
+
+
+async def set_progress_batch(
+    conn: Connection,
+    course_id: int,
+    learners: list[tuple[str, int, int, int, int]],
+    *,
+    at: datetime,
+    seq: datetime,
+) -> int:
+    """(user_id, percentage, completed, total, attempt) of many learners of one course, in
+    one statement, each only where it is of the learner's current attempt (figures of an
+    attempt reset since are history) and (``at``, ``seq``) is newer than the stored progress
+    fact (``domain.is_newer_progress``'s rule). Returns how many rows changed."""
+    # The rows are locked in id order first: two batches touching the same learners (a
+    # redelivery during a rebalance) wait for each other instead of deadlocking.
+    status: str = await conn.execute(
+        "UPDATE enrollments AS e SET progress_percentage = s.p, completed_lessons = s.c, total_lessons = s.t, "
+        "progress_at = $6, progress_seq = $7 "
+        "FROM (SELECT l.id, x.p, x.c, x.t, x.a FROM enrollments AS l "
+        "      JOIN unnest($2::text[], $3::int[], $4::int[], $5::int[], $8::int[]) AS x (u, p, c, t, a) "
+        "      ON l.user_id = x.u "
+        "      WHERE l.course_id = $1 ORDER BY l.id FOR UPDATE OF l) AS s "
+        "WHERE e.id = s.id AND e.attempt = s.a "
+        "AND (e.progress_at IS NULL OR e.progress_seq IS NULL OR (e.progress_at, e.progress_seq) < ($6, $7))",
+        course_id, [r[0] for r in learners], [r[1] for r in learners], [r[2] for r in learners],
+        [r[3] for r in learners], at, seq, [r[4] for r in learners],
+    )
+    return int(status.split()[-1])
 
 
 async def touch_last_accessed(conn: Connection, enrollment_id: int, at: datetime) -> None:

@@ -30,6 +30,7 @@ from shared.events import (
     CourseCompleted,
     LessonCompleted,
     LessonReopened,
+    ProgressRecalculated,
     RecertificationScheduled,
     utcnow,
 )
@@ -148,6 +149,21 @@ async def update_lesson(
             return course
         await store.update_lesson(conn, lesson_id, changes)
         await store.set_lesson_order(conn, course_id, new_order)
+        return await _commit_change(conn, course_id, {}, now)
+
+
+async def archive_lesson(pool: asyncpg.Pool, user: User, course_id: int, lesson_id: int) -> Course:
+    """The lesson leaves the course (a new revision without it); learners' records of it stay
+    in progress, where it no longer counts."""
+    now = utcnow()
+    async with pool.acquire() as conn, conn.transaction():
+        course = await _locked_course(conn, user, course_id)
+        ids = [lesson.id for lesson in course.lessons]
+        if lesson_id not in ids:
+            raise domain.LessonNotFound()
+        domain.check_archive_lesson(course.status, len(ids))
+        await store.archive_lesson(conn, lesson_id, now)
+        await store.set_lesson_order(conn, course_id, [i for i in ids if i != lesson_id])
         return await _commit_change(conn, course_id, {}, now)
 
 
@@ -413,6 +429,23 @@ async def record_progress(conn: Connection, event: LessonCompleted | LessonReope
         )
     else:
         log.info("ignoring progress of %s older than what is stored", event.event_id)
+
+
+async def record_recalculation(conn: Connection, event: ProgressRecalculated) -> None:
+    """A batch of learners' progress recalculated after the course's required lessons changed:
+    each learner's figures are replaced unless a newer progress fact is stored or they are of
+    an attempt reset since. Completion
+    and status are not touched (a change never revokes a completion)."""
+    learners = [
+        (learner.user_id, learner.progress_percentage, learner.completed_lessons, learner.total_lessons,
+         learner.attempt)
+        for learner in event.learners
+    ]
+    changed = await store.set_progress_batch(
+        conn, event.course_id, learners, at=event.recalculated_at, seq=event.occurred_at
+    )
+    log.info("progress of %s of %s learners of course %s recalculated (revision %s)", changed, len(learners),
+             event.course_id, event.revision)
 
 
 async def record_completion(conn: Connection, event: CourseCompleted) -> None:

@@ -12,7 +12,7 @@ from services.progress.analytics.folder import AnalyticsFolder
 from services.progress.heartbeats import HeartbeatBuffer
 from services.progress.replicas import Replicas
 from services.progress.settings import ProgressSettings
-from services.progress.usecases import RECHECK_BACKOFF, ProgressState, Tracker
+from services.progress.usecases import RECHECK_BACKOFF, ProgressState, Recalculator, Tracker
 from shared.internal import internal_client
 from shared.periodic import Periodic
 from shared.retry import Backoff
@@ -35,9 +35,12 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         tracker = Tracker(runtime.pool, replicas, buffer, recheck)
         rechecks = Periodic(interval, tracker.recheck_pending, "completion re-check")
         rechecks.start()
+        recalculator = Recalculator(runtime.pool, settings.recalculation_batch_size, settings.recalculation_lease_s)
+        recalculations = Periodic(settings.recalculation_interval_s, recalculator.run_due, "progress recalculation")
+        recalculations.start()
         watching = Periodic(settings.heartbeat_flush_interval_s, tracker.complete_watched, "automatic completion")
         watching.start()
-        return ProgressState(client, replicas, buffer, folder, tracker, rechecks, watching)
+        return ProgressState(client, replicas, buffer, folder, tracker, rechecks, recalculations, watching)
 
     app = create_app(
         ServiceSpec(

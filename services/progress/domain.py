@@ -415,6 +415,20 @@ def _after(lesson: CatalogLesson, other: CatalogLesson) -> bool:
     return (lesson.order, lesson.id) > (other.order, other.id)
 
 
+def required_ids(course: CourseCatalogEntry) -> list[int]:
+    """The ids of the lessons that count, sorted: what a change of the course is compared by."""
+    return sorted(lesson.id for lesson in course.lessons if lesson.is_required)
+
+
+def newly_required(course: CourseCatalogEntry, required_then: Sequence[int] | None) -> list[CatalogLesson]:
+    """Lessons required now that were not when the learner completed the course (in order);
+    none when what counted then is unknown (a completion recorded before it was kept)."""
+    if required_then is None:
+        return []
+    then = set(required_then)
+    return [lesson for lesson in ordered(course.lessons) if lesson.is_required and lesson.id not in then]
+
+
 def lock_blocker(course: CourseCatalogEntry, lesson_id: int, completed_ids: set[int]) -> CatalogLesson | None:
     """For a sequential course: the lesson the learner must finish before ``lesson_id``, if any."""
     if not course.requires_sequential_progress:

@@ -22,3 +22,10 @@ class ProgressSettings(ServiceSettings):
     # Course-completed decisions deferred while the enrollment service was unreachable are
     # re-checked this often; a failing one waits this long times 2**attempts (at most 60 s).
     completion_recheck_interval_s: float = Field(1.0, gt=0, le=60)
+    # Recalculation after a change of a course's required lessons: learners per batch (one
+    # transaction and one progress-recalculated event each), how often due jobs are looked
+    # for, and the lease a process holds on a job (renewed by every batch; a dead process's
+    # job is taken over once it ends).
+    recalculation_batch_size: int = Field(500, ge=1, le=5000)
+    recalculation_interval_s: float = Field(1.0, gt=0, le=60)
+    recalculation_lease_s: float = Field(30.0, gt=0, le=600)

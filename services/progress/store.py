@@ -286,16 +286,32 @@ async def get_course(conn: Executor, course_id: int) -> CourseCatalogEntry | Non
 
 
 async def save_course(conn: Executor, entry: CourseCatalogEntry) -> bool:
-    """Store ``entry`` unless the replica already holds this or a later revision."""
+    """Store ``entry`` unless the replica already holds this or a later revision. When it
+    replaces a stored revision whose required lessons differ, the statement also records
+    (or keeps) the course's recalculation job: every path that stores a revision (the
+    course-catalog handler, a replica miss, a confirmation) goes through here, so no change
+    of the required lessons goes without one. All of it is one statement: one transaction."""
     saved = await conn.fetchval(
         """
-        INSERT INTO courses (course_id, revision, entry) VALUES ($1, $2, $3)
-        ON CONFLICT (course_id) DO UPDATE SET revision = excluded.revision, entry = excluded.entry,
-            updated_at = now()
-        WHERE courses.revision < excluded.revision
-        RETURNING true
+        WITH old AS (
+            SELECT ARRAY(SELECT (l ->> 'id')::bigint FROM jsonb_array_elements(entry -> 'lessons') AS l
+                         WHERE COALESCE((l ->> 'is_required')::boolean, true) ORDER BY 1) AS required
+            FROM courses WHERE course_id = $1
+        ), saved AS (
+            INSERT INTO courses (course_id, revision, entry) VALUES ($1, $2, $3)
+            ON CONFLICT (course_id) DO UPDATE SET revision = excluded.revision, entry = excluded.entry,
+                updated_at = now()
+            WHERE courses.revision < excluded.revision
+            RETURNING true AS saved
+        ), job AS (
+            INSERT INTO course_recalculations AS r (course_id, revision)
+            SELECT $1, $2 FROM saved, old WHERE old.required IS DISTINCT FROM $4::bigint[]
+            ON CONFLICT (course_id) DO UPDATE SET revision = GREATEST(r.revision, excluded.revision),
+                updated_at = now()
+        )
+        SELECT saved FROM saved
         """,
-        entry.course_id, entry.revision, entry.model_dump(mode="json"),
+        entry.course_id, entry.revision, entry.model_dump(mode="json"), domain.required_ids(entry),
     )
     return bool(saved)
 
@@ -380,13 +396,40 @@ async def completion_by_event_id(conn: Executor, event_id: UUID) -> CourseComple
     return CourseCompleted.model_validate(event) if event is not None else None
 
 
-async def add_completion(conn: Connection, enrollment_id: int, event: CourseCompleted) -> bool:
+async def add_completion(
+    conn: Connection, enrollment_id: int, event: CourseCompleted, required_lesson_ids: Sequence[int] | None = None
+) -> bool:
+    """Record the completion with what it was decided on (``event.course_revision`` and the
+    required lessons then); False if the enrollment already has one."""
     added = await conn.fetchval(
-        "INSERT INTO course_completions (user_id, course_id, enrollment_id, completed_at, event) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+        "INSERT INTO course_completions (user_id, course_id, enrollment_id, completed_at, event, course_revision, "
+        "required_lesson_ids) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true",
         event.user_id, event.course_id, enrollment_id, event.completed_at, event.model_dump(mode="json"),
+        event.course_revision, list(required_lesson_ids) if required_lesson_ids is not None else None,
     )
     return bool(added)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionBasis:
+    """The catalog a completion was decided on (None: recorded before it was kept)."""
+
+    course_revision: int | None
+    required_lesson_ids: list[int] | None
+
+
+async def completion_basis(
+    conn: Executor, user_id: str, course_id: int, enrollment_id: int
+) -> CompletionBasis | None:
+    r = await conn.fetchrow(
+        "SELECT course_revision, required_lesson_ids FROM course_completions "
+        "WHERE user_id = $1 AND course_id = $2 AND enrollment_id = $3 ORDER BY completed_at DESC LIMIT 1",
+        user_id, course_id, enrollment_id,
+    )
+    if r is None:
+        return None
+    ids = r["required_lesson_ids"]
+    return CompletionBasis(r["course_revision"], list(ids) if ids is not None else None)
 
 
 # ---------------------------------------------------------------- certificates
@@ -481,3 +524,116 @@ async def pending_confirmation_failed(conn: Executor, user_id: str, course_id: i
 
 async def delete_pending_confirmation(conn: Connection, user_id: str, course_id: int) -> None:
     await conn.execute("DELETE FROM pending_confirmations WHERE user_id = $1 AND course_id = $2", user_id, course_id)
+
+
+# ---------------------------------------------------------------- recalculations
+
+
+@dataclass(frozen=True, slots=True)
+class Recalculation:
+    course_id: int
+    revision: int
+    required_lesson_ids: list[int] | None  # what the batches so far were computed with
+    cursor: str | None  # the last user_id recalculated
+
+
+async def claim_recalculations(conn: Executor, limit: int, lease_s: float) -> list[int]:
+    """Up to ``limit`` due jobs (course ids), each leased for ``lease_s`` in the same statement:
+    rows another process is claiming or working on (locked) are skipped. A batch renews the
+    lease; a process that dies leaves the job due again once its lease ends."""
+    rows = await conn.fetch(
+        """
+        UPDATE course_recalculations r
+        SET attempts = r.attempts + 1, due_at = now() + make_interval(secs => $2)
+        FROM (SELECT course_id FROM course_recalculations WHERE due_at <= now()
+              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+        WHERE r.course_id = due.course_id
+        RETURNING r.course_id
+        """,
+        limit, lease_s,
+    )
+    return [r["course_id"] for r in rows]
+
+
+async def lock_recalculation(conn: Connection, course_id: int) -> Recalculation | None:
+    """The job, locked until commit: one batch of a course at a time, whichever process runs it."""
+    r = await conn.fetchrow(
+        "SELECT course_id, revision, required_lesson_ids, cursor FROM course_recalculations "
+        "WHERE course_id = $1 FOR UPDATE",
+        course_id,
+    )
+    if r is None:
+        return None
+    ids = r["required_lesson_ids"]
+    return Recalculation(r["course_id"], r["revision"], list(ids) if ids is not None else None, r["cursor"])
+
+
+async def advance_recalculation(
+    conn: Connection, course_id: int, revision: int, required_lesson_ids: Sequence[int], cursor: str, lease_s: float
+) -> None:
+    await conn.execute(
+        "UPDATE course_recalculations SET revision = GREATEST(revision, $2), required_lesson_ids = $3, cursor = $4, "
+        "due_at = now() + make_interval(secs => $5), attempts = 0, last_error = NULL, updated_at = now() "
+        "WHERE course_id = $1",
+        course_id, revision, list(required_lesson_ids), cursor, lease_s,
+    )
+
+
+async def delete_recalculation(conn: Connection, course_id: int) -> None:
+    await conn.execute("DELETE FROM course_recalculations WHERE course_id = $1", course_id)
+
+
+async def recalculation_failed(conn: Executor, course_id: int, error: str) -> None:
+    await conn.execute(
+        "UPDATE course_recalculations SET last_error = $2, updated_at = now() WHERE course_id = $1",
+        course_id, error[:500],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLearner:
+    user_id: str
+    enrollment_id: int
+    status: str
+    attempt: int
+
+
+async def lock_enrollment_batch(
+    conn: Connection, course_id: int, after: str | None, limit: int
+) -> list[BatchLearner]:
+    """The next ``limit`` enrollments of the course after user ``after``, row-locked in user_id
+    order: the lock completions take (see usecases), always taken in one order. ``attempt``
+    is the replica's when it keeps one (read through to_jsonb, so the statement works with
+    or without the column), else 1."""
+    rows = await conn.fetch(
+        """
+        SELECT e.user_id, e.enrollment_id, e.status, COALESCE((to_jsonb(e) ->> 'attempt')::int, 1) AS attempt
+        FROM enrollments e
+        WHERE e.course_id = $1 AND ($2::text IS NULL OR e.user_id > $2)
+        ORDER BY e.user_id LIMIT $3
+        FOR UPDATE
+        """,
+        course_id, after, limit,
+    )
+    return [BatchLearner(r["user_id"], r["enrollment_id"], r["status"], r["attempt"]) for r in rows]
+
+
+async def completed_lessons_of(conn: Executor, course_id: int, user_ids: Sequence[str]) -> dict[str, set[int]]:
+    """Each learner's completed lessons of the course, for many learners in one query."""
+    rows = await conn.fetch(
+        "SELECT user_id, array_agg(lesson_id) AS ids FROM lesson_progress "
+        "WHERE user_id = ANY($2::text[]) AND course_id = $1 AND completed GROUP BY user_id",
+        course_id, list(user_ids),
+    )
+    return {r["user_id"]: set(r["ids"]) for r in rows}
+
+
+async def completed_enrollments(conn: Executor, course_id: int, learners: Sequence[BatchLearner]) -> set[int]:
+    """The enrollment ids among ``learners`` that have a course completion."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT c.enrollment_id FROM course_completions c "
+        "JOIN unnest($2::text[], $3::bigint[]) AS x (u, e) ON c.user_id = x.u AND c.enrollment_id = x.e "
+        "WHERE c.course_id = $1",
+        course_id, [learner.user_id for learner in learners], [learner.enrollment_id for learner in learners],
+    )
+    return {r["enrollment_id"] for r in rows}

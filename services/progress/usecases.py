@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -46,8 +47,10 @@ from shared.events import (
     CourseCatalogEntry,
     CourseCompleted,
     EnrollmentChanged,
+    LearnerProgress,
     LessonCompleted,
     LessonReopened,
+    ProgressRecalculated,
 )
 from shared.internal import PeerUnavailable
 from shared.periodic import Periodic
@@ -397,8 +400,9 @@ class Tracker:
             instructor_ids=list(course.instructor_ids),
             # From the confirmed revision, like the title: the workers date the expiry by it.
             certificate_validity_days=course.certificate_validity_days,
+            course_revision=course.revision,
         )
-        if await store.add_completion(conn, enrollment.enrollment_id, event):
+        if await store.add_completion(conn, enrollment.enrollment_id, event, domain.required_ids(course)):
             await outbox.add(conn, event)
 
     # ------------------------------------------------------------ deferred decisions
@@ -549,6 +553,7 @@ class Tracker:
         seconds = round(sum(r["time_spent_seconds"] for r in records))
         async with self.pool.acquire() as conn:
             completion = await store.get_completion(conn, target, course_id, enrollment.enrollment_id)
+            basis = await store.completion_basis(conn, target, course_id, enrollment.enrollment_id)
             certificate = await store.certificate_url(conn, target, course_id)
         return {
             "course_id": course_id,
@@ -566,6 +571,12 @@ class Tracker:
             "requires_sequential_progress": course.requires_sequential_progress,
             "missing_required_lessons": domain.lesson_refs(standing.missing_required),
             "locked_lessons": domain.lesson_refs(standing.locked),
+            # A change of the course never revokes a completion: the revision it was decided
+            # on, and what became required since (the percentage above counts those).
+            "completed_revision": (basis.course_revision if basis else None) if completion else None,
+            "new_required_lessons": domain.lesson_refs(
+                domain.newly_required(course, basis.required_lesson_ids if basis else None)
+            ) if completion else [],
         }
 
     async def completion_status(self, user_id: str, course_id: int) -> dict[str, Any]:
@@ -586,6 +597,97 @@ class Tracker:
         if event is None:
             raise CompletionNotFound()
         return event
+
+
+# ---------------------------------------------------------------- recalculations
+
+RECALCULATED = Counter(
+    "lessonstream_progress_recalculated_total", "Learners whose progress was recalculated after a course change"
+)
+
+
+class Recalculator:
+    """Recalculates every enrolled learner's progress after a change of a course's required
+    lessons (the jobs ``store.save_course`` records), in batches, off the admin request.
+
+    A batch is one transaction: the job row is locked (one batch of a course at a time,
+    whichever process runs it), then the next ``batch_size`` enrollment replica rows after
+    the cursor in user_id order (the lock completions take, always taken in that order, so
+    a completion and a batch serialise and cannot deadlock), then their completed lessons
+    are read in one query. The standings leave as ONE progress-recalculated event through
+    the outbox, learners who now have every required lesson and no completion go to
+    ``pending_confirmations`` (the re-check confirms with the owner and decides once), and
+    the cursor advances, all in that transaction. A crash loses at most the batch in
+    flight, which is done again from the cursor. The job computes with the revision the
+    replica holds at each batch; when its required lessons differ from the ones the
+    batches so far used, it starts again from the first learner."""
+
+    def __init__(self, pool: asyncpg.Pool, batch_size: int, lease_s: float) -> None:
+        self.pool = pool
+        self.batch_size = batch_size
+        self.lease_s = lease_s
+
+    async def run_due(self, limit: int = 10) -> int:
+        """Work through the due jobs; returns how many batches were committed."""
+        batches = 0
+        for course_id in await store.claim_recalculations(self.pool, limit, self.lease_s):
+            try:
+                while True:
+                    more = await db.retrying(partial(self._batch, course_id))
+                    batches += 1
+                    if not more:
+                        break
+            except Exception as exc:
+                # The lease is the backoff: the job is due again when it ends, from its cursor.
+                log.warning("recalculation of course %s failed: %r", course_id, exc)
+                await store.recalculation_failed(self.pool, course_id, repr(exc))
+        return batches
+
+    async def _batch(self, course_id: int) -> bool:
+        """One batch; True when more learners may remain."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await store.lock_recalculation(conn, course_id)
+            if job is None:
+                return False  # finished by another process meanwhile
+            course = await store.get_course(conn, course_id)
+            if course is None:
+                await store.delete_recalculation(conn, course_id)
+                return False
+            required = domain.required_ids(course)
+            # Batches computed with other required lessons are stale: from the start again.
+            cursor = job.cursor if job.required_lesson_ids == required else None
+            learners = await store.lock_enrollment_batch(conn, course_id, cursor, self.batch_size)
+            if not learners:
+                await store.delete_recalculation(conn, course_id)
+                return False
+            completed = await store.completed_lessons_of(conn, course_id, [learner.user_id for learner in learners])
+            already = await store.completed_enrollments(conn, course_id, learners)
+            now = datetime.now(UTC)  # after the locks: later than any completion they waited for
+            recalculated: list[LearnerProgress] = []
+            for learner in learners:
+                standing = domain.standing(course, completed.get(learner.user_id, set()))
+                recalculated.append(LearnerProgress(
+                    user_id=learner.user_id, attempt=learner.attempt,
+                    progress_percentage=standing.progress_percentage,
+                    completed_lessons=standing.completed_required, total_lessons=standing.total_required,
+                ))
+                if (
+                    standing.all_required_done and learner.enrollment_id not in already
+                    and learner.status in ACTIVE and course.status == "published"
+                ):
+                    # Decided on data the owner confirms, once: by the re-check loop.
+                    await store.add_pending_confirmation(conn, learner.user_id, course_id, "", "", None)
+            await outbox.add(conn, ProgressRecalculated(
+                course_id=course_id, revision=course.revision, recalculated_at=now, learners=recalculated,
+            ))
+            RECALCULATED.inc(len(learners))
+            if len(learners) < self.batch_size:
+                await store.delete_recalculation(conn, course_id)
+                return False
+            await store.advance_recalculation(
+                conn, course_id, course.revision, required, learners[-1].user_id, self.lease_s
+            )
+            return True
 
 
 # ---------------------------------------------------------------- the replicas, fed by events
@@ -632,6 +734,7 @@ class ProgressState:
     analytics_folder: Folder
     tracker: Tracker
     rechecks: Periodic  # the re-check of deferred completions (Tracker.recheck_pending)
+    recalculations: Periodic  # progress recalculation after course changes (Recalculator.run_due)
     watching: Periodic | None = None  # automatic completions after flushes (Tracker.complete_watched)
 
     async def close(self) -> None:
@@ -644,5 +747,6 @@ class ProgressState:
             with contextlib.suppress(Exception):
                 await self.tracker.complete_watched()
         await self.rechecks.stop()
+        await self.recalculations.stop()
         await self.analytics_folder.stop()
         await self.enrollment_client.aclose()

@@ -49,6 +49,11 @@ CASES: list[tuple[DomainError, dict[str, Any]]] = [
         "code": "course_has_no_lessons", "message": "A course needs at least one lesson to be published",
         "data": {"status": 400},
     }),
+    (domain.LastLessonOfPublishedCourse(), {
+        "code": "course_needs_a_lesson",
+        "message": "A published course needs a lesson: this is its last one (add another, or archive the course)",
+        "data": {"status": 400},
+    }),
     (domain.InvalidLessonOrder("lesson_ids lists a lesson twice", params={"lesson_ids": "duplicate"}), {
         "code": "invalid_request", "message": "lesson_ids lists a lesson twice",
         "data": {"status": 400, "params": {"lesson_ids": "duplicate"}},
