@@ -68,9 +68,10 @@ PGBENCH_SCRIPT = r"""
 \set pos random(0, 3600)
 INSERT INTO lesson_progress AS p
     (user_id, course_id, lesson_id, video_progress, last_position, position_at, position_seen_at,
-     time_spent_seconds, credited, updated_at)
+     time_spent_seconds, credited, updated_at, watched, watched_seconds)
 VALUES ('pg' || :u, 1, :l, :pos, :pos, now(), now(), 5,
-        ARRAY[extract(epoch FROM now()) - 5, extract(epoch FROM now())]::float8[], now())""" + \
+        ARRAY[extract(epoch FROM now()) - 5, extract(epoch FROM now())]::float8[], now(),
+        ARRAY[:pos, :pos + 5]::float8[], 5)""" + \
     store.FLUSH_ON_CONFLICT.rstrip() + ";\n"
 
 

@@ -34,6 +34,7 @@ class Lesson(BaseModel):
     is_required: bool
     duration_seconds: int | None
     kind: str
+    video_completion_threshold: float | None = None  # null: the course's rule
 
 
 class CourseFields(BaseModel):
@@ -49,6 +50,8 @@ class CourseFields(BaseModel):
     requires_sequential_progress: bool
     certificate_enabled: bool
     certificate_validity_days: int | None = None  # null: certificates never expire
+    # Coverage (0, 1] a video lesson needs to complete itself; null: learners complete lessons.
+    video_completion_threshold: float | None = None
     recertify_after_days: int | None = None  # null: completions are never reset
     instructor_ids: list[str]
     revision: int
@@ -246,12 +249,14 @@ def catalog_entry(course: Course) -> CourseCatalogEntry:
         requires_sequential_progress=course.requires_sequential_progress,
         certificate_enabled=course.certificate_enabled,
         certificate_validity_days=course.certificate_validity_days,
+        video_completion_threshold=course.video_completion_threshold,
         recertify_after_days=course.recertify_after_days,
         instructor_ids=list(course.instructor_ids),
         lessons=[
             CatalogLesson(
                 id=lesson.id, title=lesson.title, order=lesson.order, is_required=lesson.is_required,
                 duration_seconds=lesson.duration_seconds, kind=lesson.kind,
+                video_completion_threshold=lesson.video_completion_threshold,
             )
             for lesson in sorted(course.lessons, key=lambda lesson: lesson.order)
         ],

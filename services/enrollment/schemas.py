@@ -22,6 +22,8 @@ Duration = Annotated[int, Field(ge=0, le=7 * 24 * 3600)]
 Order = Annotated[int, Field(ge=1, le=100_000)]  # a position among a course's lessons
 # Days a certificate stays valid after issue (up to a century); strict: "30" is refused.
 ValidityDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
+# Coverage of a video's duration that completes it, in (0, 1]; strict: "0.9" and true are refused.
+Threshold = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)]
 # Days after completion a course is reset for recertification (up to a century); strict too.
 RecertifyDays = Annotated[int, Field(ge=1, le=36_500, strict=True)]
 
@@ -53,13 +55,16 @@ class CourseCreate(BaseModel):
     requires_sequential_progress: bool = False
     certificate_enabled: bool = True
     certificate_validity_days: ValidityDays | None = None  # null: certificates never expire
+    video_completion_threshold: Threshold | None = None  # null: learners complete lessons themselves
     recertify_after_days: RecertifyDays | None = None  # null: completions are never reset
     instructor_ids: Instructors = Field(default_factory=list)
 
 
 class CourseUpdate(_Patch):
-    # null clears them: no expiry, no recertification
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"certificate_validity_days", "recertify_after_days"})
+    # null clears them: no expiry, manual completion, no recertification
+    NULLABLE: ClassVar[frozenset[str]] = frozenset(
+        {"certificate_validity_days", "video_completion_threshold", "recertify_after_days"}
+    )
 
     title: Title | None = None
     slug: Slug | None = None
@@ -67,6 +72,7 @@ class CourseUpdate(_Patch):
     requires_sequential_progress: bool | None = None
     certificate_enabled: bool | None = None
     certificate_validity_days: ValidityDays | None = None
+    video_completion_threshold: Threshold | None = None
     recertify_after_days: RecertifyDays | None = None
     instructor_ids: Instructors | None = None
     status: CourseStatus | None = None
@@ -80,16 +86,18 @@ class LessonCreate(BaseModel):
     is_required: bool = True
     duration_seconds: Duration | None = None
     kind: LessonKind = "video"
+    video_completion_threshold: Threshold | None = None  # null: the course's rule
 
 
 class LessonUpdate(_Patch):
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"duration_seconds"})
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"duration_seconds", "video_completion_threshold"})
 
     title: Title | None = None
     order: Order | None = None
     is_required: bool | None = None
     duration_seconds: Duration | None = None
     kind: LessonKind | None = None
+    video_completion_threshold: Threshold | None = None
 
 
 class LessonOrder(BaseModel):
@@ -105,6 +113,7 @@ class LessonOut(BaseModel):
     is_required: bool
     duration_seconds: int | None
     kind: str
+    video_completion_threshold: float | None
 
 
 class CourseOut(CourseFields):

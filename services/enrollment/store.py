@@ -24,17 +24,17 @@ from shared.events import RecertificationScheduled
 
 _COURSE_COLUMNS = (
     "id, title, slug, description, status, requires_sequential_progress, certificate_enabled, "
-    "certificate_validity_days, instructor_ids, revision, created_at, updated_at, last_event_id, last_event_at, "
-    "recertify_after_days"
+    "certificate_validity_days, video_completion_threshold, instructor_ids, revision, created_at, updated_at, "
+    "last_event_id, last_event_at, recertify_after_days"
 )
 # Columns a course update may set (names come from this set only, never from input).
 COURSE_FIELDS = frozenset(
     {
         "title", "slug", "description", "status", "requires_sequential_progress", "certificate_enabled",
-        "certificate_validity_days", "instructor_ids", "recertify_after_days",
+        "certificate_validity_days", "video_completion_threshold", "instructor_ids", "recertify_after_days",
     }
 )
-LESSON_FIELDS = frozenset({"title", "is_required", "duration_seconds", "kind"})
+LESSON_FIELDS = frozenset({"title", "is_required", "duration_seconds", "kind", "video_completion_threshold"})
 
 
 class SlugTaken(Exception):
@@ -56,8 +56,8 @@ async def get_course(conn: Connection, course_id: int, *, lock: bool = False) ->
     if row is None:
         return None
     lessons = await conn.fetch(
-        "SELECT id, course_id, title, position AS \"order\", is_required, duration_seconds, kind "
-        "FROM lessons WHERE course_id = $1 AND archived_at IS NULL ORDER BY position",
+        "SELECT id, course_id, title, position AS \"order\", is_required, duration_seconds, kind, "
+        "video_completion_threshold FROM lessons WHERE course_id = $1 AND archived_at IS NULL ORDER BY position",
         course_id,
     )
     return Course(**dict(row), lessons=[Lesson(**dict(r)) for r in lessons])
@@ -76,11 +76,12 @@ async def insert_course(
         course_id: int = await conn.fetchval(
             "INSERT INTO courses (title, slug, description, requires_sequential_progress, certificate_enabled, "
             "instructor_ids, created_at, updated_at, last_event_id, last_event_at, certificate_validity_days, "
-            "recertify_after_days) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $7, $9, $10) RETURNING id",
+            "video_completion_threshold, recertify_after_days) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $7, $9, $10, $11) RETURNING id",
             fields["title"], fields["slug"], fields.get("description", ""),
             fields.get("requires_sequential_progress", False), fields.get("certificate_enabled", True),
             fields.get("instructor_ids", []), now, event_id, fields.get("certificate_validity_days"),
-            fields.get("recertify_after_days"),
+            fields.get("video_completion_threshold"), fields.get("recertify_after_days"),
         )
     except asyncpg.UniqueViolationError as exc:
         raise SlugTaken from exc
@@ -112,10 +113,10 @@ async def bump_course(
 
 async def insert_lesson(conn: Connection, course_id: int, fields: dict[str, Any], position: int) -> int:
     lesson_id: int = await conn.fetchval(
-        "INSERT INTO lessons (course_id, title, position, is_required, duration_seconds, kind) "
-        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO lessons (course_id, title, position, is_required, duration_seconds, kind, "
+        "video_completion_threshold) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         course_id, fields["title"], position, fields.get("is_required", True),
-        fields.get("duration_seconds"), fields.get("kind", "video"),
+        fields.get("duration_seconds"), fields.get("kind", "video"), fields.get("video_completion_threshold"),
     )
     return lesson_id
 

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from starlette.types import Receive, Scope, Send
 
 from services.progress import domain
-from services.progress.domain import MAX_POSITION_SECONDS
+from services.progress.domain import MAX_PLAYED_SEGMENTS, MAX_POSITION_SECONDS
 from services.progress.usecases import ProgressState, Tracker
 from shared.auth import CurrentUser, InternalCaller, current_user
 from shared.errors import ErrorMap, HttpError
@@ -32,6 +32,7 @@ ERRORS: ErrorMap = {
     domain.LessonNotInCourse: HttpError(400, "invalid_request", "Invalid or missing fields: lesson_id"),
     domain.NotEnrolled: HttpError(403, "not_enrolled"),
     domain.LessonLocked: HttpError(403, "lesson_locked"),
+    domain.LessonNotWatched: HttpError(403, "lesson_not_watched"),
     domain.NotAllowed: HttpError(403, "forbidden"),
     domain.CompletionNotFound: HttpError(404, "completion_not_found"),
     PeerUnavailable: HttpError(503, "service_unavailable", "Enrollment data is unavailable, try again"),
@@ -51,6 +52,16 @@ def _representable(value: datetime) -> datetime:
 
 
 Timestamp = Annotated[datetime, AfterValidator(_representable)]
+
+
+def _ordered(segment: tuple[float, float]) -> tuple[float, float]:
+    if segment[0] > segment[1]:
+        raise ValueError("start after end")
+    return segment
+
+
+# A [start, end] range of the media the player played (HTMLMediaElement.played).
+Segment = Annotated[tuple[Position, Position], AfterValidator(_ordered)]
 Id = Annotated[int, Field(gt=0, le=MAX_BIGINT)]
 MAX_INT = 2**31 - 1  # attempts are integer columns
 
@@ -67,6 +78,9 @@ class ProgressIn(BaseModel):
     last_position: Position | None = None
     # When the client took this reading: an older reading never overwrites a newer position.
     client_timestamp: Timestamp | None = None
+    # The media ranges played since the last heartbeat: the coverage this heartbeat adds
+    # (without them, coverage is inferred from the positions).
+    played_segments: Annotated[list[Segment], Field(max_length=MAX_PLAYED_SEGMENTS)] | None = None
 
 
 async def _tracker(request: Request) -> Tracker:
@@ -116,6 +130,7 @@ class HeartbeatEndpoint:
         record = await tracker.record(
             user, heartbeat.course_id, heartbeat.lesson_id, heartbeat.completed, heartbeat.video_progress,
             heartbeat.last_position, at.timestamp() if at is not None else None,
+            tuple(heartbeat.played_segments) if heartbeat.played_segments is not None else None,
         )
         await json(record)(scope, receive, send)
 

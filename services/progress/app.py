@@ -38,7 +38,9 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         recalculator = Recalculator(runtime.pool, settings.recalculation_batch_size, settings.recalculation_lease_s)
         recalculations = Periodic(settings.recalculation_interval_s, recalculator.run_due, "progress recalculation")
         recalculations.start()
-        return ProgressState(client, replicas, buffer, folder, tracker, rechecks, recalculations)
+        watching = Periodic(settings.heartbeat_flush_interval_s, tracker.complete_watched, "automatic completion")
+        watching.start()
+        return ProgressState(client, replicas, buffer, folder, tracker, rechecks, recalculations, watching)
 
     app = create_app(
         ServiceSpec(

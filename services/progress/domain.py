@@ -37,6 +37,10 @@ def progress_state(exists: bool, completed: bool, video_progress: float, last_po
 # late one could not, inside seconds already credited as watching, which the union of
 # intervals does not count twice.
 ARRIVAL_JITTER_S = 0.5
+MAX_PLAYBACK_RATE = 2.0  # the fastest playback accepted as watching (see watched_step)
+# Media seconds a fresh learner-lesson entry may cover before wall-clock time accrues any:
+# the arrival jitter allowance of its first pair of heartbeats.
+FIRST_WATCH_BUDGET = MAX_PLAYBACK_RATE * ARRIVAL_JITTER_S
 
 
 def time_increment(
@@ -77,6 +81,7 @@ class Playback:
     position_at: float | None = None  # latest client timestamp (epoch s) behind the position, if any
     seen_at: float | None = None  # server time (epoch s) of the heartbeat that set the position
     last_credit: float = 0.0  # seconds the last accepted pair credited (ending at seen_at)
+    watch_budget: float = FIRST_WATCH_BUDGET  # media seconds the next movement may cover as watching (watched_step)
 
 
 def merge_heartbeat(
@@ -92,6 +97,27 @@ def merge_heartbeat(
     than the position held: see ``position_newer``), else the seconds of watching it
     credits: ``credited_interval`` places them on the server's clock.
     """
+    step = play(state, video_progress, last_position, client_at, now)
+    return step.added if step is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one accepted heartbeat adds: wall-clock seconds of time spent, and the media
+    range its movement covered as watching (None: no movement, or a seek)."""
+
+    added: float
+    watched: Interval | None
+
+
+def play(
+    state: Playback,
+    video_progress: float | None,
+    last_position: float | None,
+    client_at: float | None,
+    now: float,
+) -> Step | None:
+    """``merge_heartbeat``, also inferring the media range watched (``watched_step``)."""
     if video_progress is None and last_position is None:
         return None
     if not position_newer(client_at, now, state.position_at, state.seen_at):
@@ -102,13 +128,100 @@ def merge_heartbeat(
     before = state.video_progress if video_progress is not None else state.last_position
     after = new_video if video_progress is not None else new_last
     added = time_increment(before, state.seen_at, after, now, min(ARRIVAL_JITTER_S, state.last_credit))
+    watched, state.watch_budget = watched_step(state.watch_budget, before, state.seen_at, after, now)
     state.last_credit = added
     state.video_progress = new_video
     state.last_position = new_last
     if client_at is not None:
         state.position_at = client_at if state.position_at is None else max(state.position_at, client_at)
     state.seen_at = now
-    return added
+    return Step(added, watched)
+
+
+# ---------------------------------------------------------------- watched coverage
+#
+# What a learner watched is a union of media ranges (seconds of the video), kept per
+# record: the player's own report (``played_segments``) when it sends one, else inferred
+# from consecutive positions. Coverage is that union's length; under a threshold rule a
+# video lesson completes when coverage / duration reaches it. The SQL function
+# ``progress_watch`` (migration 007) is ``watched_union`` step for step.
+
+WATCHED_MAX_RANGES = 50  # at most this many stored (and pending) watched ranges per record
+MAX_PLAYED_SEGMENTS = 200  # per request
+
+
+def watched_step(
+    budget: float, prev_position: float, prev_seen_at: float | None, position: float, seen_at: float
+) -> tuple[Interval | None, float]:
+    """Whether the movement between two accepted heartbeats of one process was watching,
+    and the budget afterwards.
+
+    Forward movement is watching when it is no larger than the budget: media seconds
+    accrue at ``MAX_PLAYBACK_RATE`` per second of wall-clock time between heartbeats, and
+    carry over only up to that rate times ``ARRIVAL_JITTER_S`` beyond the current gap (a
+    heartbeat that arrived late, or early), so a run of heartbeats never covers more than
+    the rate times the wall-clock time it spans plus that allowance once (the budget an
+    entry starts with, ``FIRST_WATCH_BUDGET``). A larger jump is a seek: it covers nothing (the
+    budget stays for the next movement). Moving back or standing still covers nothing.
+    """
+    if prev_seen_at is None:
+        return None, budget
+    wall = max(0.0, seen_at - prev_seen_at)
+    budget = min(budget + MAX_PLAYBACK_RATE * wall, MAX_PLAYBACK_RATE * (wall + ARRIVAL_JITTER_S))
+    covered = position - prev_position
+    if covered <= 0 or covered > budget:
+        return None, budget
+    return (prev_position, position), budget - covered
+
+
+def keep_longest(ranges: Intervals, max_count: int) -> Intervals:
+    """At most ``max_count`` of normalized ``ranges``, in order: the shortest are dropped
+    (of equal lengths, the earlier first). Dropping only ever under-counts."""
+    if len(ranges) <= max_count:
+        return ranges
+    by_length = sorted(range(len(ranges)), key=lambda i: (ranges[i][1] - ranges[i][0], i))
+    keep = sorted(by_length[len(ranges) - max(1, max_count):])
+    return tuple(ranges[i] for i in keep)
+
+
+def watched_union(a: Intervals, b: Intervals, max_count: int = WATCHED_MAX_RANGES) -> Intervals:
+    """The watched ranges of both, merged (sorted, overlapping and touching ranges joined),
+    and bounded (``keep_longest``). Idempotent and commutative; associative whenever the
+    merged ranges fit the bound, and beyond it never more than the exact union."""
+    return keep_longest(union(a, b), max_count)
+
+
+def clip_media(ranges: Iterable[Interval], duration: float | None) -> Intervals:
+    """Normalized, inside [0, duration] when the duration is known."""
+    if not duration or duration <= 0:
+        return normalize(ranges)
+    return normalize((max(0.0, start), min(end, duration)) for start, end in ranges)
+
+
+def completion_threshold(course: CourseCatalogEntry, lesson: CatalogLesson) -> float | None:
+    """The coverage a lesson needs to complete: the lesson's own threshold, else the
+    course's; None (manual completion) for lessons other than videos with a duration."""
+    if lesson.kind != "video" or not lesson.duration_seconds:
+        return None
+    if lesson.video_completion_threshold is not None:
+        return lesson.video_completion_threshold
+    return course.video_completion_threshold
+
+
+def watched_ratio(watched_seconds: float, duration: float | None) -> float | None:
+    """Coverage of the duration, at most 1; None without a duration."""
+    if not duration or duration <= 0:
+        return None
+    return min(1.0, watched_seconds / duration)
+
+
+def watched_enough(course: CourseCatalogEntry, lesson: CatalogLesson, watched_seconds: float) -> bool:
+    """Whether the lesson may complete: no threshold rule, or coverage at the threshold."""
+    threshold = completion_threshold(course, lesson)
+    if threshold is None:
+        return True
+    ratio = watched_ratio(watched_seconds, lesson.duration_seconds)
+    return ratio is not None and ratio >= threshold
 
 
 # ---------------------------------------------------------------- credited wall-clock time
@@ -185,12 +298,7 @@ def add_pending(pending: Intervals, interval: Interval, max_count: int = CREDIT_
     """One replica's intervals since its last flush, with one more. Beyond ``max_count``
     (only when flushes keep failing while a learner pauses and plays) the shortest are
     dropped: time spent may then miss a few seconds, it never gains any."""
-    merged = union(pending, (interval,))
-    if len(merged) <= max_count:
-        return merged
-    by_length = sorted(range(len(merged)), key=lambda i: (merged[i][1] - merged[i][0], i))
-    keep = sorted(by_length[len(merged) - max(1, max_count):])
-    return tuple(merged[i] for i in keep)
+    return keep_longest(union(pending, (interval,)), max_count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +505,17 @@ class LessonLocked(DomainError):
         )
 
 
+class LessonNotWatched(DomainError):
+    """A completion asked for below the lesson's coverage threshold; ``watched_ratio``: now."""
+
+    def __init__(self, watched_ratio: float | None, threshold: float) -> None:
+        super().__init__(
+            f"Watch at least {threshold:.0%} of this video to complete it",
+            watched_ratio=round(watched_ratio, 4) if watched_ratio is not None else None,
+            video_completion_threshold=threshold,
+        )
+
+
 class NotAllowed(DomainError):
     """Someone else's data, without being an admin or the course's instructor."""
 
@@ -466,9 +585,12 @@ def progress_record(
     time_spent_seconds: float,
     created_at: datetime,
     updated_at: datetime,
+    watched_seconds: float = 0.0,
+    duration: float | None = None,
 ) -> dict[str, Any]:
     """One learner-lesson record as the API shows it (the heartbeat answer among others):
-    one plain dict, serialised as it is."""
+    one plain dict, serialised as it is. ``duration``: the lesson's, for the watched ratio."""
+    ratio = watched_ratio(watched_seconds, duration)
     return {
         "id": id,
         "user_id": user_id,
@@ -480,6 +602,8 @@ def progress_record(
         "last_position": last_position,
         "time_spent_seconds": round(time_spent_seconds),
         "state": progress_state(True, completed, video_progress, last_position),
+        "watched_seconds": round(watched_seconds, 2),
+        "watched_ratio": round(ratio, 4) if ratio is not None else None,
         "created_at": created_at,
         "updated_at": updated_at,
     }

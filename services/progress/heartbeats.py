@@ -58,6 +58,8 @@ class Entry(store.LessonRecord):
     dirty: bool = False
     unlocked: bool = False  # sequential courses: passed the lock check while cached
     touched: float = 0.0  # monotonic time of last use, for eviction
+    stored_watched: domain.Intervals = ()  # watched media ranges as last read or written
+    watched_pending: domain.Intervals = ()  # watched here since the last flush (like ``pending``)
     attempt: int = 1  # the learner's attempt at the course this record belongs to
 
     @classmethod
@@ -73,7 +75,7 @@ class Entry(store.LessonRecord):
             row.created_at, row.updated_at,
             domain.Playback(row.video_progress, row.last_position, _ts(row.position_at), seen),
             row.time_spent_seconds, row.credited, row.credited_until,
-            touched=time.monotonic(), attempt=row.attempt,
+            touched=time.monotonic(), stored_watched=row.watched, attempt=row.attempt,
         )
 
     def _begin(self, row: store.ProgressRow) -> None:
@@ -104,6 +106,8 @@ class Entry(store.LessonRecord):
             p.last_position = row.last_position
             p.position_at = _ts(row.position_at)
             p.seen_at = seen
+        # The union never loses a range another replica stored (nor one of ours).
+        self.stored_watched = domain.watched_union(self.stored_watched, row.watched)
         self.updated_at = max(self.updated_at, row.updated_at)
 
     def adopt(self, row: store.ProgressRow) -> None:
@@ -117,14 +121,16 @@ class Entry(store.LessonRecord):
         assert p.seen_at is not None
         return store.FlushRow(
             self.user_id, self.course_id, self.lesson_id, p.video_progress, p.last_position, _dt(p.position_at),
-            datetime.fromtimestamp(p.seen_at, UTC), self.pending, self.updated_at, self.attempt,
+            datetime.fromtimestamp(p.seen_at, UTC), self.pending, self.updated_at, self.watched_pending,
+            self.attempt,
         )
 
     def confirmed(self, written: store.FlushRow, version: int) -> None:
         """``written`` is in the database: its intervals leave ``pending`` (what heartbeats
         added meanwhile stays), and the entry is clean unless a heartbeat came since."""
         self.pending = domain.difference(self.pending, written.credited)
-        self.dirty = self.version != version or bool(self.pending)
+        self.watched_pending = domain.difference(self.watched_pending, written.watched)
+        self.dirty = self.version != version or bool(self.pending) or bool(self.watched_pending)
 
     def time_spent(self) -> float:
         """The stored time plus what the pending intervals will add to it."""
@@ -132,11 +138,21 @@ class Entry(store.LessonRecord):
             return self.stored_time
         return self.stored_time + domain.uncovered(self.stored_credited, self.stored_until, self.pending)
 
-    def as_json(self) -> dict[str, Any]:
+    def watched(self) -> domain.Intervals:
+        """The stored watched ranges with the pending ones."""
+        if not self.watched_pending:
+            return self.stored_watched
+        return domain.watched_union(self.stored_watched, self.watched_pending)
+
+    def watched_seconds(self) -> float:
+        return domain.length(self.watched())
+
+    def as_json(self, duration: float | None = None) -> dict[str, Any]:
         p = self.playback
         return domain.progress_record(
             self.id, self.user_id, self.course_id, self.lesson_id, self.completed, self.completed_at,
             p.video_progress, p.last_position, self.time_spent(), self.created_at, self.updated_at,
+            self.watched_seconds(), duration,
         )
 
 
@@ -151,6 +167,10 @@ class HeartbeatBuffer:
         self._flush_lock = asyncio.Lock()
         self.flushed_rows = 0
         self.flushes = 0
+        # Records a flush returned not completed and with watched ranges: their coverage may
+        # have reached a threshold (here or through another replica's flush); the tracker
+        # takes them (usecases.Tracker.complete_watched).
+        self.watch_candidates: dict[Key, store.ProgressRow] = {}
 
     # ------------------------------------------------------------ request side
     async def entry(self, user_id: str, course_id: int, lesson_id: int) -> Entry:
@@ -177,16 +197,27 @@ class HeartbeatBuffer:
         video_progress: float | None,
         last_position: float | None,
         client_at: float | None,
+        played: domain.Intervals | None = None,
+        duration: float | None = None,
     ) -> Entry:
+        """``played``: the media ranges the player reports as played (they are the coverage
+        this heartbeat adds); without them coverage is inferred from the positions.
+        ``duration``: the lesson's, which bounds the ranges when known."""
         entry = await self.entry(user_id, course_id, lesson_id)
         now = datetime.now(UTC)
         at = now.timestamp()
-        added = domain.merge_heartbeat(entry.playback, video_progress, last_position, client_at, at)
-        if added is not None:  # accepted
-            if added > 0:
-                entry.pending = domain.add_pending(entry.pending, domain.credited_interval(added, at))
+        step = domain.play(entry.playback, video_progress, last_position, client_at, at)
+        if step is not None:  # accepted
+            if step.added > 0:
+                entry.pending = domain.add_pending(entry.pending, domain.credited_interval(step.added, at))
             entry.version += 1
             entry.updated_at = now
+            entry.dirty = True
+        # A late heartbeat's played ranges were still played: the union takes them in any order.
+        watched = played if played is not None else ((step.watched,) if step and step.watched else ())
+        watched = domain.clip_media(watched, duration)
+        if watched:
+            entry.watched_pending = domain.watched_union(entry.watched_pending, watched)
             entry.dirty = True
         entry.touched = time.monotonic()
         return entry
@@ -247,6 +278,8 @@ class HeartbeatBuffer:
                 found = self.entries.get((record.user_id, record.lesson_id))
                 if found is not None:
                     found.refresh(record)
+                if not record.completed and record.watched:
+                    self.watch_candidates[(record.user_id, record.lesson_id)] = record
             # A row the statement did not write belongs to an attempt that ended (FLUSH_SQL):
             # its entry goes, and the next heartbeat starts from the current attempt's record.
             for entry in dirty:

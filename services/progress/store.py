@@ -18,7 +18,8 @@ from shared.retry import Backoff
 
 _PROGRESS_COLUMNS = (
     "id, user_id, course_id, lesson_id, completed, completed_at, video_progress, last_position, "
-    "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at, attempt"
+    "position_at, position_seen_at, time_spent_seconds, credited, credited_until, created_at, updated_at, "
+    "watched, watched_seconds, attempt"
 )
 
 
@@ -46,6 +47,8 @@ class ProgressRow(LessonRecord):
     credited_until: float | None  # nothing before this is credited any more
     created_at: datetime
     updated_at: datetime
+    watched: domain.Intervals = ()  # watched media ranges (seconds of the video), see domain.watched_union
+    watched_seconds: float = 0.0
     attempt: int = 1  # the learner's attempt at the course the record belongs to
 
     @classmethod
@@ -54,7 +57,8 @@ class ProgressRow(LessonRecord):
             r["id"], r["user_id"], r["course_id"], r["lesson_id"], r["completed"], r["completed_at"],
             r["video_progress"], r["last_position"], r["position_at"], r["position_seen_at"],
             r["time_spent_seconds"], domain.pairs(r["credited"]), r["credited_until"],
-            r["created_at"], r["updated_at"], attempt=r["attempt"],
+            r["created_at"], r["updated_at"], domain.pairs(r["watched"]), r["watched_seconds"],
+            attempt=r["attempt"],
         )
 
 
@@ -72,6 +76,7 @@ class FlushRow:
     position_seen_at: datetime
     credited: domain.Intervals
     updated_at: datetime
+    watched: domain.Intervals = ()  # media ranges watched since the last flush (normalized, bounded)
     attempt: int = 1  # the attempt the playback was recorded in: it is written into no other
 
 
@@ -120,6 +125,12 @@ _CREDIT = """
     (time_spent_seconds, credited, credited_until) = (
         SELECT p.time_spent_seconds + c.added, c.credited, c.credited_until
         FROM progress_credit(p.credited, p.credited_until, excluded.credited) c)"""
+# Watched media ranges: the union of the stored and the fresh ones (progress_watch,
+# migration 007), so replicas and repeated flushes agree.
+_WATCH = """
+    (watched, watched_seconds) = (
+        SELECT w.watched, w.watched_seconds
+        FROM progress_watch(p.watched, excluded.watched, stored_seconds => p.watched_seconds) w)"""
 FLUSH_ON_CONFLICT = f"""
 ON CONFLICT (user_id, lesson_id) DO UPDATE SET
     video_progress = CASE WHEN {_POSITION_NEWER} THEN excluded.video_progress ELSE p.video_progress END,
@@ -128,25 +139,29 @@ ON CONFLICT (user_id, lesson_id) DO UPDATE SET
                        ELSE p.position_at END,
     position_seen_at = CASE WHEN {_POSITION_NEWER} THEN excluded.position_seen_at ELSE p.position_seen_at END,
     {_CREDIT.strip()},
+    {_WATCH.strip()},
     updated_at = GREATEST(p.updated_at, excluded.updated_at)
 WHERE p.attempt = excluded.attempt
 """
 # A row that does not exist yet (the flush also creates) gets the fresh intervals as they
 # are, and their length; one that exists gets the merge above.
 # The rows' intervals travel as one flat array ($9), each row's being the slice after
-# offset $10 (exclusive) up to $11 (inclusive).
-# A row is written only into the attempt it was recorded in ($13): the lateral join finds
+# offset $10 (exclusive) up to $11 (inclusive); their watched ranges likewise ($13, $14,
+# $15), with their lengths ($16).
+# A row is written only into the attempt it was recorded in ($17): the lateral join finds
 # the learner's enrollment replica row at that attempt, share-locked, so a reset (which
 # updates that row) committing meanwhile is waited for and the row re-checked and dropped.
 # The buffer takes a row that comes back from none as one of an attempt that ended.
 FLUSH_SQL = """
 INSERT INTO lesson_progress AS p
     (user_id, course_id, lesson_id, video_progress, last_position, position_at, position_seen_at,
-     time_spent_seconds, credited, updated_at, attempt)
-SELECT u, c, l, v, lp, pa, ps, t, CASE WHEN hi > lo THEN ($9::float8[])[lo + 1:hi] ELSE '{}' END, ua, a
+     time_spent_seconds, credited, updated_at, watched, watched_seconds, attempt)
+SELECT u, c, l, v, lp, pa, ps, t, CASE WHEN hi > lo THEN ($9::float8[])[lo + 1:hi] ELSE '{}' END, ua,
+       CASE WHEN whi > wlo THEN ($13::float8[])[wlo + 1:whi] ELSE '{}' END, ws, a
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::float8[], $6::timestamptz[],
-            $7::timestamptz[], $8::float8[], $10::int[], $11::int[], $12::timestamptz[], $13::int[])
-     AS x (u, c, l, v, lp, pa, ps, t, lo, hi, ua, a)
+            $7::timestamptz[], $8::float8[], $10::int[], $11::int[], $12::timestamptz[],
+            $14::int[], $15::int[], $16::float8[], $17::int[])
+     AS x (u, c, l, v, lp, pa, ps, t, lo, hi, ua, wlo, whi, ws, a)
 CROSS JOIN LATERAL (SELECT FROM enrollments e WHERE e.user_id = x.u AND e.course_id = x.c AND e.attempt = x.a
                     FOR SHARE) AS current_attempt
 """ + FLUSH_ON_CONFLICT + f"RETURNING {_PROGRESS_COLUMNS}"
@@ -169,6 +184,15 @@ async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> list[Pro
             total += end - start
         ends.append(len(bounds))
         lengths.append(total)
+    watched: list[float] = []
+    watched_starts: list[int] = []
+    watched_ends: list[int] = []
+    watched_lengths: list[float] = []
+    for r in rows:
+        watched_starts.append(len(watched))
+        watched.extend(domain.flat(r.watched))
+        watched_ends.append(len(watched))
+        watched_lengths.append(domain.length(r.watched))
     records = await conn.fetch(
         FLUSH_SQL,
         [r.user_id for r in rows],
@@ -183,6 +207,10 @@ async def flush_heartbeats(conn: Executor, rows: Sequence[FlushRow]) -> list[Pro
         starts,
         ends,
         [r.updated_at for r in rows],
+        watched,
+        watched_starts,
+        watched_ends,
+        watched_lengths,
         [r.attempt for r in rows],
     )
     return [ProgressRow.of(r) for r in records]
@@ -199,8 +227,9 @@ async def mark_complete(
         f"""
         INSERT INTO lesson_progress AS p (user_id, course_id, lesson_id, completed, completed_at,
             video_progress, last_position, position_at, position_seen_at, time_spent_seconds, credited, updated_at,
-            attempt)
-        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $9, $10::float8[], $4, $11)
+            watched, watched_seconds, attempt)
+        VALUES ($1, $2, $3, true, $4, COALESCE($5, 0), COALESCE($6, 0), $7, $8, $9, $10::float8[], $4,
+                $11::float8[], $12, $13)
         ON CONFLICT (user_id, lesson_id) DO UPDATE SET
             completed = true,
             completed_at = COALESCE(p.completed_at, excluded.completed_at),
@@ -213,6 +242,7 @@ async def mark_complete(
             position_seen_at = CASE WHEN $8::timestamptz IS NOT NULL AND {_POSITION_NEWER}
                                     THEN excluded.position_seen_at ELSE p.position_seen_at END,
             {_CREDIT.strip()},
+            {_WATCH.strip()},
             updated_at = GREATEST(p.updated_at, $4)  -- never backwards (analytics' last activity)
         RETURNING {_PROGRESS_COLUMNS}
         """,
@@ -223,6 +253,8 @@ async def mark_complete(
         playback.position_seen_at if playback else None,
         domain.length(playback.credited) if playback else 0.0,
         domain.flat(playback.credited) if playback else [],
+        domain.flat(playback.watched) if playback else [],
+        domain.length(playback.watched) if playback else 0.0,
         attempt,
     )
     assert r is not None

@@ -9,6 +9,8 @@ course-completed event (the course_completions key makes a second one impossible
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -30,6 +32,7 @@ from services.progress.domain import (
     LessonLocked,
     LessonNotFound,
     LessonNotInCourse,
+    LessonNotWatched,
     NotEnrolled,
 )
 from services.progress.heartbeats import Entry, HeartbeatBuffer
@@ -39,6 +42,7 @@ from shared.auth import User
 from shared.db import Connection
 from shared.domain import DomainError
 from shared.events import (
+    CatalogLesson,
     CertificateIssued,
     CourseCatalogEntry,
     CourseCompleted,
@@ -81,22 +85,29 @@ def lesson_completed(
     )
 
 
-def record_json(row: store.ProgressRow, entry: Entry | None = None) -> dict[str, Any]:
+def record_json(row: store.ProgressRow, entry: Entry | None = None, duration: float | None = None) -> dict[str, Any]:
     """A stored row as the API shows it, with this process's unflushed heartbeats on top:
     the entry first takes from ``row`` whatever is newer there (another replica's flush),
     so nothing older than the database is shown; its pending intervals add only what the
-    row's credited intervals do not cover yet."""
+    row's credited intervals do not cover yet. ``duration``: the lesson's (watched ratio)."""
     if entry is not None:
         entry.refresh(row)
         p = entry.playback
         return domain.progress_record(
             entry.id, entry.user_id, entry.course_id, entry.lesson_id, row.completed, row.completed_at,
             p.video_progress, p.last_position, entry.time_spent(), entry.created_at, entry.updated_at,
+            entry.watched_seconds(), duration,
         )
     return domain.progress_record(
         row.id, row.user_id, row.course_id, row.lesson_id, row.completed, row.completed_at,
         row.video_progress, row.last_position, row.time_spent_seconds, row.created_at, row.updated_at,
+        row.watched_seconds, duration,
     )
+
+
+class NoThresholdRule(Exception):
+    """An automatic completion found no threshold rule for the lesson in the confirmed
+    revision: only the learner completes it."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +152,14 @@ class Tracker:
         video_progress: float | None,
         last_position: float | None,
         client_at: float | None,
+        played: domain.Intervals | None = None,
     ) -> dict[str, Any]:
         course = await self.course(course_id)
         if domain.find_lesson(course, lesson_id) is None:
             # The replica may be behind (a lesson added a moment ago): the owner decides.
             course = await self.replicas.refresh_course(course_id) or course
-        if domain.find_lesson(course, lesson_id) is None:
+        lesson = domain.find_lesson(course, lesson_id)
+        if lesson is None:
             raise LessonNotInCourse(lesson_id, course_id)
         enrollment = await self.enrollment(user.id, course_id)
         entry = self.buffer.peek(user.id, lesson_id)
@@ -162,15 +175,34 @@ class Tracker:
                 raise LessonLocked(blocker)
             entry = await self.buffer.entry(user.id, course_id, lesson_id)
             entry.unlocked = True
-        entry = await self.buffer.heartbeat(user.id, course_id, lesson_id, video_progress, last_position, client_at)
-        if completed and not entry.completed:
+        duration = float(lesson.duration_seconds) if lesson.duration_seconds else None
+        entry = await self.buffer.heartbeat(
+            user.id, course_id, lesson_id, video_progress, last_position, client_at, played, duration
+        )
+        if entry.completed:
+            return entry.as_json(duration)
+        # Under a threshold rule the coverage decides (with this process's pending ranges);
+        # a `completed: true` below it records the playback and completes nothing.
+        threshold = domain.completion_threshold(course, lesson)
+        reached = threshold is not None and domain.watched_enough(course, lesson, entry.watched_seconds())
+        if completed or reached:
             # Completions are written at once, with the playback merged just above.
-            done = await self._complete(
-                user, course, enrollment, lesson_id, take_playback=True,
-                missing=lambda: LessonNotInCourse(lesson_id, course_id),
-            )
-            entry.adopt(done.row)
-        return entry.as_json()
+            try:
+                done = await self._complete(
+                    user, course, enrollment, lesson_id, take_playback=True,
+                    missing=lambda: LessonNotInCourse(lesson_id, course_id), auto=not completed,
+                )
+            except (LessonNotWatched, NoThresholdRule):
+                pass  # the confirmed revision's rule says not yet
+            except (DomainError, PeerUnavailable):
+                if completed:
+                    raise
+                # Nobody asked for this completion: the heartbeat itself was recorded, and the
+                # next one (or a flush) tries again.
+                log.info("automatic completion of %s:%s not possible now", user.id, lesson_id, exc_info=True)
+            else:
+                entry.adopt(done.row)
+        return entry.as_json(duration)
 
     # ------------------------------------------------------------ completion
     async def complete(self, user: User, course_id: int, lesson_id: int) -> Completion:
@@ -208,7 +240,11 @@ class Tracker:
         lesson_id: int,
         take_playback: bool,
         missing: Callable[[], DomainError],
+        auto: bool = False,
     ) -> Completion:
+        """``auto``: the coverage reached a threshold (no request to complete): only a
+        threshold rule in the confirmed revision completes the lesson (else
+        ``NoThresholdRule``)."""
         confirmed = await self._confirm(user.id, course)
         pending = self.buffer.take_pending(user.id, lesson_id) if take_playback else None
         try:
@@ -216,7 +252,7 @@ class Tracker:
             # PostgreSQL abort one of two such transactions as a deadlock, it rolled back whole,
             # so run it again.
             return await db.retrying(
-                lambda: self._complete_tx(user, course, enrollment, lesson_id, pending, confirmed, missing)
+                lambda: self._complete_tx(user, course, enrollment, lesson_id, pending, confirmed, missing, auto)
             )
         except BaseException:
             self.buffer.give_back(pending)
@@ -231,6 +267,7 @@ class Tracker:
         pending: store.FlushRow | None,
         confirmed: bool,
         missing: Callable[[], DomainError],
+        auto: bool = False,
     ) -> Completion:
         """Decide under the learner's lock, on the newest catalog row the replica holds: after
         a confirmation, at least the owner's revision. Unconfirmed (the owner could not be
@@ -248,9 +285,14 @@ class Tracker:
             course = await store.get_course(conn, course_id) or course
             if course.status != "published":
                 raise CourseNotPublished(course_id) if confirmed else unconfirmed("course not published here")
-            if domain.find_lesson(course, lesson_id) is None:
+            lesson = domain.find_lesson(course, lesson_id)
+            if lesson is None:
                 raise missing() if confirmed else unconfirmed(f"lesson {lesson_id} unknown here")
             before = await store.get_progress(conn, user.id, lesson_id)
+            if before is None or not before.completed:
+                # The coverage rule of this revision, on the stored ranges (every replica's
+                # flushes, under the row's lock below) with this process's pending ones.
+                self._check_watched(course, lesson, before, pending, auto)
             ids = await store.completed_lesson_ids(conn, user.id, course_id)
             if before is not None and before.completed and pending is None:
                 standing = domain.standing(course, ids)
@@ -273,6 +315,56 @@ class Tracker:
                                                         enrollment.attempt))
             await self._decide(conn, user, course, enrollment, standing, confirmed, lesson_id if newly else None)
             return Completion(row, newly, standing, confirmed)
+
+    @staticmethod
+    def _check_watched(
+        course: CourseCatalogEntry, lesson: CatalogLesson, before: store.ProgressRow | None,
+        pending: store.FlushRow | None, auto: bool,
+    ) -> None:
+        threshold = domain.completion_threshold(course, lesson)
+        if threshold is None:
+            if auto:
+                raise NoThresholdRule()
+            return
+        watched = domain.watched_union(before.watched if before else (), pending.watched if pending else ())
+        seconds = domain.length(watched)
+        if not domain.watched_enough(course, lesson, seconds):
+            raise LessonNotWatched(domain.watched_ratio(seconds, lesson.duration_seconds), threshold)
+
+    async def complete_watched(self) -> int:
+        """Complete the lessons whose coverage a flush found at their threshold: coverage can
+        reach it in the database only, when another replica's flush adds its ranges. The
+        completion path decides (confirmed, locked, once). Returns how many it completed."""
+        candidates = self.buffer.watch_candidates
+        self.buffer.watch_candidates = {}
+        completed = 0
+        for key, row in candidates.items():
+            try:
+                course = await self.replicas.course(row.course_id)
+                lesson = domain.find_lesson(course, row.lesson_id) if course is not None else None
+                if course is None or lesson is None or domain.completion_threshold(course, lesson) is None:
+                    continue
+                if not domain.watched_enough(course, lesson, row.watched_seconds):
+                    continue
+                enrollment = await self.replicas.enrollment(row.user_id, row.course_id)
+                if enrollment is None:
+                    continue
+                done = await self._complete(
+                    User(id=row.user_id), course, enrollment, row.lesson_id, take_playback=True,
+                    missing=functools.partial(LessonNotFound, row.lesson_id), auto=True,
+                )
+            except (DomainError, NoThresholdRule):
+                continue  # not (or no longer) completable: the learner's next act decides
+            except Exception as exc:
+                # Try again after the next flush (a newer candidate of the key wins).
+                log.warning("automatic completion of %s:%s failed: %r", row.user_id, row.lesson_id, exc)
+                self.buffer.watch_candidates.setdefault(key, row)
+                continue
+            entry = self.buffer.peek(row.user_id, row.lesson_id)
+            if entry is not None:
+                entry.adopt(done.row)
+            completed += int(done.newly)
+        return completed
 
     async def _decide(
         self,
@@ -423,7 +515,20 @@ class Tracker:
         return row, standing
 
     # ------------------------------------------------------------ reads
-    def _overlay(self, rows: list[store.ProgressRow]) -> list[dict[str, Any]]:
+    async def _durations(self, course_ids: set[int]) -> dict[int, float | None]:
+        """Lesson durations of these courses, for the watched ratio (a course the replica
+        cannot find now shows none rather than failing the read)."""
+        durations: dict[int, float | None] = {}
+        for course_id in course_ids:
+            try:
+                course = await self.replicas.course(course_id)
+            except PeerUnavailable:
+                continue
+            for lesson in course.lessons if course is not None else ():
+                durations[lesson.id] = float(lesson.duration_seconds) if lesson.duration_seconds else None
+        return durations
+
+    async def _overlay(self, rows: list[store.ProgressRow]) -> list[dict[str, Any]]:
         peek = self.buffer.peek
 
         def buffered(row: store.ProgressRow) -> Entry | None:
@@ -432,12 +537,13 @@ class Tracker:
             # the entry (Entry.refresh).
             return entry if entry is not None and entry.attempt <= row.attempt else None
 
-        return [record_json(row, buffered(row)) for row in rows]
+        durations = await self._durations({row.course_id for row in rows})
+        return [record_json(row, buffered(row), durations.get(row.lesson_id)) for row in rows]
 
     async def records(
         self, user_id: str, course_id: int | None, course_ids: list[int] | None = None, attempt: int | None = None
     ) -> list[Any]:
-        return self._overlay(await store.list_progress(self.pool, user_id, course_id, course_ids, attempt))
+        return await self._overlay(await store.list_progress(self.pool, user_id, course_id, course_ids, attempt))
 
     async def my_records(self, user: User, course_id: int | None) -> list[Any]:
         if course_id is not None:
@@ -657,10 +763,17 @@ class ProgressState:
     tracker: Tracker
     rechecks: Periodic  # the re-check of deferred completions (Tracker.recheck_pending)
     recalculations: Periodic  # progress recalculation after course changes (Recalculator.run_due)
+    watching: Periodic | None = None  # automatic completions after flushes (Tracker.complete_watched)
 
     async def close(self) -> None:
         """Flush the heartbeats first: their last flush needs the pool, still open."""
         await self.heartbeats.stop()
+        if self.watching is not None:
+            await self.watching.stop()
+            # The last flush's rows may have reached a threshold: decide them while the pool
+            # and the enrollment client are still open.
+            with contextlib.suppress(Exception):
+                await self.tracker.complete_watched()
         await self.rechecks.stop()
         await self.recalculations.stop()
         await self.analytics_folder.stop()

@@ -52,7 +52,7 @@ async def test_admin_builds_a_course_and_learners_see_it_once_published(service:
     )
     assert intro.json()["data"]["lesson"] == {
         "id": intro.json()["data"]["lesson"]["id"], "title": "Welcome", "order": 1, "is_required": False,
-        "duration_seconds": None, "kind": "video",
+        "duration_seconds": None, "kind": "video", "video_completion_threshold": None,
     }
     intro_id = intro.json()["data"]["lesson"]["id"]
 
@@ -234,7 +234,9 @@ async def test_every_change_is_on_the_catalog_topic_and_a_replica_rebuilt_from_i
         admin_view = (await c.get(f"/api/admin/courses/{course_id}", headers=service.admin)).json()["data"]
         assert entry.title == admin_view["title"] and entry.status == admin_view["status"]
         assert [lesson.model_dump() for lesson in entry.lessons] == [
-            {k: lesson[k] for k in ("id", "title", "order", "is_required", "duration_seconds", "kind")}
+            {k: lesson[k] for k in (
+                "id", "title", "order", "is_required", "duration_seconds", "kind", "video_completion_threshold"
+            )}
             for lesson in admin_view["lessons"]
         ]
     alpha = replica[a["id"]]

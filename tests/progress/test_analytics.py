@@ -160,12 +160,12 @@ async def test_every_figure_of_a_hand_built_course(stack: Stack) -> None:
     assert data["engagement"] == [
         # 90, 420, 500, 600, 700 s of a 600 s video; fractions .15 .7 .8333 1 1
         lesson(L1, "Intro", 1, duration_seconds=600, learners=5, average_watch_seconds=462.0,
-               median_watch_seconds=500.0, average_fraction_watched=0.7367),
+               median_watch_seconds=500.0, average_fraction_watched=0.7367, average_watched_ratio=0.0),
         # 60, 100, 200, 300 s of a 300 s video
         lesson(L2, "=Formulas", 2, duration_seconds=300, learners=4, average_watch_seconds=165.0,
-               median_watch_seconds=150.0, average_fraction_watched=0.55),
+               median_watch_seconds=150.0, average_fraction_watched=0.55, average_watched_ratio=0.0),
         lesson(L3, "Extras", 3, duration_seconds=None, learners=1, average_watch_seconds=50.0,
-               median_watch_seconds=50.0, average_fraction_watched=None),
+               median_watch_seconds=50.0, average_fraction_watched=None, average_watched_ratio=None),
     ]
     # 2, 10 and 30 days: median 10, p90 10 + 0.8 * 20
     assert data["time_to_completion"] == {"completed": 3, "median_days": 10.0, "p90_days": 26.0}
@@ -219,9 +219,9 @@ async def test_csv_has_the_same_figures_in_sections(stack: Stack) -> None:
     ]
     assert sections["engagement"] == [
         ["lesson_id", "title", "order", "duration_seconds", "learners", "average_watch_seconds",
-         "median_watch_seconds", "average_fraction_watched"],
-        ["701", "Intro", "1", "600", "5", "462.0", "500.0", "0.7367"],
-        ["702", "'=Formulas", "2", "300", "4", "165.0", "150.0", "0.55"],
+         "median_watch_seconds", "average_fraction_watched", "average_watched_ratio"],
+        ["701", "Intro", "1", "600", "5", "462.0", "500.0", "0.7367", "0.0"],
+        ["702", "'=Formulas", "2", "300", "4", "165.0", "150.0", "0.55", "0.0"],
         ["703", "Extras", "3", "", "1", "50.0", "50.0"],
     ]
     assert sections["time_to_completion"] == [["completed", "median_days", "p90_days"], ["3", "10.0", "26.0"]]
@@ -243,11 +243,11 @@ async def test_enrolment_range_is_inclusive_and_nobody_finished_gives_nulls(stac
     ]
     assert data["engagement"] == [
         lesson(L1, "Intro", 1, duration_seconds=600, learners=2, average_watch_seconds=255.0,
-               median_watch_seconds=255.0, average_fraction_watched=0.425),
+               median_watch_seconds=255.0, average_fraction_watched=0.425, average_watched_ratio=0.0),
         lesson(L2, "=Formulas", 2, duration_seconds=300, learners=1, average_watch_seconds=60.0,
-               median_watch_seconds=60.0, average_fraction_watched=0.2),
+               median_watch_seconds=60.0, average_fraction_watched=0.2, average_watched_ratio=0.0),
         lesson(L3, "Extras", 3, duration_seconds=None, learners=0, average_watch_seconds=None,
-               median_watch_seconds=None, average_fraction_watched=None),
+               median_watch_seconds=None, average_fraction_watched=None, average_watched_ratio=None),
     ]
     assert [f["learners"] for f in data["drop_off"]["lessons"]] == [1, 1, 0]
     assert data["drop_off"]["without_activity"] == 1
@@ -309,8 +309,8 @@ async def test_empty_course_gives_zeros_and_nulls(stack: Stack) -> None:
     assert [d["completion_rate"] for d in data["lesson_difficulty"]] == [None, None, None]
     assert [d["lesson_id"] for d in data["lesson_difficulty"]] == [L1, L2, L3]  # course order among equals
     assert data["drop_off"]["learners"] == 0 and [f["learners"] for f in data["drop_off"]["lessons"]] == [0, 0, 0]
-    assert {(e["learners"], e["average_watch_seconds"], e["median_watch_seconds"], e["average_fraction_watched"])
-            for e in data["engagement"]} == {(0, None, None, None)}
+    assert {(e["learners"], e["average_watch_seconds"], e["median_watch_seconds"], e["average_fraction_watched"],
+             e["average_watched_ratio"]) for e in data["engagement"]} == {(0, None, None, None, None)}
     assert data["time_to_completion"] == {"completed": 0, "median_days": None, "p90_days": None}
 
     await store.save_course(stack.runtime.pool, catalog(71, lessons=[]))
@@ -380,3 +380,49 @@ async def test_a_reset_learner_counts_as_completed_by_the_current_attempt_only(s
     assert await completed() == 0  # reset: attempt 2 is not complete
     await finish(2)
     assert await completed() == 1  # counted once, by the current attempt
+
+
+async def test_engagement_gives_the_average_coverage_folded_or_not(stack: Stack) -> None:
+    """The average watched ratio per lesson, from the records' watched ranges: pending,
+    folded, after a learner's cohort moves (unenrolled) and after a record changes again."""
+    b = Builder(stack)
+    pool = b.pool
+    await store.save_course(pool, catalog())
+    now = at("2025-04-02")
+    for user, day in (("p", "2025-04-01"), ("q", "2025-04-01"), ("r", "2025-04-03"), ("s", "2025-04-05")):
+        await b.enroll(user, day)
+    # Lesson 1 (600 s): p watched 0-300 and 400-500 (400 s), q the whole (600 s), r 60 s,
+    # s seeked to the end only (nothing watched). Lesson 2 (300 s): p 150 s.
+    # Lesson 3 has no duration: no ratio.
+    for user, lesson, ranges in (
+        ("p", L1, ((0.0, 300.0), (400.0, 500.0))), ("q", L1, ((0.0, 600.0),)), ("r", L1, ((0.0, 60.0),)),
+        ("s", L1, ()), ("p", L2, ((0.0, 150.0),)), ("q", L3, ((0.0, 50.0),)),
+    ):
+        end = ranges[-1][1] if ranges else 600.0
+        await store.flush_heartbeats(pool, [
+            store.FlushRow(user, COURSE, lesson, end, end, now, now, (), now, ranges)])
+
+    async def engagement(**params: Any) -> dict[int, Any]:
+        data = (await get(stack, **params)).json()["data"]
+        return {e["lesson_id"]: e["average_watched_ratio"] for e in data["engagement"]}
+
+    whole = {L1: round((400 + 600 + 60 + 0) / 4 / 600, 4), L2: 0.5, L3: None}
+    assert await engagement() == whole
+    await stack.runtime.state.analytics_folder.fold()
+    assert await engagement() == whole
+    assert await engagement(**{"from": "2025-04-02"}) == {L1: round(60 / 2 / 600, 4), L2: None, L3: None}
+    # More of p's lesson 1 (overlapping what is stored): 0-550 now.
+    await store.flush_heartbeats(pool, [
+        store.FlushRow("p", COURSE, L1, 550.0, 550.0, now, now, (), now, ((250.0, 550.0),))])
+    await b.enroll("q", "2025-04-01", status="unenrolled", revision=2)  # q leaves every figure
+    expected = {L1: round((550 + 60 + 0) / 3 / 600, 4), L2: 0.5, L3: None}
+    assert await engagement() == expected
+    await stack.runtime.state.analytics_folder.fold()
+    assert await engagement() == expected
+    csv_rows = list(csv.reader(io.StringIO((await get(stack, format="csv")).text)))
+    header = next(r for r in csv_rows if r[:2] == ["lesson_id", "title"] and "average_watched_ratio" in r)
+    column = header.index("average_watched_ratio")
+    assert [r[column] for r in csv_rows if r[:1] == [str(L1)] and len(r) > column and r[3] == "600"] == \
+        [str(expected[L1])]
+    scratch = await reference.lesson_figures_from_scratch(pool, COURSE, None, None, analytics.durations(catalog()))
+    assert scratch[L1].watched_sum_s == 550 + 60 and scratch[L1].started == 3

@@ -30,6 +30,12 @@ def credited(now: datetime, seconds: float) -> domain.Intervals:
     return (domain.credited_interval(seconds, now.timestamp()),) if seconds else ()
 
 
+def watched(rng: random.Random) -> domain.Intervals:
+    """Media ranges a flush brings (none, or one or two of up to a minute)."""
+    starts = sorted(rng.uniform(0, 600) for _ in range(rng.choice([0, 1, 2])))
+    return domain.normalize((s, s + rng.uniform(0, 60)) for s in starts)
+
+
 class Rollback(Exception):
     pass
 
@@ -78,7 +84,8 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
             keys = sorted({(rng.choice(USERS + CHURN), rng.choice(LESSONS)) for _ in range(6)})
             now = datetime.now(UTC) + timedelta(milliseconds=rng.randrange(1000))
             rows = [store.FlushRow(u, COURSE, lid, rng.uniform(0, 100), rng.uniform(0, 100), now, now,
-                                   credited(now, rng.choice([0.0, 0.4, 0.6, 7.5])), now) for u, lid in keys]
+                                   credited(now, rng.choice([0.0, 0.4, 0.6, 7.5])), now, watched(rng))
+                    for u, lid in keys]
             roll_back = rng.random() < 0.2
 
             async def flush(rows: list[store.FlushRow] = rows, roll_back: bool = roll_back) -> None:
@@ -142,7 +149,8 @@ async def test_aggregates_equal_a_computation_from_scratch_under_concurrent_writ
         scratch = await reference.histograms_from_scratch(conn, COURSE)
         fine, coarse = scratch
         assert sum(n for (level, *_), n in fine.items() if level == ALL) > 10
-        assert sum(c for (level, *_), (_, c, _) in coarse.items() if level == ALL) > 0
+        assert sum(c for (level, *_), (_, c, _, _) in coarse.items() if level == ALL) > 0
+        assert sum(v for (level, *_), (_, _, _, v) in coarse.items() if level == ALL) > 0  # watched seconds
         assert await analytics_store.pending_deltas(conn) > 0  # the last flush is not folded yet
         assert await reference.histograms_maintained(conn, COURSE) == scratch
         await holder.execute("SELECT pg_advisory_unlock($1)", analytics_store.FOLD_LOCK)

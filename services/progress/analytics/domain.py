@@ -109,6 +109,7 @@ class Bucket:
     learners: int
     completed: int
     watch_sum: int  # whole seconds, summed over its learners
+    watched_sum: int = 0  # watched seconds (coverage, whole seconds per record), summed over its learners
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ class LessonFigures:
     watch_sum_s: int
     fraction_sum: float | None  # None when the lesson has no duration
     median_watch_s: float
+    watched_sum_s: int = 0  # watched seconds (coverage), summed over the learners who started
 
 
 def by_lesson(buckets: Iterable[Bucket]) -> dict[int, list[Bucket]]:
@@ -202,7 +204,7 @@ def lesson_figures(
                     fraction += b.watch_sum / duration
         figures[lesson_id] = LessonFigures(
             lesson_id, started, sum(b.completed for b in buckets), sum(b.watch_sum for b in buckets), fraction,
-            (values[0] + values[1]) / 2.0,
+            (values[0] + values[1]) / 2.0, sum(b.watched_sum for b in buckets),
         )
     return figures
 
@@ -281,6 +283,15 @@ def durations(course: CourseCatalogEntry) -> list[tuple[int, float | None]]:
     ]
 
 
+def average_watched_ratio(figures: LessonFigures, duration: float | None) -> float | None:
+    """The mean of the records' watched_ratio over the learners who started the lesson
+    (four decimals): coverage is clipped to the duration, so the sum of watched seconds
+    over started x duration is that mean (capped at 1 should the duration have shrunk)."""
+    if not figures.started or not duration:
+        return None
+    return round(min(1.0, figures.watched_sum_s / (figures.started * duration)), 4)
+
+
 def build_report(
     course: CourseCatalogEntry,
     query: ReportQuery,
@@ -310,6 +321,7 @@ def build_report(
                 round(f.fraction_sum / f.started, 4) if f.started and has_duration and f.fraction_sum is not None
                 else None
             ),
+            "average_watched_ratio": average_watched_ratio(f, lesson.duration_seconds),
         })
     # Lowest completion rate first; lessons nobody started (no rate) last; then course order.
     positions = {lesson.id: i for i, lesson in enumerate(catalog)}
@@ -350,7 +362,7 @@ def build_report(
 
 # ---------------------------------------------------------------- CSV
 
-CSV_WIDTH = 8  # the widest section (engagement); every row is padded to it
+CSV_WIDTH = 9  # the widest section (engagement); every row is padded to it
 
 
 def _cell(value: Any) -> str:
@@ -400,9 +412,10 @@ def to_csv(report: dict[str, Any]) -> str:
             + [[f["lesson_id"], f["title"], f["order"], f["learners"]] for f in drop["lessons"]]
             + ([["", "(removed lessons)", "", drop["in_removed_lessons"]]] if drop["in_removed_lessons"] else []))
     section("engagement", ["lesson_id", "title", "order", "duration_seconds", "learners", "average_watch_seconds",
-                           "median_watch_seconds", "average_fraction_watched"],
+                           "median_watch_seconds", "average_fraction_watched", "average_watched_ratio"],
             [[e["lesson_id"], e["title"], e["order"], e["duration_seconds"], e["learners"],
-              e["average_watch_seconds"], e["median_watch_seconds"], e["average_fraction_watched"]]
+              e["average_watch_seconds"], e["median_watch_seconds"], e["average_fraction_watched"],
+              e["average_watched_ratio"]]
              for e in report["engagement"]])
     section("time_to_completion", ["completed", "median_days", "p90_days"],
             [[ttc["completed"], ttc["median_days"], ttc["p90_days"]]])

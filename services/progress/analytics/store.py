@@ -108,15 +108,16 @@ _PENDING_IN_RANGE = (
 BUCKETS_SQL = f"""
 WITH rows AS (
     SELECT k.lesson_id, k.bucket, k.learners * b.sign AS n, k.completed * b.sign AS c,
-           k.watch_sum * b.sign AS w
+           k.watch_sum * b.sign AS w, k.watched_sum * b.sign AS v
     FROM {_BLOCKS}
     JOIN analytics_watch_coarse k ON k.course_id = $1 AND k.level = b.level AND k.block = b.block
     UNION ALL
-    SELECT d.lesson_id, analytics_bucket(d.watch_s), d.n, d.c, d.n::bigint * d.watch_s
+    SELECT d.lesson_id, analytics_bucket(d.watch_s), d.n, d.c, d.n::bigint * d.watch_s, d.watched
     FROM analytics_deltas d WHERE {_PENDING_IN_RANGE}
 )
-SELECT lesson_id, bucket, sum(n)::bigint AS learners, sum(c)::bigint AS completed, sum(w)::bigint AS watch_sum
-FROM rows GROUP BY lesson_id, bucket HAVING sum(n) <> 0 OR sum(c) <> 0
+SELECT lesson_id, bucket, sum(n)::bigint AS learners, sum(c)::bigint AS completed, sum(w)::bigint AS watch_sum,
+       sum(v)::bigint AS watched_sum
+FROM rows GROUP BY lesson_id, bucket HAVING sum(n) <> 0 OR sum(c) <> 0 OR sum(v) <> 0
 """
 
 # The whole seconds of the wanted (lesson, bucket) pairs, $7 lessons and $8 buckets: one
@@ -152,7 +153,10 @@ async def buckets(
     """The course's 32-second buckets summed over ``blocks`` and the pending deltas of the
     cohort days first..last."""
     rows = await conn.fetch(BUCKETS_SQL, course_id, *_block_args(blocks), first, last)
-    return [Bucket(r["lesson_id"], r["bucket"], r["learners"], r["completed"], r["watch_sum"]) for r in rows]
+    return [
+        Bucket(r["lesson_id"], r["bucket"], r["learners"], r["completed"], r["watch_sum"], r["watched_sum"])
+        for r in rows
+    ]
 
 
 async def seconds(
@@ -178,9 +182,10 @@ async def seconds(
 FOLD_SQL = """
 WITH batch AS (
     DELETE FROM analytics_deltas WHERE id IN (SELECT id FROM analytics_deltas ORDER BY id LIMIT $1)
-    RETURNING course_id, lesson_id, cohort_day, watch_s, n, c
+    RETURNING course_id, lesson_id, cohort_day, watch_s, n, c, watched
 ), leveled AS (
-    SELECT d.course_id, b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::integer AS n, sum(d.c)::integer AS c
+    SELECT d.course_id, b.level, b.block, d.lesson_id, d.watch_s, sum(d.n)::integer AS n, sum(d.c)::integer AS c,
+           sum(d.watched)::bigint AS v
     FROM batch d CROSS JOIN LATERAL analytics_blocks(d.cohort_day) b
     GROUP BY 1, 2, 3, 4, 5
 ), fine AS (
@@ -190,20 +195,24 @@ WITH batch AS (
     ON CONFLICT (course_id, level, block, lesson_id, watch_s) DO UPDATE SET learners = f.learners + excluded.learners
     RETURNING f.course_id, f.level, f.block, f.lesson_id, f.watch_s, f.learners
 ), coarse AS (
-    INSERT INTO analytics_watch_coarse AS k (course_id, level, block, lesson_id, bucket, learners, completed, watch_sum)
-    SELECT course_id, level, block, lesson_id, analytics_bucket(watch_s), sum(n), sum(c), sum(n::bigint * watch_s)
+    INSERT INTO analytics_watch_coarse AS k
+        (course_id, level, block, lesson_id, bucket, learners, completed, watch_sum, watched_sum)
+    SELECT course_id, level, block, lesson_id, analytics_bucket(watch_s), sum(n), sum(c), sum(n::bigint * watch_s),
+           sum(v)
     FROM leveled GROUP BY 1, 2, 3, 4, 5
-    HAVING sum(n) <> 0 OR sum(c) <> 0 OR sum(n::bigint * watch_s) <> 0
+    HAVING sum(n) <> 0 OR sum(c) <> 0 OR sum(n::bigint * watch_s) <> 0 OR sum(v) <> 0
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (course_id, level, block, lesson_id, bucket) DO UPDATE SET learners = k.learners + excluded.learners,
-        completed = k.completed + excluded.completed, watch_sum = k.watch_sum + excluded.watch_sum
-    RETURNING k.course_id, k.level, k.block, k.lesson_id, k.bucket, k.learners, k.completed, k.watch_sum
+        completed = k.completed + excluded.completed, watch_sum = k.watch_sum + excluded.watch_sum,
+        watched_sum = k.watched_sum + excluded.watched_sum
+    RETURNING k.course_id, k.level, k.block, k.lesson_id, k.bucket, k.learners, k.completed, k.watch_sum,
+        k.watched_sum
 )
 SELECT (SELECT count(*) FROM batch) AS folded,
        (SELECT array_agg(ARRAY[course_id, level, block, lesson_id, watch_s]) FROM fine
         WHERE learners = 0) AS fine_zeros,
        (SELECT array_agg(ARRAY[course_id, level, block, lesson_id, bucket]) FROM coarse
-        WHERE learners = 0 AND completed = 0 AND watch_sum = 0) AS coarse_zeros
+        WHERE learners = 0 AND completed = 0 AND watch_sum = 0 AND watched_sum = 0) AS coarse_zeros
 """
 
 _DELETE_ZEROS = """
@@ -214,7 +223,8 @@ WHERE t.course_id = z.course_id AND t.level = z.level AND t.block = z.block AND 
 """
 DELETE_FINE_ZEROS_SQL = _DELETE_ZEROS.format(table="analytics_watch_fine", key="watch_s", zero="t.learners = 0")
 DELETE_COARSE_ZEROS_SQL = _DELETE_ZEROS.format(
-    table="analytics_watch_coarse", key="bucket", zero="t.learners = 0 AND t.completed = 0 AND t.watch_sum = 0"
+    table="analytics_watch_coarse", key="bucket",
+    zero="t.learners = 0 AND t.completed = 0 AND t.watch_sum = 0 AND t.watched_sum = 0",
 )
 
 # One folder at a time across replicas: folds of the same keys would only queue on each other.
