@@ -237,3 +237,39 @@ async def test_a_stale_entry_is_dropped_by_the_next_heartbeat(stack: Stack) -> N
         rows = await stack.runtime.pool.fetch(
             "SELECT attempt, last_position FROM lesson_progress WHERE user_id = 'u5'")
         assert [(r["attempt"], r["last_position"]) for r in rows] == [(2, 3.0)]
+
+
+async def test_the_owner_confirmation_and_a_replica_miss_begin_the_attempt_too(stack: Stack) -> None:
+    """The reset reaches progress first through the owner's answer, before its event: the
+    records move all the same (every path that stores an enrollment)."""
+    await stack.catalog(course(COURSE, [(LESSONS[0], True), (LESSONS[1], True)]))
+    pool = stack.runtime.pool
+    # Confirmation: the owner answers attempt 2 when the learner completes a lesson.
+    first = enrollment("u6", COURSE)
+    await stack.enroll(first)
+    me = stack.token("u6")
+    assert (await stack.client.post(f"/api/courses/{COURSE}/lessons/{LESSONS[0]}/complete", headers=me)).is_success
+    stack.enrollment_api.own(first.model_copy(update={"event_id": uuid4(), "revision": 2, "attempt": 2}))
+    done = await stack.client.post(f"/api/courses/{COURSE}/lessons/{LESSONS[1]}/complete", headers=me)
+    assert done.json()["data"]["progress_percentage"] == 50  # lesson 2 alone, in attempt 2
+    rows = await pool.fetch("SELECT lesson_id, attempt FROM lesson_progress WHERE user_id = 'u6'")
+    assert [(r["lesson_id"], r["attempt"]) for r in rows] == [(LESSONS[1], 2)]
+    kept = await pool.fetch("SELECT lesson_id, attempt FROM lesson_progress_history WHERE user_id = 'u6'")
+    assert [(r["lesson_id"], r["attempt"]) for r in kept] == [(LESSONS[0], 1)]
+
+    # Replica miss: progress holds the learner unenrolled at attempt 1; the owner has them
+    # enrolled again at attempt 2, and a heartbeat asks it.
+    gone = enrollment("u7", COURSE)
+    await stack.enroll(gone)
+    learner = stack.token("u7")
+    assert (await stack.client.post(f"/api/courses/{COURSE}/lessons/{LESSONS[0]}/complete",
+                                    headers=learner)).is_success
+    await stack.enroll(gone.model_copy(update={"event_id": uuid4(), "revision": 2, "status": "unenrolled"}))
+    stack.enrollment_api.own(gone.model_copy(update={"event_id": uuid4(), "revision": 3, "attempt": 2}))
+    sent = await stack.client.post("/api/progress", headers=learner, json={
+        "course_id": COURSE, "lesson_id": LESSONS[1], "video_progress": 9.0, "last_position": 9.0})
+    assert sent.status_code == 200, sent.text
+    data = (await stack.client.get(f"/api/courses/{COURSE}/progress", headers=learner)).json()["data"]
+    assert (data["attempt"], data["progress_percentage"]) == (2, 0)
+    kept = await pool.fetch("SELECT lesson_id, completed FROM lesson_progress_history WHERE user_id = 'u7'")
+    assert [(r["lesson_id"], r["completed"]) for r in kept] == [(LESSONS[0], True)]
