@@ -225,7 +225,7 @@ async def run(pg: str, kafka: str, args: argparse.Namespace) -> None:
                 jobs = await progress_conn.fetchval("SELECT count(*) FROM course_recalculations")
                 entry = await progress_conn.fetchval("SELECT entry->>'status' FROM courses WHERE course_id = $1",
                                                      course_id)
-                return entry == "published" and jobs == 0
+                return bool(entry == "published" and jobs == 0)
 
             await until(replicated, 60, "the published course in progress's replica")
             started = time.perf_counter()

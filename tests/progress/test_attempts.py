@@ -213,7 +213,7 @@ async def test_playback_buffered_in_another_process_never_reaches_the_new_attemp
         assert fresh.json()["last_position"] == 5.0
         await buffer_b.flush()
         row = await pool.fetchrow("SELECT attempt, last_position FROM lesson_progress WHERE user_id = 'u4'")
-        assert (row["attempt"], row["last_position"]) == (2, 5.0)
+        assert row is not None and (row["attempt"], row["last_position"]) == (2, 5.0)
 
 
 async def test_a_stale_entry_is_dropped_by_the_next_heartbeat(stack: Stack) -> None:

@@ -104,7 +104,7 @@ class Live:
 
     async def no_job_left(self) -> None:
         async def done() -> bool:
-            return await self.pool.fetchval("SELECT count(*) FROM course_recalculations") == 0
+            return bool(await self.pool.fetchval("SELECT count(*) FROM course_recalculations") == 0)
 
         await eventually(done, timeout=60, what="every recalculation job done")
 

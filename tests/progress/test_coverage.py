@@ -43,7 +43,8 @@ async def beat(client: httpx.AsyncClient, me: dict[str, str], lesson: int = L1, 
 
 async def events(stack: Stack, topic: Topic, user: str, until: int) -> list[Any]:
     """The topic's events of ``user``, read from the broker, once at least ``until`` are there."""
-    kind = {Topic.LESSON_COMPLETED: LessonCompleted, Topic.COURSE_COMPLETED: CourseCompleted}[topic]
+    kind: type[LessonCompleted | CourseCompleted] = (
+        LessonCompleted if topic == Topic.LESSON_COMPLETED else CourseCompleted)
     async with TopicReader(stack.env.kafka_bootstrap, stack.settings.topic(topic.value)) as reader:
 
         async def read() -> list[Any] | None:
@@ -99,7 +100,7 @@ async def test_seeking_to_the_end_completes_nothing_and_watching_does(stack: Sta
     assert [(r["watched_seconds"], r["watched_ratio"]) for r in admin.json()] == [(600, 1)]
     row = await stack.runtime.pool.fetchrow(
         "SELECT watched, watched_seconds FROM lesson_progress WHERE user_id = 'u1' AND lesson_id = $1", L1)
-    assert list(row["watched"]) == [0, 600] and row["watched_seconds"] == 600
+    assert row is not None and list(row["watched"]) == [0, 600] and row["watched_seconds"] == 600
     lesson_events = await events(stack, Topic.LESSON_COMPLETED, "u1", 1)
     assert [e.lesson_id for e in lesson_events] == [L1]
 
@@ -123,7 +124,7 @@ async def test_inferred_watching_counts_playback_and_not_seeks(stack: Stack) -> 
     async def stored() -> Any:
         row = await stack.runtime.pool.fetchrow(
             "SELECT watched_seconds FROM lesson_progress WHERE user_id = 'u2' AND lesson_id = $1", L1)
-        return row if row["watched_seconds"] == pytest.approx(position - 100, abs=0.01) else None
+        return row if row is not None and row["watched_seconds"] == pytest.approx(position - 100, abs=0.01) else None
 
     await eventually(stored, what="the flushed coverage")
 
@@ -315,7 +316,7 @@ async def test_inferred_playback_alternating_between_replicas_completes_once(
     async def flushed() -> Any:
         row = await stack.runtime.pool.fetchrow(
             "SELECT completed, watched_seconds FROM lesson_progress WHERE user_id = 'u8' AND lesson_id = $1", L2)
-        return row if row["watched_seconds"] >= 3.6 else None
+        return row if row is not None and row["watched_seconds"] >= 3.6 else None
 
     row = await eventually(flushed, what="the coverage of both processes in the database")
     assert row["completed"] and row["watched_seconds"] <= 4.0
