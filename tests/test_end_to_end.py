@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import Message
 from email.policy import default as default_policy
 from pathlib import Path
@@ -25,7 +25,7 @@ from lessonstream import infra
 from services.certificates import credentials
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
-from tests.devstack import DevStack, running_dev_stack
+from tests.devstack import DevStack
 from tests.reference_verifier import verify_with_reference
 
 T = TypeVar("T")
@@ -33,10 +33,12 @@ SETTINGS = ServiceSettings()  # the dev stack runs on the development secret
 FLUENT = "/wp-json/fluent-community/v2"
 
 
-@pytest.fixture(scope="module")
-def stack(postgres_server: infra.Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    with running_dev_stack(postgres_server.url, tmp_path_factory.mktemp("e2e")) as running:
-        yield running
+pytestmark = pytest.mark.xdist_group("e2e")
+
+
+@pytest.fixture
+def stack(e2e_stack: DevStack) -> DevStack:
+    return e2e_stack
 
 
 def auth(user_id: str, name: str = "", email_address: str = "", roles: list[str] | None = None) -> dict[str, str]:

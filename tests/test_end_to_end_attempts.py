@@ -9,21 +9,20 @@ the SMTP sink and Caddy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from lessonstream import infra
-from tests.devstack import DevStack, running_dev_stack
+from tests.devstack import DevStack
 from tests.test_end_to_end import SETTINGS, auth, mails_to, wait_for
 
+pytestmark = pytest.mark.xdist_group("e2e")
 
-@pytest.fixture(scope="module")
-def stack(postgres_server: infra.Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    with running_dev_stack(postgres_server.url, tmp_path_factory.mktemp("e2e-attempts")) as running:
-        yield running
+
+@pytest.fixture
+def stack(e2e_stack: DevStack) -> DevStack:
+    return e2e_stack
 
 
 def test_a_reset_learner_completes_again_and_gets_a_second_certificate(stack: DevStack) -> None:

@@ -348,6 +348,8 @@ def test_the_runner_killed_right_after_a_burst_and_started_again_loses_nothing(f
     faults.start_runner_again()
     ready_s = round(time.monotonic() - restart_begun, 1)
     started = time.monotonic()
-    converge = faults.lms.wait_converged(learners, course, 60, "certificates and emails after the runner restart")
+    # The deadline only bounds the wait (on a quiet machine it converges within seconds of
+    # being ready; the figure is reported): what is asserted is that nothing is lost or doubled.
+    converge = faults.lms.wait_converged(learners, course, 120, "certificates and emails after the runner restart")
     settle_and_count(faults, learners, course, "runner kill -9 and restart", ready_s=ready_s,
                      converge_after_ready_s=round(time.monotonic() - started, 1), waited_s=converge)
