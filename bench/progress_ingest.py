@@ -163,6 +163,16 @@ def learner_turn(n: int, i: int, users: int, connections: int) -> tuple[int, int
     return mine[i % len(mine)], i // len(mine)
 
 
+def heartbeat_request(token: str, course_id: int, lesson_id: int, position: float) -> bytes:
+    """One keep-alive ``POST /api/progress`` at ``position``, as raw HTTP/1.1 bytes."""
+    body = orjson.dumps({"course_id": course_id, "lesson_id": lesson_id, "completed": False,
+                         "video_progress": position, "last_position": position})
+    return (
+        f"POST /api/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 def heartbeat_requests(tokens: list[str], connections: int) -> RequestFor:
     """POST /api/progress: each learner sends HEARTBEATS_PER_LESSON heartbeats (5 s of playback
     apart) per lesson, then goes on to the next lesson."""
@@ -170,13 +180,7 @@ def heartbeat_requests(tokens: list[str], connections: int) -> RequestFor:
     def request(n: int, i: int) -> bytes:
         u, rounds = learner_turn(n, i, len(tokens), connections)
         lesson = 1 + (rounds // HEARTBEATS_PER_LESSON) % LESSONS
-        position = (rounds % HEARTBEATS_PER_LESSON) * 5
-        body = orjson.dumps({"course_id": COURSE_ID, "lesson_id": lesson, "completed": False,
-                             "video_progress": position, "last_position": position})
-        return (
-            f"POST /api/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tokens[u]}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        return heartbeat_request(tokens[u], COURSE_ID, lesson, (rounds % HEARTBEATS_PER_LESSON) * 5)
 
     return request
 

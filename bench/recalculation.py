@@ -32,12 +32,11 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.progress_ingest import percentile, read_body, running, wait_ready  # noqa: E402
+from bench.progress_ingest import heartbeat_request, percentile, read_body, running, wait_ready  # noqa: E402
 from lessonstream import infra  # noqa: E402
 from services.progress.settings import ProgressSettings  # noqa: E402
 from shared.auth import issue_token  # noqa: E402
@@ -143,14 +142,7 @@ async def seed(enrollment_url: str, progress_url: str, course_id: int, lesson_id
 
 def heartbeats(tokens: list[str], course_id: int, lesson_id: int) -> Callable[[int, int], bytes]:
     def request(n: int, i: int) -> bytes:
-        token = tokens[(n + i * 7) % len(tokens)]
-        position = (i % 120) * 5
-        body = orjson.dumps({"course_id": course_id, "lesson_id": lesson_id, "completed": False,
-                             "video_progress": position, "last_position": position})
-        return (
-            f"POST /api/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        return heartbeat_request(tokens[(n + i * 7) % len(tokens)], course_id, lesson_id, (i % 120) * 5)
 
     return request
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import quote
 from uuid import UUID
 
@@ -135,43 +135,34 @@ def _differences(claimed: BaseModel, owned: BaseModel, fields: tuple[str, ...]) 
     return [name for name in fields if getattr(claimed, name) != getattr(owned, name)]
 
 
-async def confirm_completion(progress: httpx.AsyncClient, claimed: CourseCompleted) -> CourseCompleted:
-    """Progress's own copy of a course-completed event (``GET /internal/completions/{id}``).
+E = TypeVar("E", CourseCompleted, RecertificationScheduled)
 
-    Raises ``RejectedEvent`` when progress published no such event or its copy differs in
-    who completed what (a forged or altered message), ``TransientError`` when progress
-    cannot answer. The returned event is the one to act on.
-    """
-    body = await get_internal(progress, f"{INTERNAL_PREFIX}/completions/{claimed.event_id}", "progress")
+
+async def _owners_copy(client: httpx.AsyncClient, peer: str, path: str, claimed: E, fields: tuple[str, ...]) -> E:
+    """The owner's stored copy of the event ``claimed`` (GET ``path``): ``RejectedEvent`` when
+    the owner published no such event or its copy differs in ``fields`` (a forged or altered
+    message), ``TransientError`` when the owner cannot answer. The copy is the one to act on."""
+    body = await get_internal(client, f"{INTERNAL_PREFIX}/{path}/{claimed.event_id}", peer)
     if body is None:
-        raise RejectedEvent(f"progress published no course-completed with event_id {claimed.event_id}")
-    owned = CourseCompleted.model_validate_json(body)
-    if different := _differences(claimed, owned, COMPLETION_FIELDS):
-        raise RejectedEvent(
-            f"course-completed {claimed.event_id} differs from progress's copy in {', '.join(different)}"
-        )
+        raise RejectedEvent(f"{peer} published no {claimed.type} with event_id {claimed.event_id}")
+    owned = type(claimed).model_validate_json(body)
+    if different := _differences(claimed, owned, fields):
+        raise RejectedEvent(f"{claimed.type} {claimed.event_id} differs from {peer}'s copy in {', '.join(different)}")
     return owned
+
+
+async def confirm_completion(progress: httpx.AsyncClient, claimed: CourseCompleted) -> CourseCompleted:
+    """Progress's own copy of a course-completed event (``GET /internal/completions/{id}``),
+    compared in who completed what and which attempt (see ``_owners_copy``)."""
+    return await _owners_copy(progress, "progress", "completions", claimed, COMPLETION_FIELDS)
 
 
 async def confirm_recertification(
     enrollment: httpx.AsyncClient, claimed: RecertificationScheduled
 ) -> RecertificationScheduled:
     """Enrollment's own copy of a recertification-scheduled event
-    (``GET /internal/recertifications/{id}``).
-
-    Raises ``RejectedEvent`` when enrollment published no such event or its copy differs in
-    who is reset when (a forged or altered message), ``TransientError`` when enrollment
-    cannot answer. The returned event is the one to act on.
-    """
-    body = await get_internal(enrollment, f"{INTERNAL_PREFIX}/recertifications/{claimed.event_id}", "enrollment")
-    if body is None:
-        raise RejectedEvent(f"enrollment published no recertification-scheduled with event_id {claimed.event_id}")
-    owned = RecertificationScheduled.model_validate_json(body)
-    if different := _differences(claimed, owned, RECERTIFICATION_FIELDS):
-        raise RejectedEvent(
-            f"recertification-scheduled {claimed.event_id} differs from enrollment's copy in {', '.join(different)}"
-        )
-    return owned
+    (``GET /internal/recertifications/{id}``), compared in who is reset when (see ``_owners_copy``)."""
+    return await _owners_copy(enrollment, "enrollment", "recertifications", claimed, RECERTIFICATION_FIELDS)
 
 
 async def confirm_certificate(certificates: httpx.AsyncClient, claimed: CertificateIssued) -> CertificateIssued:
