@@ -32,10 +32,12 @@ $(REFERENCE_STAMP): $(REFERENCE_VERIFIER)/package-lock.json $(REFERENCE_VERIFIER
 dev: $(STAMP)
 	$(VENV)/bin/lessonstream dev
 
-# Two test processes (pytest-xdist): most suites wait on brokers and processes as much as
-# they compute. The fault suite keeps its one stack on one of them (xdist_group).
+# Three test processes (pytest-xdist) on two cores: most suites wait on brokers, consumer
+# groups and other processes as much as they compute (two processes left the cores about a
+# third idle). The fault suite keeps its one stack on one of them, the end-to-end modules
+# theirs on one (xdist_group).
 test: $(STAMP) $(REFERENCE_STAMP)
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 3 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

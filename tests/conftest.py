@@ -31,19 +31,6 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 @pytest.fixture(scope="session")
-def e2e_stack(postgres_server: infra.Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One ``lessonstream dev`` (two progress replicas, recalculation batches of two) shared
-    by the end-to-end modules, which run on one worker (``xdist_group("e2e")``) and keep to
-    their own learners and courses: a whole stack per module cost its start-up and its idle
-    processes beside the rest of the suite."""
-    from tests.devstack import running_dev_stack  # it names this run's databases by RUN_ID, below
-
-    with running_dev_stack(postgres_server.url, tmp_path_factory.mktemp("e2e"),
-                           {"RECALCULATION_BATCH_SIZE": "2"}, progress_replicas=2) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Postgres]:
     pg = infra.choose_postgres(
         os.environ.get("TEST_DATABASE_URL"),

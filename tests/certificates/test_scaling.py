@@ -23,7 +23,7 @@ from tests.helpers import TestEnv, TopicReader, eventually, served
 
 ROOT = Path(__file__).resolve().parents[2]
 # Enough for every worker to take part before one is killed, and to keep rendering after.
-LEARNERS = 120
+LEARNERS = 60
 
 
 def start_worker(

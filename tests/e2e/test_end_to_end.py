@@ -28,12 +28,13 @@ from shared.settings import ServiceSettings
 from tests.devstack import DevStack
 from tests.reference_verifier import verify_with_reference
 
+pytestmark = pytest.mark.xdist_group("e2e")
+
 T = TypeVar("T")
 SETTINGS = ServiceSettings()  # the dev stack runs on the development secret
 FLUENT = "/wp-json/fluent-community/v2"
 
 
-pytestmark = pytest.mark.xdist_group("e2e")
 
 
 @pytest.fixture

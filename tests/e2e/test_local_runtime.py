@@ -20,6 +20,8 @@ from shared.auth import issue_token
 from shared.settings import ServiceSettings
 from tests.devstack import DevStack, running_dev_stack
 
+pytestmark = pytest.mark.xdist_group("e2e")
+
 NOT_ROUTED = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/asyncapi.json", "/internal")
 
 
