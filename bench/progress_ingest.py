@@ -210,31 +210,43 @@ async def read_body(reader: asyncio.StreamReader, head: bytes) -> None:
         raise RuntimeError(f"response without a length: {head!r}")
 
 
+async def keep_alive_client(
+    port: int, n: int, request_for: RequestFor, going: Callable[[], bool],
+    record: Callable[[float, float, bool], None],
+) -> None:
+    """Client ``n``: one keep-alive HTTP/1.1 connection on a raw socket (the client must cost
+    less CPU than the server), sending ``request_for(n, i)`` while ``going()``; each
+    exchange is recorded as (start, latency, answered 200)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = 0
+    try:
+        while going():
+            payload = request_for(n, i)
+            i += 1
+            started = time.perf_counter()
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            await read_body(reader, head)
+            record(started, time.perf_counter() - started, head.startswith(b"HTTP/1.1 200"))
+    finally:
+        writer.close()
+
+
 async def http_load(port: int, connections: int, duration: float, request_for: RequestFor) -> Load:
-    """Keep-alive HTTP/1.1 clients on raw sockets: the client must cost less CPU than the server."""
+    """Keep-alive clients for ``duration`` seconds."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration
 
-    async def client(n: int) -> None:
+    def record(_started: float, latency: float, ok: bool) -> None:
         nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        i = 0
-        try:
-            while time.perf_counter() < deadline:
-                payload = request_for(n, i)
-                i += 1
-                started = time.perf_counter()
-                writer.write(payload)
-                head = await reader.readuntil(b"\r\n\r\n")
-                await read_body(reader, head)
-                latencies.append(time.perf_counter() - started)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    errors += 1
-        finally:
-            writer.close()
+        latencies.append(latency)
+        errors += not ok
 
-    await asyncio.gather(*(client(n) for n in range(connections)))
+    await asyncio.gather(*(
+        keep_alive_client(port, n, request_for, lambda: time.perf_counter() < deadline, record)
+        for n in range(connections)
+    ))
     return Load(len(latencies), latencies, errors, duration)
 
 

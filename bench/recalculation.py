@@ -36,7 +36,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.progress_ingest import heartbeat_request, percentile, read_body, running, wait_ready  # noqa: E402
+from bench.progress_ingest import (  # noqa: E402
+    heartbeat_request,
+    keep_alive_client,
+    percentile,
+    running,
+    wait_ready,
+)
 from lessonstream import infra  # noqa: E402
 from services.progress.settings import ProgressSettings  # noqa: E402
 from shared.auth import issue_token  # noqa: E402
@@ -155,24 +161,14 @@ class Load:
         self.samples: list[tuple[float, float]] = []
         self.errors = 0
         self.stop = asyncio.Event()
-        self._task = asyncio.gather(*(self._client(port, n, request_for) for n in range(connections)))
+        self._task = asyncio.gather(*(
+            keep_alive_client(port, n, request_for, lambda: not self.stop.is_set(), self._record)
+            for n in range(connections)
+        ))
 
-    async def _client(self, port: int, n: int, request_for: Callable[[int, int], bytes]) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        i = 0
-        try:
-            while not self.stop.is_set():
-                payload = request_for(n, i)
-                i += 1
-                started = time.perf_counter()
-                writer.write(payload)
-                head = await reader.readuntil(b"\r\n\r\n")
-                await read_body(reader, head)
-                self.samples.append((started, time.perf_counter() - started))
-                if not head.startswith(b"HTTP/1.1 200"):
-                    self.errors += 1
-        finally:
-            writer.close()
+    def _record(self, started: float, latency: float, ok: bool) -> None:
+        self.samples.append((started, latency))
+        self.errors += not ok
 
     async def finish(self) -> None:
         self.stop.set()
