@@ -15,6 +15,13 @@ from lessonstream import infra
 from tests.devstack import DevStack, running_dev_stack
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``test_local_runtime`` (a stack of its own, stopped by its last test) runs before any
+    module takes the shared stack: two stacks of this group at once, beside the fault
+    suite's, ran PostgreSQL out of connections. A stable sort keeps every other order."""
+    items.sort(key=lambda item: item.path.name != "test_local_runtime.py")
+
+
 @pytest.fixture(scope="package")
 def e2e_stack(postgres_server: infra.Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """Two progress replicas and recalculation batches of two; each module keeps to its own
