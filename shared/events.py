@@ -31,6 +31,7 @@ class Topic(StrEnum):
     CERTIFICATE_REVOKED = "certificate-revoked"
     PROGRESS_RECALCULATED = "progress-recalculated"
     RECERTIFICATION_SCHEDULED = "recertification-scheduled"
+    VIDEO_SESSIONS = "video-sessions"
     DEAD_LETTER = "dead-letter"
 
 
@@ -47,6 +48,7 @@ TOPIC_PARTITIONS: dict[Topic, int] = {
     Topic.CERTIFICATE_REVOKED: 12,
     Topic.PROGRESS_RECALCULATED: 4,
     Topic.RECERTIFICATION_SCHEDULED: 12,
+    Topic.VIDEO_SESSIONS: 12,
     Topic.DEAD_LETTER: 1,
 }
 
@@ -292,6 +294,29 @@ class RecertificationScheduled(LearnerEvent):
     user_email: str
 
 
+class VideoSessionEnded(LearnerEvent):
+    """One viewing session of a video lesson, closed once the learner stopped sending
+    heartbeats for it (or moved to another lesson): where it started and ended, what was
+    played in it, and how much of the video the learner has watched in all. Published by
+    progress once per session; an xAPI Video Profile session (initialized, played, paused)."""
+
+    topic: ClassVar[Topic] = Topic.VIDEO_SESSIONS
+    type: Literal["video-session-ended"] = "video-session-ended"
+
+    session_id: UUID
+    lesson_id: int
+    attempt: int = 1
+    started_at: datetime
+    ended_at: datetime
+    start_position: float  # seconds into the video
+    end_position: float
+    # [start, end] seconds played in this session, merged and ordered.
+    played_segments: list[tuple[float, float]] = Field(default_factory=list)
+    video_length: float | None = None  # seconds; None while unknown
+    progress: float  # 0..1, the share of the video watched over all sessions
+    completed: bool = False  # the lesson was completed by watching during this session
+
+
 class DeadLetter(Event):
     """A message a consumer gave up on, with why; the consumer moved on."""
 
@@ -324,5 +349,6 @@ EVENT_TYPES: dict[Topic, type[Event]] = {
     Topic.CERTIFICATE_REVOKED: CertificateRevoked,
     Topic.PROGRESS_RECALCULATED: ProgressRecalculated,
     Topic.RECERTIFICATION_SCHEDULED: RecertificationScheduled,
+    Topic.VIDEO_SESSIONS: VideoSessionEnded,
     Topic.DEAD_LETTER: DeadLetter,
 }

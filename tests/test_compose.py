@@ -158,7 +158,8 @@ def test_compose_file_names_no_path_that_does_not_exist() -> None:
 # Each topic's one writer (the service that owns its events); any consumer may dead-letter.
 OWNED_TOPICS: dict[str, set[Topic]] = {
     "enrollment": {Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED, Topic.RECERTIFICATION_SCHEDULED},
-    "progress": {Topic.LESSON_COMPLETED, Topic.LESSON_REOPENED, Topic.COURSE_COMPLETED, Topic.PROGRESS_RECALCULATED},
+    "progress": {Topic.LESSON_COMPLETED, Topic.LESSON_REOPENED, Topic.COURSE_COMPLETED, Topic.PROGRESS_RECALCULATED,
+                 Topic.VIDEO_SESSIONS},
     # The certificates API and its workers share one database, so one outbox and one principal.
     "certificates": {Topic.CERTIFICATE_ISSUED, Topic.CERTIFICATE_REQUESTED, Topic.CERTIFICATE_REVOKED},
     "notifications": set(),
