@@ -101,6 +101,11 @@ RECERTIFICATION_FIELDS = (
     "user_id", "course_id", "enrollment_id", "attempt", "completed_at", "reset_at", "user_email", "user_name",
     "course_title",
 )
+# What a forged enrollment-changed could change to tell another system something untrue.
+ENROLLMENT_FIELDS = (
+    "user_id", "course_id", "enrollment_id", "status", "revision", "attempt", "enrolled_at", "username",
+    "display_name", "email",
+)
 # The links are not compared but taken from the owner: they derive from its configuration
 # (PUBLIC_BASE_URL), and a mismatch there must not dead-letter genuine mail.
 CERTIFICATE_FIELDS = (
@@ -135,7 +140,7 @@ def _differences(claimed: BaseModel, owned: BaseModel, fields: tuple[str, ...]) 
     return [name for name in fields if getattr(claimed, name) != getattr(owned, name)]
 
 
-E = TypeVar("E", CourseCompleted, RecertificationScheduled)
+E = TypeVar("E", CourseCompleted, RecertificationScheduled, EnrollmentChanged)
 
 
 async def _owners_copy(client: httpx.AsyncClient, peer: str, path: str, claimed: E, fields: tuple[str, ...]) -> E:
@@ -163,6 +168,12 @@ async def confirm_recertification(
     """Enrollment's own copy of a recertification-scheduled event
     (``GET /internal/recertifications/{id}``), compared in who is reset when (see ``_owners_copy``)."""
     return await _owners_copy(enrollment, "enrollment", "recertifications", claimed, RECERTIFICATION_FIELDS)
+
+
+async def confirm_enrollment_change(enrollment: httpx.AsyncClient, claimed: EnrollmentChanged) -> EnrollmentChanged:
+    """Enrollment's own copy of an enrollment-changed event (``GET /internal/enrollment-events/{id}``),
+    compared in whose enrollment changed to what (see ``_owners_copy``)."""
+    return await _owners_copy(enrollment, "enrollment", "enrollment-events", claimed, ENROLLMENT_FIELDS)
 
 
 async def confirm_certificate(certificates: httpx.AsyncClient, claimed: CertificateIssued) -> CertificateIssued:

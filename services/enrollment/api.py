@@ -212,6 +212,14 @@ async def internal_recertification(event_id: UUID, _: InternalCaller, pool: DbPo
     return JSONResponse(notice.model_dump(mode="json"))
 
 
+@internal.get("/enrollment-events/{event_id}")
+async def internal_enrollment_event(event_id: UUID, _: InternalCaller, pool: DbPool) -> JSONResponse:
+    """For notifications, before it sends a webhook: the enrollment-changed event as this
+    service published it (404 if it never did)."""
+    event = await usecases.enrollment_change(pool, event_id)
+    return JSONResponse(event.model_dump(mode="json"))
+
+
 ROUTERS = [admin, public, internal]
 
 # The one place the enrollment's refusals become HTTP answers (message: the refusal's own).
@@ -229,4 +237,5 @@ ERRORS: ErrorMap = {
     domain.NotEnrolled: HttpError(403, "not_enrolled"),
     domain.NoCurrentEnrollment: HttpError(404, "not_enrolled"),
     domain.RecertificationNotFound: HttpError(404, "recertification_not_found"),
+    domain.EnrollmentEventNotFound: HttpError(404, "enrollment_event_not_found"),
 }

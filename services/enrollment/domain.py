@@ -155,6 +155,12 @@ class NoCurrentEnrollment(DomainError):
     default_message = "No current enrollment of this learner in this course"
 
 
+class EnrollmentEventNotFound(DomainError):
+    """Another service asking for an enrollment-changed event this service never published."""
+
+    default_message = "No such enrollment event"
+
+
 class RecertificationNotFound(DomainError):
     """Another service asking for a recertification notice this service never published."""
 

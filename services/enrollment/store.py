@@ -20,7 +20,7 @@ from services.enrollment.domain import (
     StudentOrderBy,
 )
 from shared.db import Connection, fetch_one
-from shared.events import RecertificationScheduled
+from shared.events import EnrollmentChanged, RecertificationScheduled
 
 _COURSE_COLUMNS = (
     "id, title, slug, description, status, requires_sequential_progress, certificate_enabled, "
@@ -403,6 +403,18 @@ async def settle_overtaken_notices(conn: Connection, now: datetime) -> int:
 async def get_notice(conn: Connection, event_id: UUID) -> RecertificationScheduled | None:
     body = await conn.fetchval("SELECT event FROM recertification_notices WHERE event_id = $1", event_id)
     return RecertificationScheduled.model_validate(body) if body is not None else None
+
+
+async def keep_enrollment_event(conn: Connection, event: EnrollmentChanged) -> None:
+    await conn.execute(
+        "INSERT INTO enrollment_events (event_id, enrollment_id, event) VALUES ($1, $2, $3)",
+        event.event_id, event.enrollment_id, event.model_dump(mode="json"),
+    )
+
+
+async def get_enrollment_event(conn: Connection, event_id: UUID) -> EnrollmentChanged | None:
+    body = await conn.fetchval("SELECT event FROM enrollment_events WHERE event_id = $1", event_id)
+    return EnrollmentChanged.model_validate(body) if body is not None else None
 
 
 # --- lists -----------------------------------------------------------------------------

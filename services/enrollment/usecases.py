@@ -28,6 +28,7 @@ from shared.events import (
     CertificateIssued,
     CertificateRevoked,
     CourseCompleted,
+    EnrollmentChanged,
     LessonCompleted,
     LessonReopened,
     ProgressRecalculated,
@@ -38,6 +39,14 @@ from shared.internal import CourseConfirmation
 from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
+
+
+async def _announce(conn: Connection, enrollment: Enrollment) -> None:
+    """Publish the enrollment's change (outbox) and keep the event as published, in the
+    caller's transaction: a consumer confirms it by id before acting on it."""
+    event = domain.enrollment_event(enrollment)
+    await outbox.add(conn, event)
+    await store.keep_enrollment_event(conn, event)
 
 
 # --- catalog ---------------------------------------------------------------------------
@@ -215,7 +224,7 @@ async def enroll(pool: asyncpg.Pool, user: User, course_id: int) -> EnrollResult
             if created is None:  # a concurrent request enrolled this learner first
                 raise domain.AlreadyEnrolled()
             enrollment, resumed = created, False
-        await outbox.add(conn, domain.enrollment_event(enrollment))
+        await _announce(conn, enrollment)
         return EnrollResult(enrollment, resumed)
 
 
@@ -228,7 +237,7 @@ async def unenroll(pool: asyncpg.Pool, user: User, course_id: int) -> Enrollment
         if existing is None or not domain.is_enrolled(existing):
             raise domain.NotEnrolled()
         enrollment = await store.change_enrollment(conn, existing.id, "unenrolled", now, uuid4())
-        await outbox.add(conn, domain.enrollment_event(enrollment))
+        await _announce(conn, enrollment)
         return enrollment
 
 
@@ -244,7 +253,7 @@ async def reset_learner(pool: asyncpg.Pool, user: User, course_id: int, user_id:
         existing = domain.ensure_resettable(await store.get_enrollment(conn, user_id, course_id, lock=True))
         enrollment = await store.start_attempt(conn, existing.id, existing.attempt, now, uuid4())
         assert enrollment is not None  # the row is locked at that attempt
-        await outbox.add(conn, domain.enrollment_event(enrollment))
+        await _announce(conn, enrollment)
         return enrollment
 
 
@@ -320,6 +329,15 @@ async def recertification_notice(pool: asyncpg.Pool, event_id: UUID) -> Recertif
     return notice
 
 
+async def enrollment_change(pool: asyncpg.Pool, event_id: UUID) -> EnrollmentChanged:
+    """The enrollment-changed event as published, for a consumer confirming it."""
+    async with pool.acquire() as conn:
+        event = await store.get_enrollment_event(conn, event_id)
+    if event is None:
+        raise domain.EnrollmentEventNotFound()
+    return event
+
+
 # --- recertification (the daily job) ----------------------------------------------------
 
 # Enrollments handled per transaction: locks stay short, and a large course goes in steps.
@@ -367,7 +385,7 @@ async def recertify(
                     conn, enrollment_id, attempt, now, uuid4(), only_completed=True
                 )
                 if enrollment is not None:  # always, with the row locked at that attempt
-                    await outbox.add(conn, domain.enrollment_event(enrollment))
+                    await _announce(conn, enrollment)
                     await store.settle_notice(conn, enrollment_id, attempt, now)
                     reset += 1
         if len(notices) < batch:
@@ -462,7 +480,7 @@ async def record_completion(conn: Connection, event: CourseCompleted) -> None:
     await store.touch_last_accessed(conn, enrollment.id, event.completed_at)
     if change.status_changed:
         updated = await store.change_enrollment(conn, enrollment.id, change.status, utcnow(), uuid4())
-        await outbox.add(conn, domain.enrollment_event(updated))
+        await _announce(conn, updated)
 
 
 async def record_certificate(conn: Connection, event: CertificateIssued) -> None:

@@ -1,5 +1,6 @@
 """Composition root of the notifications service: settings, routes, errors, subscriptions,
-and the state (the mail sender and the owners' clients) opened on the runtime's pool."""
+and the state (the mail sender, the delivery loop with its destination kinds, the owners'
+clients) opened on the runtime's pool."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.notifications import api, handlers
+from services.notifications.deliveries import DeliveryLoop
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
 from services.notifications.usecases import NotificationsState, Owners, max_event_age
+from services.notifications.webhooks import WebhookDestination
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
@@ -21,6 +24,8 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
 
     async def open_state(runtime: Runtime[NotificationsState]) -> NotificationsState:
         sender = MailSender(settings)
+        # Destination kinds: one module each (docs/notifications.md, "Deliveries").
+        deliveries = DeliveryLoop(settings, [WebhookDestination(settings, mail_queued=sender.wake)])
         state = NotificationsState(
             sender=sender,
             owners=Owners(
@@ -30,8 +35,11 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             ),
             from_address=settings.mail_from_address,
             max_event_age=max_event_age(settings),
+            deliveries=deliveries,
+            production=settings.env == "production",
         )
         await sender.start(runtime.pool)
+        await deliveries.start(runtime.pool)
         return state
 
     return create_app(

@@ -5,14 +5,30 @@ refuses.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import ipaddress
 import re
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any, Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict
+
 from shared.domain import DomainError
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, RecertificationScheduled
+from shared.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    CourseCompleted,
+    EnrollmentChanged,
+    RecertificationScheduled,
+)
 from shared.retry import Backoff
 
 # The events a mail is made from.
@@ -25,6 +41,7 @@ class MailKind(StrEnum):
     CERTIFICATE_REVOKED = "certificate_revoked"
     CERTIFICATE_REINSTATED = "certificate_reinstated"
     RECERTIFICATION_SCHEDULED = "recertification_scheduled"
+    WEBHOOK_DISABLED = "webhook_disabled"  # to an endpoint's owner, not a learner
 
 
 # The Message-ID's tag per kind (kept short so that the header fits on one line).
@@ -34,6 +51,7 @@ _MESSAGE_TAGS = {
     MailKind.CERTIFICATE_REVOKED: "revoked",
     MailKind.CERTIFICATE_REINSTATED: "reinstated",
     MailKind.RECERTIFICATION_SCHEDULED: "recertification",
+    MailKind.WEBHOOK_DISABLED: "webhook-disabled",
 }
 
 
@@ -65,7 +83,7 @@ class PlannedMail:
     event_id: UUID
     kind: MailKind
     user_id: str
-    course_id: int
+    course_id: int | None  # None: a mail about no course (an endpoint disabled)
     recipient: str
     message_id: str
     status: MailStatus
@@ -93,7 +111,10 @@ def message_id(kind: MailKind, event_id: UUID, from_address: str) -> str:
 
 
 def subject(kind: MailKind, course_title: str) -> str:
+    """The subject; for ``WEBHOOK_DISABLED`` ``course_title`` is the endpoint's URL."""
     title = header_safe(course_title, 150)
+    if kind is MailKind.WEBHOOK_DISABLED:
+        return f"Your webhook endpoint {title} has been disabled"
     if kind is MailKind.COURSE_COMPLETED:
         return f"Congratulations, you completed {title}"
     if kind is MailKind.CERTIFICATE_REVOKED:
@@ -115,8 +136,10 @@ def kind_of(event: MailedEvent) -> MailKind:
     return MailKind.CERTIFICATE_REVOKED if event.status == "revoked" else MailKind.CERTIFICATE_REINSTATED
 
 
-def recipient_of(event: MailedEvent) -> tuple[str, str]:
-    """The learner the event's mail goes to: (name, address)."""
+def recipient_of(event: Notice) -> tuple[str, str]:
+    """Whom the mail goes to: (name, address); the learner, or the endpoint's owner."""
+    if isinstance(event, WebhookDisabled):
+        return event.owner_name, event.owner_email
     if isinstance(event, CourseCompleted | RecertificationScheduled):
         return event.user_name, event.user_email
     return event.student_name, event.student_email
@@ -211,3 +234,267 @@ class NotificationNotFound(DomainError):
 
     def __init__(self, mail_id: int) -> None:
         super().__init__("No such notification", mail_id=mail_id)
+
+
+# --- Webhooks ---------------------------------------------------------------------------
+
+
+class WebhookDisabled(BaseModel):
+    """What the owner of an endpoint the deliveries disabled is told (a mail of kind
+    ``WEBHOOK_DISABLED``); ``event_id`` identifies this notice, the mail's Message-ID."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: UUID
+    occurred_at: datetime  # when the endpoint was disabled
+    endpoint_id: int
+    url: str
+    description: str
+    reason: str
+    failing_since: datetime | None
+    last_error: str | None
+    owner_email: str
+    owner_name: str = ""
+    created_by: str
+    manage_url: str  # the endpoint in the admin API
+
+
+# What a mail is made from: an event a learner is told about, or a notice to an owner.
+Notice = MailedEvent | WebhookDisabled
+
+EventType = Literal["course.completed", "certificate.issued", "certificate.revoked", "enrollment.changed"]
+EVENT_TYPES: tuple[EventType, ...] = (
+    "course.completed", "certificate.issued", "certificate.revoked", "enrollment.changed",
+)
+# The events webhooks announce: the mailed ones (but recertification notices) and enrollment changes.
+WebhookEvent = CourseCompleted | CertificateIssued | CertificateRevoked | EnrollmentChanged
+
+WEBHOOK_KIND = "webhook"  # deliveries.destination_kind of a webhook endpoint
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+# How long the previous secret keeps signing after a rotation (receivers switch over).
+ROTATION_OVERLAP = timedelta(hours=24)
+MAX_URL_LENGTH = 2000
+
+
+def event_type_of(event: WebhookEvent) -> EventType:
+    if isinstance(event, CourseCompleted):
+        return "course.completed"
+    if isinstance(event, CertificateIssued):
+        return "certificate.issued"
+    if isinstance(event, CertificateRevoked):
+        return "certificate.revoked"
+    return "enrollment.changed"
+
+
+def webhook_message_id(event_id: UUID) -> str:
+    """The webhook-id of an event's message: the same on every retry and replay, and to every
+    endpoint (each receiver dedupes its own)."""
+    return f"msg_{event_id.hex}"
+
+
+def _iso(value: datetime) -> str:
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def webhook_data(event: WebhookEvent) -> dict[str, Any]:
+    """The ``data`` of a webhook: what the owner confirmed, without internal ids (event ids,
+    enrollment ids) a receiver could not use."""
+    if isinstance(event, CourseCompleted):
+        return {
+            "user_id": event.user_id, "user_name": event.user_name, "user_email": event.user_email,
+            "course_id": event.course_id, "course_title": event.course_title, "attempt": event.attempt,
+            "completed_at": _iso(event.completed_at), "certificate_enabled": event.certificate_enabled,
+        }
+    if isinstance(event, CertificateIssued):
+        return {
+            "user_id": event.user_id, "student_name": event.student_name, "student_email": event.student_email,
+            "course_id": event.course_id, "course_title": event.course_title, "attempt": event.attempt,
+            "certificate_id": event.certificate_id, "verification_code": event.verification_code,
+            "issued_at": _iso(event.issued_at), "certificate_url": event.certificate_url,
+            "verification_url": event.verification_url, "credential_url": event.credential_url,
+        }
+    if isinstance(event, CertificateRevoked):
+        return {
+            "user_id": event.user_id, "student_name": event.student_name, "student_email": event.student_email,
+            "course_id": event.course_id, "course_title": event.course_title,
+            "certificate_id": event.certificate_id, "verification_code": event.verification_code,
+            "status": event.status, "reason": event.reason, "changed_at": _iso(event.changed_at),
+            "verification_url": event.verification_url,
+        }
+    return {
+        "user_id": event.user_id, "username": event.username, "display_name": event.display_name,
+        "email": event.email, "course_id": event.course_id, "status": event.status, "attempt": event.attempt,
+        "revision": event.revision, "enrolled_at": _iso(event.enrolled_at),
+    }
+
+
+def webhook_body(event: WebhookEvent) -> dict[str, Any]:
+    """The Standard Webhooks payload: ``type``, ``timestamp`` (when it happened), ``data``."""
+    return {"type": event_type_of(event), "timestamp": _iso(event.occurred_at), "data": webhook_data(event)}
+
+
+def new_secret() -> str:
+    """A signing secret in the ``whsec_<base64>`` form the Standard Webhooks libraries take."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
+def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` with the decoded secret."""
+    signed = message_id.encode() + b"." + str(timestamp).encode() + b"." + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_header(secrets_: Sequence[str], message_id: str, timestamp: int, body: bytes) -> str:
+    """``webhook-signature``: one signature per current secret, space separated (the newest
+    first; the previous one while a rotation overlaps)."""
+    return " ".join(signature(s, message_id, timestamp, body) for s in secrets_)
+
+
+def url_refusal(url: str, *, production: bool) -> str | None:
+    """Why ``url`` cannot be a webhook target as written (None: it can, so far). Only http(s)
+    with a host; https in production, and no literal address that is not public there."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"the URL is longer than {MAX_URL_LENGTH} characters"
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a bad port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "only http and https URLs can receive webhooks"
+    if not host:
+        return "the URL names no host"
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return "the host name is not valid"
+    if production and parts.scheme != "https":
+        return "webhooks are sent over https only"
+    if production:
+        literal = _literal_address(host)
+        if literal is not None and address_refused(literal):
+            return f"{host} is not a public address"
+    return None
+
+
+def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def address_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a target address is off limits in production (SSRF): private, loopback,
+    link-local, multicast, reserved, unspecified, or otherwise not globally reachable."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address_refused(address.ipv4_mapped)
+    return (
+        address.is_private or address.is_loopback or address.is_link_local or address.is_multicast
+        or address.is_reserved or address.is_unspecified or not address.is_global
+    )
+
+
+def refused_addresses(addresses: Sequence[str]) -> list[str]:
+    """Those of ``addresses`` (as a resolver gives them) a webhook must not be sent to."""
+    refused = []
+    for text in addresses:
+        literal = _literal_address(text.split("%", 1)[0])  # an IPv6 zone index is not part of it
+        if literal is None or address_refused(literal):
+            refused.append(text)
+    return refused
+
+
+# --- The delivery queue (any destination kind) -------------------------------------------
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its (next) attempt
+    SENDING = "sending"  # claimed by a delivery worker until its lease ends
+    DELIVERED = "delivered"  # the destination accepted it (2xx)
+    FAILED = "failed"  # every attempt of the schedule failed (a replay queues it again)
+    HELD = "held"  # its destination is disabled: it waits until the destination is enabled again
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to, as a destination kind's sender reports it."""
+
+    delivered: bool
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: int = 0
+    response_excerpt: str | None = None
+    retry: bool = True  # False: retrying cannot help, the delivery fails now
+    hold: bool = False  # the destination is disabled: not an attempt that failed, the delivery waits
+
+
+@dataclass(frozen=True)
+class DeliveryDecision:
+    status: DeliveryStatus
+    retry_in_s: float | None = None
+    exhausted: bool = False  # the schedule ran out (or retrying cannot help)
+
+
+def after_attempt(outcome: Outcome, tries: int, schedule: Sequence[float]) -> DeliveryDecision:
+    """What follows the ``tries``-th attempt since the delivery was queued (or replayed):
+    ``schedule[n]`` is the wait before attempt ``n + 1``; after ``len(schedule)`` failed
+    attempts the delivery has failed."""
+    if outcome.hold:
+        return DeliveryDecision(DeliveryStatus.HELD)
+    if outcome.delivered:
+        return DeliveryDecision(DeliveryStatus.DELIVERED)
+    if not outcome.retry or tries >= len(schedule):
+        return DeliveryDecision(DeliveryStatus.FAILED, exhausted=True)
+    return DeliveryDecision(DeliveryStatus.PENDING, retry_in_s=schedule[tries])
+
+
+def sustained_failure(
+    *, exhausted: bool, failing_since: datetime | None, now: datetime, disable_after: timedelta | None
+) -> str | None:
+    """Why an endpoint should be disabled after a failed attempt (None: not yet): a delivery
+    exhausted its schedule, or nothing was delivered for ``disable_after``."""
+    if exhausted:
+        return "every attempt of a delivery failed"
+    if disable_after is not None and failing_since is not None and now - failing_since >= disable_after:
+        return f"no delivery succeeded for {disable_after}"
+    return None
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    status: DeliveryStatus | None = None
+
+
+class WebhookNotFound(DomainError):
+    """An admin named an endpoint that is not registered."""
+
+    def __init__(self, endpoint_id: int) -> None:
+        super().__init__("No such webhook endpoint", endpoint_id=endpoint_id)
+
+
+class DeliveryNotFound(DomainError):
+    """An admin named a delivery this endpoint does not have."""
+
+    def __init__(self, delivery_id: int) -> None:
+        super().__init__("No such delivery", delivery_id=delivery_id)
+
+
+class WebhookUrlNotAllowed(DomainError):
+    """A target the service will not send to (scheme, or an address that is not public)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"This URL cannot receive webhooks: {reason}", reason=reason)
+
+
+class OwnerEmailRequired(DomainError):
+    """An endpoint needs an owner to tell when it is disabled: the token carries no address."""
+
+    default_message = "owner_email is required: the token carries no email address"

@@ -1,13 +1,22 @@
-"""Event entry points: each consumed event becomes one row in the outgoing-mail queue
-(``usecases.queue_mail``: confirmed with its owner first, queued in the inbox transaction)."""
+"""Event entry points: each consumed event becomes one row in the outgoing-mail queue and one
+delivery per webhook endpoint that wants it (``usecases.queue_mail``, and
+``usecases.queue_enrollment_webhooks`` for enrollment changes, which are mailed to nobody):
+confirmed with its owner first, queued in the inbox transaction."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from services.notifications.settings import NotificationsSettings
-from services.notifications.usecases import NotificationsState, queue_mail
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, RecertificationScheduled, Topic
+from services.notifications.usecases import NotificationsState, queue_enrollment_webhooks, queue_mail
+from shared.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    CourseCompleted,
+    EnrollmentChanged,
+    RecertificationScheduled,
+    Topic,
+)
 from shared.inbox import EventContext, Subscription
 
 # One consumer group per topic: a rebalance on one topic does not pause the other.
@@ -15,6 +24,7 @@ COMPLETED_CONSUMER = "notifications-course-completed"
 CERTIFICATE_CONSUMER = "notifications-certificate-issued"
 REVOCATION_CONSUMER = "notifications-certificate-revoked"
 RECERTIFICATION_CONSUMER = "notifications-recertification-scheduled"
+ENROLLMENT_CONSUMER = "notifications-enrollment-changed"
 
 
 async def on_course_completed(event: CourseCompleted, ctx: EventContext) -> None:
@@ -33,6 +43,10 @@ async def on_recertification_scheduled(event: RecertificationScheduled, ctx: Eve
     await queue_mail(ctx.state(NotificationsState), event, ctx)
 
 
+async def on_enrollment_changed(event: EnrollmentChanged, ctx: EventContext) -> None:
+    await queue_enrollment_webhooks(ctx.state(NotificationsState), event, ctx)
+
+
 def subscriptions(settings: NotificationsSettings) -> list[Subscription[Any]]:
     return [
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, on_course_completed, COMPLETED_CONSUMER),
@@ -42,4 +56,5 @@ def subscriptions(settings: NotificationsSettings) -> list[Subscription[Any]]:
             Topic.RECERTIFICATION_SCHEDULED, RecertificationScheduled, on_recertification_scheduled,
             RECERTIFICATION_CONSUMER,
         ),
+        Subscription(Topic.ENROLLMENT_CHANGED, EnrollmentChanged, on_enrollment_changed, ENROLLMENT_CONSUMER),
     ]

@@ -19,7 +19,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from services.notifications.domain import MailedEvent, MailKind, header_safe, recipient_of, subject
+from services.notifications.domain import MailKind, Notice, WebhookDisabled, header_safe, recipient_of, subject
 from services.notifications.settings import NotificationsSettings
 from shared.events import CertificateRevoked, CourseCompleted, RecertificationScheduled
 
@@ -61,8 +61,21 @@ class MailComposer:
             display_name=header_safe(settings.mail_from_name, 100), addr_spec=settings.mail_from_address
         )
 
-    def context(self, kind: MailKind, event: MailedEvent) -> dict[str, Any]:
+    def context(self, kind: MailKind, event: Notice) -> dict[str, Any]:
         s = self._settings
+        if isinstance(event, WebhookDisabled):
+            return {
+                "platform": s.mail_from_name,
+                "owner_name": event.owner_name or "there",
+                "url": event.url,
+                "description": event.description,
+                "reason": event.reason,
+                "disabled_at": event.occurred_at,
+                "failing_since": event.failing_since,
+                "last_error": event.last_error,
+                "endpoint_id": event.endpoint_id,
+                "manage_url": event.manage_url,
+            }
         # What every mail says: to whom, about which course, and where to go next.
         common: dict[str, Any] = {
             "course_title": event.course_title,
@@ -105,7 +118,7 @@ class MailComposer:
     def compose(
         self,
         kind: MailKind,
-        event: MailedEvent,
+        event: Notice,
         *,
         message_id: str,
         date: datetime,
@@ -117,7 +130,8 @@ class MailComposer:
 
         name, address = recipient_of(event)
         msg = EmailMessage(policy=SMTP)
-        msg["Subject"] = subject(kind, event.course_title)
+        about = event.url if isinstance(event, WebhookDisabled) else event.course_title
+        msg["Subject"] = subject(kind, about)
         msg["From"] = self._from
         msg["To"] = Address(display_name=header_safe(name, 100), addr_spec=address.strip())
         msg["Message-ID"] = message_id

@@ -213,7 +213,7 @@ class MailSender:
                 await asyncio.sleep(RECORD_RETRY.delay(tried))
 
     async def _attachment(
-        self, mail: store.ClaimedMail, event: domain.MailedEvent
+        self, mail: store.ClaimedMail, event: domain.Notice
     ) -> Attachment | None:
         if not (isinstance(event, CertificateIssued) and self._settings.mail_attach_certificate):
             return None
@@ -238,7 +238,9 @@ class MailSender:
         return Attachment(filename=f"certificate-{event.verification_code}.pdf", content=bytes(content))
 
 
-def _parse_event(mail: store.ClaimedMail) -> domain.MailedEvent:
+def _parse_event(mail: store.ClaimedMail) -> domain.Notice:
+    if mail.kind is domain.MailKind.WEBHOOK_DISABLED:
+        return domain.WebhookDisabled.model_validate(mail.event)
     if mail.kind is domain.MailKind.COURSE_COMPLETED:
         return CourseCompleted.model_validate(mail.event)
     if mail.kind is domain.MailKind.RECERTIFICATION_SCHEDULED:

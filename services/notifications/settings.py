@@ -6,9 +6,10 @@ aliases), e.g. ``SMTP_HOST`` for ``smtp_host``.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from shared.settings import ServiceSettings
 
@@ -56,6 +57,43 @@ class NotificationsSettings(ServiceSettings):
     # Fallback poll for mail queued by another replica or falling due for a retry.
     mail_poll_interval_s: float = Field(1.0, gt=0)
 
+    # --- Deliveries (webhooks, and any other destination kind) ------------------------------
+    # Concurrent delivery workers per process (each one request at a time).
+    delivery_workers: int = Field(4, ge=1, le=64)
+    # How long a claimed delivery belongs to its worker; after that (the process died
+    # mid-request) another worker delivers it again. Must exceed WEBHOOK_TIMEOUT_S.
+    delivery_lease_s: float = Field(60.0, gt=0)
+    delivery_poll_interval_s: float = Field(1.0, gt=0)
+    # Seconds before each attempt of a delivery: the first (0: at once), then the waits after
+    # each failure. After the last attempt fails, the delivery has failed. The default is the
+    # Standard Webhooks schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    # In the environment: comma-separated numbers ("0,5,300") or a JSON list.
+    delivery_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0], min_length=1
+    )
+    # One webhook request: connecting, sending, and the answer's headers and excerpt.
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    # An endpoint failing without a single success this long is disabled (and its owner
+    # mailed), as is one whose delivery exhausted its schedule. 0: only the latter.
+    webhook_disable_after_s: float = Field(5 * 24 * 3600.0, ge=0)
+
+    @field_validator("delivery_retry_schedule_s", mode="before")
+    @classmethod
+    def _schedule_from_env(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                text = text[1:-1]
+            return [float(part) for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("delivery_retry_schedule_s")
+    @classmethod
+    def _schedule_not_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must not be negative")
+        return value
+
     @property
     def site_url(self) -> str:
         return (self.mail_site_url or self.public_base_url).rstrip("/")
@@ -64,4 +102,10 @@ class NotificationsSettings(ServiceSettings):
     def _refuse_cleartext_credentials(self) -> Self:
         if self.env == "production" and self.smtp_username and self.smtp_tls == "none":
             raise ValueError("unsafe production settings: SMTP_USERNAME is set but SMTP_TLS is none")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_beyond_a_request(self) -> Self:
+        if self.delivery_lease_s <= self.webhook_timeout_s:
+            raise ValueError("DELIVERY_LEASE_S must exceed WEBHOOK_TIMEOUT_S: a slow request would be sent twice")
         return self
