@@ -76,6 +76,9 @@ CASES: list[tuple[DomainError, dict[str, Any]]] = [
         "code": "recertification_not_found", "message": "No such recertification notice",
         "data": {"status": 404},
     }),
+    (domain.EnrollmentEventNotFound(), {
+        "code": "enrollment_event_not_found", "message": "No such enrollment event", "data": {"status": 404},
+    }),
 ]
 
 
