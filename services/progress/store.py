@@ -741,7 +741,8 @@ class SessionRow:
 # current session (migration 010). The session goes on when the row is of its lesson and
 # attempt and began within the idle time of its last heartbeat: its last heartbeat and end
 # position move forward only (replicas flush in any order), its played ranges are merged
-# (progress_watch, like the records' watched ranges). Otherwise the row starts a new session
+# (progress_watch, like the records' watched ranges; its length is not kept, but passing one
+# lets playback that goes on take the function's short cut). Otherwise the row starts a new session
 # in place (the trigger keeps the replaced one, ended, for the closing loop), unless it is
 # older than the current session altogether (a replica's late flush of the lesson the
 # learner left), which changes nothing. Rows arrive sorted by user, as the flush's are.
@@ -767,7 +768,8 @@ ON CONFLICT (user_id) DO UPDATE SET
                     ELSE excluded.last_seen_at END,
                CASE WHEN k.goes_on AND s.last_seen_at > excluded.last_seen_at THEN s.end_position
                     ELSE excluded.end_position END,
-               CASE WHEN k.goes_on THEN (progress_watch(s.played, excluded.played)).watched ELSE excluded.played END
+               CASE WHEN k.goes_on THEN (progress_watch(s.played, excluded.played, stored_seconds => 0)).watched
+                    ELSE excluded.played END
         FROM (SELECT s.lesson_id = excluded.lesson_id AND s.attempt = excluded.attempt
                      AND excluded.started_at <= s.last_seen_at + $12 * interval '1 second' AS goes_on) AS k)
 WHERE (s.lesson_id = excluded.lesson_id AND s.attempt = excluded.attempt) OR excluded.last_seen_at >= s.started_at

@@ -41,14 +41,13 @@ CREATE INDEX video_sessions_unpublished ON video_sessions (last_seen_at) WHERE e
 
 CREATE FUNCTION video_session_replaced() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.session_id <> OLD.session_id THEN
-        INSERT INTO video_sessions (session_id, user_id, course_id, lesson_id, attempt, started_at, last_seen_at,
-                                    start_position, end_position, played)
-        VALUES (OLD.session_id, OLD.user_id, OLD.course_id, OLD.lesson_id, OLD.attempt, OLD.started_at,
-                OLD.last_seen_at, OLD.start_position, OLD.end_position, OLD.played);
-    END IF;
+    INSERT INTO video_sessions (session_id, user_id, course_id, lesson_id, attempt, started_at, last_seen_at,
+                                start_position, end_position, played)
+    VALUES (OLD.session_id, OLD.user_id, OLD.course_id, OLD.lesson_id, OLD.attempt, OLD.started_at,
+            OLD.last_seen_at, OLD.start_position, OLD.end_position, OLD.played);
     RETURN NEW;
 END $$;
 
+-- Only when the session changes: the usual flush (a session going on) calls no function.
 CREATE TRIGGER video_session_replaced BEFORE UPDATE ON video_sessions_current
-    FOR EACH ROW EXECUTE FUNCTION video_session_replaced();
+    FOR EACH ROW WHEN (NEW.session_id <> OLD.session_id) EXECUTE FUNCTION video_session_replaced();
