@@ -136,3 +136,14 @@ async def test_another_lesson_ends_the_previous_session_early_and_the_owner_conf
             await confirm_video_session(owner, first.model_copy(update={"event_id": uuid4()}))
         with pytest.raises(RejectedEvent, match="progress"):
             await confirm_video_session(owner, first.model_copy(update={"progress": 1.0, "completed": True}))
+
+
+def test_an_idle_time_within_two_flush_intervals_is_refused() -> None:
+    """A heartbeat may wait a flush interval in memory: a session must outlast it."""
+    from pydantic import ValidationError
+
+    from services.progress.settings import ProgressSettings
+
+    with pytest.raises(ValidationError, match="VIDEO_SESSION_IDLE_S"):
+        ProgressSettings(video_session_idle_s=1.0, heartbeat_flush_interval_s=0.5)
+    assert ProgressSettings(video_session_idle_s=1.1, heartbeat_flush_interval_s=0.5).video_session_idle_s == 1.1
