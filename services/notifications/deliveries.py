@@ -44,6 +44,10 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+# An idle worker that does not watch the clock wakes this often anyway (a safety net: the
+# watcher wakes the others whenever it finds work).
+UNWATCHED_IDLE_S = 30.0
+
 # A failed bookkeeping write (database down) is retried: about 8 s in all, as for mail.
 RECORD_RETRY = Backoff(first_s=0.25, max_s=5.0)
 RECORD_ATTEMPTS = 6
@@ -78,6 +82,10 @@ class DeliveryLoop:
         self._wakes: list[asyncio.Event] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # The one idle worker that polls the database for due deliveries (queued by another
+        # process, or a retry coming due); the other idle workers wait to be woken, so an
+        # idle process costs two small queries per poll interval, not two per worker.
+        self._watcher: asyncio.Event | None = None
 
     async def start(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -105,6 +113,7 @@ class DeliveryLoop:
                     log.exception("delivery worker ended with an error")
         self._tasks.clear()
         self._wakes.clear()
+        self._watcher = None
         for kind in self._kinds.values():
             await kind.close()
 
@@ -135,8 +144,18 @@ class DeliveryLoop:
                 await self._idle(wake, poll)
                 continue
             if delivery is None:
-                await self._idle(wake, await self._until_next_due())
+                if self._watcher is None or self._watcher is wake:
+                    self._watcher = wake
+                    await self._idle(wake, await self._until_next_due())
+                else:
+                    await self._idle(wake, UNWATCHED_IDLE_S)
                 continue
+            if self._watcher is wake:
+                # Busy now: the others look for more work, and one of them watches the clock.
+                self._watcher = None
+                for other in self._wakes:
+                    if other is not wake:
+                        other.set()
             await self._deliver(delivery)
 
     async def _until_next_due(self) -> float:
