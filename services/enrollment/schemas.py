@@ -191,7 +191,9 @@ class AppPasswordCreate(BaseModel):
     user_id: UserId
     name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), STORABLE] = ""
     email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320), STORABLE] = ""
-    roles: Annotated[list[Role], Field(min_length=1, max_length=3)] = Field(default_factory=lambda: list[Role](["learner"]))
+    roles: Annotated[list[Role], Field(min_length=1, max_length=3)] = Field(
+        default_factory=lambda: list[Role](["learner"])
+    )
     label: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), STORABLE] = ""
 
 
