@@ -551,11 +551,12 @@ async def live_app_passwords(conn: Connection, user_id: str) -> list[tuple[AppPa
     return [(_app_password(r), r["password_hash"]) for r in rows]
 
 
-async def is_live_app_password(conn: Connection, password_id: int) -> bool:
-    found = await conn.fetchval(
-        "SELECT 1 FROM app_passwords WHERE id = $1 AND revoked_at IS NULL", password_id
+async def live_app_password_use(conn: Connection, password_id: int) -> tuple[bool, datetime | None]:
+    """Whether the password is live, and when it was last used."""
+    row = await conn.fetchrow(
+        "SELECT last_used_at FROM app_passwords WHERE id = $1 AND revoked_at IS NULL", password_id
     )
-    return found is not None
+    return (row is not None, row["last_used_at"] if row is not None else None)
 
 
 async def touch_app_password(conn: Connection, password_id: int, now: datetime) -> None:

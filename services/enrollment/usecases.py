@@ -420,6 +420,11 @@ async def revoke_app_password(pool: asyncpg.Pool, password_id: int, memory: Cred
         memory.forget_password(password_id)
 
 
+# How stale ``last_used_at`` may be for a password used from memory: one write an hour at
+# most, not one per look at the row.
+LAST_USED_PRECISION = timedelta(hours=1)
+
+
 @dataclass
 class BasicAuth:
     """The exchange of HTTP Basic credentials for a bearer token (the gateway asks, see
@@ -462,7 +467,10 @@ class BasicAuth:
             if self.memory.fresh(known):
                 return self.memory.token(known.password)
             async with self.pool.acquire() as conn:
-                live = await store.is_live_app_password(conn, known.password.id)
+                live, last_used = await store.live_app_password_use(conn, known.password.id)
+                now = utcnow()
+                if live and (last_used is None or now - last_used > LAST_USED_PRECISION):
+                    await store.touch_app_password(conn, known.password.id, now)
             if live:
                 self.memory.remember(key, known.password)
                 return self.memory.token(known.password)
