@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -124,6 +125,11 @@ class StackConfig:
             **self.extra_env,
         }
 
+    @property
+    def api_docs_dir(self) -> Path:
+        """The contract's static site the gateway serves (lessonstream/contract.py)."""
+        return self.var_dir / "api-docs"
+
     def upstreams(self, kind: str) -> str:
         """Caddy upstreams of a service: several are balanced (the Caddyfile says how)."""
         return " ".join(f"127.0.0.1:{self.port(name)}" for name in self.instances_of(kind))
@@ -135,6 +141,7 @@ class StackConfig:
             "ENROLLMENT_UPSTREAM": self.upstreams("enrollment"),
             "CERTIFICATES_UPSTREAM": self.upstreams("certificates"),
             "NOTIFICATIONS_UPSTREAM": self.upstreams("notifications"),
+            "API_DOCS_DIR": str(self.api_docs_dir),
             "XDG_DATA_HOME": str(self.var_dir / "caddy"),
             "XDG_CONFIG_HOME": str(self.var_dir / "caddy"),
         }
@@ -185,13 +192,28 @@ class Stack:
                     False,
                 ))
             self._create_topics()
+            # The contract is generated from the code while the services start: it imports
+            # every service, in a process of its own (a few seconds), before the gateway serves it.
+            contract = self._write_contract()
             for name, spec in cfg.instances():
                 self._add(Child(name, self._service_launcher(name, spec), True))
+            contract.wait(60)
+            if contract.returncode != 0:
+                raise RuntimeError(f"writing the API contract failed:\n{(logs / 'contract.log').read_text()[-3000:]}")
             self._add(Child("gateway", lambda: infra.start_caddy(cfg.gateway_env(), logs / "gateway.log"), False))
             self.wait_ready(ready_timeout)
         except BaseException:
             self.stop()
             raise
+
+    def _write_contract(self) -> subprocess.Popen[bytes]:
+        logs = self.config.var_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "contract.log", "wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "lessonstream.contract", "--out", str(self.config.api_docs_dir)],
+                cwd=infra.ROOT, stdout=out, stderr=subprocess.STDOUT,
+            )
 
     def _create_topics(self) -> None:
         cfg = self.config

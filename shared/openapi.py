@@ -169,8 +169,8 @@ def _complete(operation: dict[str, Any], route: Any) -> None:
         operation["security"] = copy.deepcopy(SECURITY)
     if require_admin in calls:
         derived.append(403)
-    for status in derived:
-        responses.setdefault(str(status), {"description": DEFAULT_DESCRIPTIONS[status]})
+    for code in derived:
+        responses.setdefault(str(code), {"description": DEFAULT_DESCRIPTIONS[code]})
     for status, response in responses.items():
         if not status.isdigit() or int(status) < 400:
             continue

@@ -127,7 +127,7 @@ def json(content: Any, status: int = 200) -> Response:
 router = APIRouter(prefix="/api")
 
 
-@router.get("/progress", responses={200: {"model": list[ProgressRecord]}})
+@router.get("/progress", responses={200: {"model": list[ProgressRecord]}, **errors((404, "course_not_found"))})
 async def get_progress(
     user: CurrentUser, tracker: Tracked, course_id: CourseFilter = None, course_id_snake: CourseFilterSnake = None
 ) -> Response:
