@@ -182,6 +182,9 @@ class Stack:
     def start(self, ready_timeout: float = 120.0) -> None:
         cfg = self.config
         logs = cfg.var_dir / "logs"
+        # The contract is generated from the code while the rest starts: it imports every
+        # service, in a process of its own, and only the gateway, which serves it, waits for it.
+        contract = self._write_contract()
         try:
             if cfg.own_broker:
                 self._add(Child("broker", lambda: infra.start_tansu(cfg.kafka_port, logs / "tansu.log"), False))
@@ -192,17 +195,16 @@ class Stack:
                     False,
                 ))
             self._create_topics()
-            # The contract is generated from the code while the services start: it imports
-            # every service, in a process of its own (a few seconds), before the gateway serves it.
-            contract = self._write_contract()
             for name, spec in cfg.instances():
                 self._add(Child(name, self._service_launcher(name, spec), True))
-            contract.wait(60)
-            if contract.returncode != 0:
+            if contract.wait(ready_timeout) != 0:
                 raise RuntimeError(f"writing the API contract failed:\n{(logs / 'contract.log').read_text()[-3000:]}")
             self._add(Child("gateway", lambda: infra.start_caddy(cfg.gateway_env(), logs / "gateway.log"), False))
             self.wait_ready(ready_timeout)
         except BaseException:
+            if contract.poll() is None:
+                contract.kill()
+                contract.wait()
             self.stop()
             raise
 
