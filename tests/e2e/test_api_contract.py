@@ -136,7 +136,10 @@ def test_every_answer_through_the_gateway_is_the_documented_one(stack: DevStack)
                 if aliases % ALIAS_SAMPLE:
                     continue
             for who, token in tokens.items():
-                for mode in MODES:
+                # On admin operations the admin's invalid cases cover validation; the learner's
+                # valid ones check the refusals (403, or 404 first where a course is looked up).
+                modes = MODES[:1] if who == "learner" and "/admin/" in operation.path else MODES
+                for mode in modes:
                     sent += drive(operation, mode, {"Authorization": f"Bearer {token}"}, stack.gateway, session,
                                   failures[who])
     log.info("%d requests in %.1fs", sent, time.monotonic() - started)
