@@ -28,6 +28,7 @@ from services.notifications.domain import (
 from services.notifications.usecases import NotificationsState
 from shared.auth import AdminUser
 from shared.errors import ErrorMap, HttpError
+from shared.openapi import errors
 from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT, MAX_PAGE, STORABLE
 
@@ -105,7 +106,7 @@ async def list_notifications(
     )
 
 
-@router.get("/{mail_id}", response_model=dict[str, MailDetailOut])
+@router.get("/{mail_id}", response_model=dict[str, MailDetailOut], responses=errors((404, "notification_not_found")))
 async def get_notification(
     pool: DbPool, _: AdminUser, mail_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)]
 ) -> dict[str, MailDetailOut]:
@@ -206,7 +207,8 @@ def _production(request: Request) -> bool:
     return state_of(request, NotificationsState).production
 
 
-@webhooks.post("", status_code=201, response_model=dict[str, EndpointWithSecret])
+@webhooks.post("", status_code=201, response_model=dict[str, EndpointWithSecret],
+               responses=errors((400, "webhook_url_not_allowed"), (400, "owner_email_required")))
 async def create_webhook(
     request: Request, pool: DbPool, admin: AdminUser, body: EndpointIn
 ) -> dict[str, EndpointWithSecret]:
@@ -230,12 +232,13 @@ async def list_webhooks(
     )
 
 
-@webhooks.get("/{endpoint_id}", response_model=dict[str, EndpointOut])
+@webhooks.get("/{endpoint_id}", response_model=dict[str, EndpointOut], responses=errors((404, "webhook_not_found")))
 async def get_webhook(pool: DbPool, _: AdminUser, endpoint_id: EndpointId) -> dict[str, EndpointOut]:
     return {"data": EndpointOut.model_validate(await usecases.get_endpoint(pool, endpoint_id))}
 
 
-@webhooks.patch("/{endpoint_id}", response_model=dict[str, EndpointOut])
+@webhooks.patch("/{endpoint_id}", response_model=dict[str, EndpointOut],
+                responses=errors((400, "webhook_url_not_allowed"), (404, "webhook_not_found")))
 async def update_webhook(
     request: Request, pool: DbPool, _: AdminUser, endpoint_id: EndpointId, body: EndpointPatch
 ) -> dict[str, EndpointOut]:
@@ -247,13 +250,14 @@ async def update_webhook(
     return {"data": EndpointOut.model_validate(endpoint)}
 
 
-@webhooks.delete("/{endpoint_id}", status_code=204)
+@webhooks.delete("/{endpoint_id}", status_code=204, responses=errors((404, "webhook_not_found")))
 async def delete_webhook(pool: DbPool, _: AdminUser, endpoint_id: EndpointId) -> Response:
     await usecases.delete_endpoint(pool, endpoint_id)
     return Response(status_code=204)
 
 
-@webhooks.post("/{endpoint_id}/rotate-secret", response_model=dict[str, EndpointWithSecret])
+@webhooks.post("/{endpoint_id}/rotate-secret", response_model=dict[str, EndpointWithSecret],
+               responses=errors((404, "webhook_not_found")))
 async def rotate_webhook_secret(
     pool: DbPool, _: AdminUser, endpoint_id: EndpointId
 ) -> dict[str, EndpointWithSecret]:
@@ -261,7 +265,7 @@ async def rotate_webhook_secret(
     return {"data": EndpointWithSecret.model_validate({**endpoint, "secret": secret})}
 
 
-@webhooks.get("/{endpoint_id}/deliveries", response_model=DeliveryPage)
+@webhooks.get("/{endpoint_id}/deliveries", response_model=DeliveryPage, responses=errors((404, "webhook_not_found")))
 async def list_webhook_deliveries(
     pool: DbPool,
     _: AdminUser,
@@ -278,14 +282,16 @@ async def list_webhook_deliveries(
     )
 
 
-@webhooks.get("/{endpoint_id}/deliveries/{delivery_id}", response_model=dict[str, DeliveryDetailOut])
+@webhooks.get("/{endpoint_id}/deliveries/{delivery_id}", response_model=dict[str, DeliveryDetailOut],
+              responses=errors((404, "webhook_not_found"), (404, "delivery_not_found")))
 async def get_webhook_delivery(
     pool: DbPool, _: AdminUser, endpoint_id: EndpointId, delivery_id: DeliveryId
 ) -> dict[str, DeliveryDetailOut]:
     return {"data": DeliveryDetailOut.model_validate(await usecases.get_delivery(pool, endpoint_id, delivery_id))}
 
 
-@webhooks.post("/{endpoint_id}/deliveries/{delivery_id}/replay", response_model=dict[str, DeliveryDetailOut])
+@webhooks.post("/{endpoint_id}/deliveries/{delivery_id}/replay", response_model=dict[str, DeliveryDetailOut],
+               responses=errors((404, "webhook_not_found"), (404, "delivery_not_found")))
 async def replay_webhook_delivery(
     request: Request, pool: DbPool, _: AdminUser, endpoint_id: EndpointId, delivery_id: DeliveryId
 ) -> dict[str, DeliveryDetailOut]:
