@@ -11,11 +11,18 @@ SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
 # Checked by command, not by package: NodeSource's nodejs package ships npm and conflicts with Debian's.
 SYSTEM_COMMANDS := node:nodejs npm:npm
 
+# A real learning record store (Ralph, file system backend) for the xAPI tests. Its own
+# virtualenv: its `lrs` extra pins fastapi and uvicorn versions that conflict with ours.
+# `requests` is listed because Ralph's server imports it without declaring it.
+LRS_VENV := .venv-lrs
+LRS_STAMP := $(LRS_VENV)/.installed
+LRS_PACKAGES := 'ralph-malph[cli,lrs]==5.1.0' 'requests>=2.31'
+
 # The reference verifier's npm packages, pinned by its package-lock.json.
 REFERENCE_VERIFIER := tests/reference_verifier
 REFERENCE_STAMP := $(REFERENCE_VERIFIER)/node_modules/.installed
 
-.PHONY: dev test lint bench clean system-deps
+.PHONY: dev test lint bench clean system-deps lrs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -29,6 +36,14 @@ $(REFERENCE_STAMP): $(REFERENCE_VERIFIER)/package-lock.json $(REFERENCE_VERIFIER
 	npm ci --prefix $(REFERENCE_VERIFIER) --no-audit --no-fund
 	@touch $(REFERENCE_STAMP)
 
+$(LRS_STAMP): Makefile
+	$(PYTHON) -m venv $(LRS_VENV)
+	$(LRS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LRS_VENV)/bin/python -m pip install -q $(LRS_PACKAGES)
+	@touch $(LRS_STAMP)
+
+lrs: $(LRS_STAMP)
+
 dev: $(STAMP)
 	$(VENV)/bin/lessonstream dev
 
@@ -36,7 +51,7 @@ dev: $(STAMP)
 # groups and other processes as much as they compute (two processes left the cores about a
 # third idle). The fault suite keeps its one stack on one of them, the end-to-end modules
 # theirs on one (xdist_group).
-test: $(STAMP) $(REFERENCE_STAMP)
+test: $(STAMP) $(REFERENCE_STAMP) $(LRS_STAMP)
 	$(VENV)/bin/python -m pytest -n 3 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -45,7 +60,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(REFERENCE_VERIFIER)/node_modules
+	rm -rf $(VENV) $(LRS_VENV) var .pytest_cache .mypy_cache .ruff_cache $(REFERENCE_VERIFIER)/node_modules
 
 # Debian/Ubuntu: installs the system packages above if missing (needs root).
 system-deps:

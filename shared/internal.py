@@ -23,6 +23,7 @@ from shared.events import (
     CourseCompleted,
     EnrollmentChanged,
     RecertificationScheduled,
+    VideoSessionEnded,
 )
 from shared.inbox import RejectedEvent, TransientError
 from shared.settings import ServiceSettings
@@ -106,6 +107,11 @@ ENROLLMENT_FIELDS = (
     "user_id", "course_id", "enrollment_id", "status", "revision", "attempt", "enrolled_at", "username",
     "display_name", "email",
 )
+# Everything a video-session-ended states becomes an xAPI statement: all of it is compared.
+VIDEO_SESSION_FIELDS = (
+    "user_id", "course_id", "lesson_id", "attempt", "session_id", "started_at", "ended_at", "start_position",
+    "end_position", "played_segments", "video_length", "progress", "completed",
+)
 # The links are not compared but taken from the owner: they derive from its configuration
 # (PUBLIC_BASE_URL), and a mismatch there must not dead-letter genuine mail.
 CERTIFICATE_FIELDS = (
@@ -140,7 +146,7 @@ def _differences(claimed: BaseModel, owned: BaseModel, fields: tuple[str, ...]) 
     return [name for name in fields if getattr(claimed, name) != getattr(owned, name)]
 
 
-E = TypeVar("E", CourseCompleted, RecertificationScheduled, EnrollmentChanged)
+E = TypeVar("E", CourseCompleted, RecertificationScheduled, EnrollmentChanged, VideoSessionEnded)
 
 
 async def _owners_copy(client: httpx.AsyncClient, peer: str, path: str, claimed: E, fields: tuple[str, ...]) -> E:
@@ -160,6 +166,12 @@ async def confirm_completion(progress: httpx.AsyncClient, claimed: CourseComplet
     """Progress's own copy of a course-completed event (``GET /internal/completions/{id}``),
     compared in who completed what and which attempt (see ``_owners_copy``)."""
     return await _owners_copy(progress, "progress", "completions", claimed, COMPLETION_FIELDS)
+
+
+async def confirm_video_session(progress: httpx.AsyncClient, claimed: VideoSessionEnded) -> VideoSessionEnded:
+    """Progress's own copy of a video-session-ended event (``GET /internal/video-sessions/{id}``),
+    compared in everything it states (see ``_owners_copy``)."""
+    return await _owners_copy(progress, "progress", "video-sessions", claimed, VIDEO_SESSION_FIELDS)
 
 
 async def confirm_recertification(

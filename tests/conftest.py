@@ -23,6 +23,7 @@ from lessonstream import infra
 from shared.db import with_database
 from shared.settings import ServiceSettings
 from tests.helpers import TestEnv
+from tests.lrs import Lrs, running_lrs
 
 RUN_ID = uuid.uuid4().hex[:6]
 _counter = itertools.count(1)
@@ -72,6 +73,13 @@ def kafka_bootstrap(tansu: infra.Process | None) -> str:
     if tansu is None:
         return os.environ["TEST_KAFKA_BOOTSTRAP"]
     return f"127.0.0.1:{tansu.port}"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def lrs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lrs]:
+    """A real LRS (Ralph, file system backend): its xAPI URL and Basic credentials."""
+    with running_lrs(tmp_path_factory.mktemp("lrs")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ ERRORS: ErrorMap = {
     domain.LessonNotWatched: HttpError(403, "lesson_not_watched"),
     domain.NotAllowed: HttpError(403, "forbidden"),
     domain.CompletionNotFound: HttpError(404, "completion_not_found"),
+    domain.VideoSessionNotFound: HttpError(404, "video_session_not_found"),
     PeerUnavailable: HttpError(503, "service_unavailable", "Enrollment data is unavailable, try again"),
 }
 
@@ -204,6 +205,13 @@ async def completion(course_id: Id, user_id: str, _: InternalCaller, tracker: Tr
 async def completion_event(event_id: UUID, _: InternalCaller, tracker: Tracked) -> Response:
     """The stored course-completed event: consumers confirm an event with it before they act."""
     event = await tracker.completion_event(event_id)
+    return json(event.model_dump(mode="json"))
+
+
+@internal_router.get("/video-sessions/{event_id}")
+async def video_session_event(event_id: UUID, _: InternalCaller, tracker: Tracked) -> Response:
+    """The stored video-session-ended event: consumers confirm an event with it before they act."""
+    event = await tracker.video_session_event(event_id)
     return json(event.model_dump(mode="json"))
 
 

@@ -12,7 +12,7 @@ from services.progress.analytics.folder import AnalyticsFolder
 from services.progress.heartbeats import HeartbeatBuffer
 from services.progress.replicas import Replicas
 from services.progress.settings import ProgressSettings
-from services.progress.usecases import RECHECK_BACKOFF, ProgressState, Recalculator, Tracker
+from services.progress.usecases import RECHECK_BACKOFF, ProgressState, Recalculator, SessionCloser, Tracker
 from shared.internal import internal_client
 from shared.periodic import Periodic
 from shared.retry import Backoff
@@ -26,7 +26,9 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
     async def open_state(runtime: Runtime[ProgressState]) -> ProgressState:
         client = internal_client(settings, settings.enrollment_internal_url)
         replicas = Replicas(runtime.pool, client, settings.replica_cache_ttl_s)
-        buffer = HeartbeatBuffer(runtime.pool, settings.heartbeat_flush_interval_s)
+        buffer = HeartbeatBuffer(
+            runtime.pool, settings.heartbeat_flush_interval_s, session_idle_s=settings.video_session_idle_s
+        )
         buffer.start()
         folder = AnalyticsFolder(runtime.pool, settings.analytics_fold_interval_s)
         folder.start()
@@ -40,7 +42,10 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         recalculations.start()
         watching = Periodic(settings.heartbeat_flush_interval_s, tracker.complete_watched, "automatic completion")
         watching.start()
-        return ProgressState(client, replicas, buffer, folder, tracker, rechecks, recalculations, watching)
+        closer = SessionCloser(runtime.pool, settings.video_session_idle_s)
+        sessions = Periodic(settings.video_session_check_interval_s, closer.close_idle, "video sessions")
+        sessions.start()
+        return ProgressState(client, replicas, buffer, folder, tracker, rechecks, recalculations, watching, sessions)
 
     app = create_app(
         ServiceSpec(

@@ -8,9 +8,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
+from uuid import UUID
 
 from shared.domain import DomainError
-from shared.events import CatalogLesson, CourseCatalogEntry
+from shared.events import CatalogLesson, CourseCatalogEntry, VideoSessionEnded
 
 # A playback position beyond a week is not a position but a client bug.
 MAX_POSITION_SECONDS = 7 * 24 * 3600.0
@@ -524,6 +525,10 @@ class CompletionNotFound(DomainError):
     default_message = "Progress published no course completion with this id"
 
 
+class VideoSessionNotFound(DomainError):
+    default_message = "Progress published no video session with this id"
+
+
 # ---------------------------------------------------------------- who may see what
 
 
@@ -607,3 +612,42 @@ def progress_record(
         "created_at": created_at,
         "updated_at": updated_at,
     }
+
+
+# ---------------------------------------------------------------- viewing sessions
+
+@dataclass(frozen=True, slots=True)
+class EndedSession:
+    """A viewing session that ended (store.claim_ended_sessions), with what its event
+    needs besides: the record's watched seconds (None: the record left with its attempt),
+    the video's length from the catalog (None: unknown), and whether the lesson was
+    completed in the session."""
+
+    session_id: UUID
+    user_id: str
+    course_id: int
+    lesson_id: int
+    attempt: int
+    started_at: datetime
+    last_seen_at: datetime
+    start_position: float
+    end_position: float
+    played: Intervals
+    watched_seconds: float | None
+    video_length: float | None
+    completed: bool
+
+
+def video_session_ended(session: EndedSession) -> VideoSessionEnded:
+    """The session's event: it ended with its last heartbeat. ``progress`` is the share of
+    the video watched over all sessions (the record's watched ranges; this session's own
+    when the record is gone), 0 while the length is unknown."""
+    watched = session.watched_seconds if session.watched_seconds is not None else length(session.played)
+    share = min(watched / session.video_length, 1.0) if session.video_length else 0.0
+    return VideoSessionEnded(
+        user_id=session.user_id, course_id=session.course_id, lesson_id=session.lesson_id, attempt=session.attempt,
+        session_id=session.session_id, started_at=session.started_at, ended_at=session.last_seen_at,
+        start_position=session.start_position, end_position=session.end_position,
+        played_segments=list(session.played), video_length=session.video_length, progress=round(share, 4),
+        completed=session.completed,
+    )

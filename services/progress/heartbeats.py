@@ -61,6 +61,10 @@ class Entry(store.LessonRecord):
     stored_watched: domain.Intervals = ()  # watched media ranges as last read or written
     watched_pending: domain.Intervals = ()  # watched here since the last flush (like ``pending``)
     attempt: int = 1  # the learner's attempt at the course this record belongs to
+    # The first heartbeat accepted since the last flush (server time, and the position it
+    # reported): where this batch of playback begins, for the viewing session.
+    batch_seen: float | None = None
+    batch_position: float = 0.0
 
     @classmethod
     def of(cls, row: store.ProgressRow) -> Entry:
@@ -125,12 +129,23 @@ class Entry(store.LessonRecord):
             self.attempt,
         )
 
+    def session_row(self, written: store.FlushRow) -> store.SessionRow | None:
+        """This batch's playback for the viewing session (None: no heartbeat was accepted)."""
+        if self.batch_seen is None:
+            return None
+        return store.SessionRow(
+            self.user_id, self.course_id, self.lesson_id, self.attempt, datetime.fromtimestamp(self.batch_seen, UTC),
+            self.batch_position, written.position_seen_at, written.last_position, written.watched,
+        )
+
     def confirmed(self, written: store.FlushRow, version: int) -> None:
         """``written`` is in the database: its intervals leave ``pending`` (what heartbeats
         added meanwhile stays), and the entry is clean unless a heartbeat came since."""
         self.pending = domain.difference(self.pending, written.credited)
         self.watched_pending = domain.difference(self.watched_pending, written.watched)
         self.dirty = self.version != version or bool(self.pending) or bool(self.watched_pending)
+        if self.version == version:
+            self.batch_seen = None
 
     def time_spent(self) -> float:
         """The stored time plus what the pending intervals will add to it."""
@@ -157,9 +172,12 @@ class Entry(store.LessonRecord):
 
 
 class HeartbeatBuffer:
-    def __init__(self, pool: asyncpg.Pool, flush_interval_s: float, idle_evict_s: float = 300.0) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, flush_interval_s: float, idle_evict_s: float = 300.0, session_idle_s: float = 120.0
+    ) -> None:
         self._pool = pool
         self.flush_interval_s = flush_interval_s
+        self.session_idle_s = session_idle_s
         self._idle_evict_s = idle_evict_s
         self.entries: dict[Key, Entry] = {}
         # A failed flush keeps its changes for the next tick.
@@ -213,6 +231,9 @@ class HeartbeatBuffer:
             entry.version += 1
             entry.updated_at = now
             entry.dirty = True
+            if entry.batch_seen is None:
+                entry.batch_seen = at
+                entry.batch_position = last_position if last_position is not None else entry.playback.last_position
         # A late heartbeat's played ranges were still played: the union takes them in any order.
         watched = played if played is not None else ((step.watched,) if step and step.watched else ())
         watched = domain.clip_media(watched, duration)
@@ -267,7 +288,7 @@ class HeartbeatBuffer:
             # them, and a failed flush loses nothing); heartbeats meanwhile add to them.
             # The statement's analytics trigger locks learner rows, which completions lock
             # too: should PostgreSQL abort it as a deadlock, it rolled back whole.
-            stored = await db.retrying(lambda: store.flush_heartbeats(self._pool, rows))
+            stored = await db.retrying(lambda: self._write(dirty, rows))
             for entry, row, version in zip(dirty, rows, versions, strict=True):
                 entry.confirmed(row, version)
             # The records as they are now, merged with what other replicas wrote: entries
@@ -289,6 +310,20 @@ class HeartbeatBuffer:
             self.flushes += 1
             self.flushed_rows += len(rows)
             return len(rows)
+
+    async def _write(self, dirty: list[Entry], rows: list[store.FlushRow]) -> list[store.ProgressRow]:
+        """The batch and the viewing sessions it extends, in one transaction: a session never
+        holds playback the records lack, nor the other way round. Sessions only for the rows
+        the flush wrote (a row of an attempt that ended is written nowhere)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = await store.flush_heartbeats(conn, rows)
+            written = {(r.user_id, r.lesson_id) for r in stored}
+            sessions = [
+                session for entry, row in zip(dirty, rows, strict=True)
+                if (entry.user_id, entry.lesson_id) in written and (session := entry.session_row(row)) is not None
+            ]
+            await store.keep_sessions(conn, sessions, self.session_idle_s)
+            return stored
 
     def _evict_idle(self) -> None:
         limit = time.monotonic() - self._idle_evict_s

@@ -3,7 +3,7 @@ field names case-insensitively: ``HEARTBEAT_FLUSH_INTERVAL_S`` sets ``heartbeat_
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.settings import ServiceSettings
 
@@ -29,3 +29,19 @@ class ProgressSettings(ServiceSettings):
     recalculation_batch_size: int = Field(500, ge=1, le=5000)
     recalculation_interval_s: float = Field(1.0, gt=0, le=60)
     recalculation_lease_s: float = Field(30.0, gt=0, le=600)
+    # A viewing session ends once no heartbeat of it has arrived for this long (or when the
+    # learner plays another lesson); its video-session-ended event is published then. The
+    # closing loop looks this often (a quarter of it, between 0.2 s and 10 s).
+    video_session_idle_s: float = Field(120.0, gt=0, le=3600)
+
+    @property
+    def video_session_check_interval_s(self) -> float:
+        return min(max(self.video_session_idle_s / 4, 0.2), 10.0)
+
+    @model_validator(mode="after")
+    def _sessions_outlast_a_flush(self) -> ProgressSettings:
+        # Heartbeats wait in memory up to a flush interval: a shorter idle time would end
+        # sessions whose next heartbeat is already here (early).
+        if self.video_session_idle_s <= 2 * self.heartbeat_flush_interval_s:
+            raise ValueError("VIDEO_SESSION_IDLE_S must be more than twice HEARTBEAT_FLUSH_INTERVAL_S")
+        return self

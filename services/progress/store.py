@@ -13,7 +13,7 @@ import asyncpg
 
 from services.progress import domain
 from shared.db import Connection, Executor
-from shared.events import CourseCatalogEntry, CourseCompleted, EnrollmentChanged
+from shared.events import CourseCatalogEntry, CourseCompleted, EnrollmentChanged, VideoSessionEnded
 from shared.retry import Backoff
 
 _PROGRESS_COLUMNS = (
@@ -716,3 +716,148 @@ async def completed_enrollments(conn: Executor, course_id: int, learners: Sequen
         [learner.attempt for learner in learners],
     )
     return {r["enrollment_id"] for r in rows}
+
+
+# ---------------------------------------------------------------- viewing sessions
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A learner-lesson's playback in one flush batch, for its viewing session: when the
+    first and the last accepted heartbeat arrived (server time), the positions then, and
+    the media ranges played (normalized)."""
+
+    user_id: str
+    course_id: int
+    lesson_id: int
+    attempt: int
+    first_seen: datetime
+    start_position: float
+    last_seen: datetime
+    end_position: float
+    played: domain.Intervals = ()
+
+
+# One statement per flush batch: each learner's newest row opens or extends the learner's
+# current session (migration 010). The session goes on when the row is of its lesson and
+# attempt and began within the idle time of its last heartbeat: its last heartbeat and end
+# position move forward only (replicas flush in any order), its played ranges are merged
+# (progress_watch, like the records' watched ranges; its length is not kept, but passing one
+# lets playback that goes on take the function's short cut). Otherwise the row starts a new session
+# in place (the trigger keeps the replaced one, ended, for the closing loop), unless it is
+# older than the current session altogether (a replica's late flush of the lesson the
+# learner left), which changes nothing. Rows arrive sorted by user, as the flush's are.
+SESSIONS_SQL = """
+INSERT INTO video_sessions_current AS s
+    (user_id, session_id, course_id, lesson_id, attempt, started_at, start_position, last_seen_at, end_position,
+     played)
+SELECT DISTINCT ON (u) u, gen_random_uuid(), c, l, a, f,
+       CASE WHEN whi > wlo THEN LEAST(sp, ($9::float8[])[wlo + 1]) ELSE sp END, ls, ep,
+       CASE WHEN whi > wlo THEN ($9::float8[])[wlo + 1:whi] ELSE '{}' END
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::timestamptz[], $6::float8[],
+            $7::timestamptz[], $8::float8[], $10::int[], $11::int[])
+     AS x (u, c, l, a, f, sp, ls, ep, wlo, whi)
+ORDER BY u, ls DESC
+ON CONFLICT (user_id) DO UPDATE SET
+    (session_id, course_id, lesson_id, attempt, started_at, start_position, last_seen_at, end_position, played) = (
+        SELECT CASE WHEN k.goes_on THEN s.session_id ELSE excluded.session_id END,
+               excluded.course_id, excluded.lesson_id, excluded.attempt,
+               CASE WHEN k.goes_on THEN LEAST(s.started_at, excluded.started_at) ELSE excluded.started_at END,
+               CASE WHEN k.goes_on AND s.started_at <= excluded.started_at THEN s.start_position
+                    ELSE excluded.start_position END,
+               CASE WHEN k.goes_on THEN GREATEST(s.last_seen_at, excluded.last_seen_at)
+                    ELSE excluded.last_seen_at END,
+               CASE WHEN k.goes_on AND s.last_seen_at > excluded.last_seen_at THEN s.end_position
+                    ELSE excluded.end_position END,
+               CASE WHEN k.goes_on THEN (progress_watch(s.played, excluded.played, stored_seconds => 0)).watched
+                    ELSE excluded.played END
+        FROM (SELECT s.lesson_id = excluded.lesson_id AND s.attempt = excluded.attempt
+                     AND excluded.started_at <= s.last_seen_at + $12 * interval '1 second' AS goes_on) AS k)
+WHERE (s.lesson_id = excluded.lesson_id AND s.attempt = excluded.attempt) OR excluded.last_seen_at >= s.started_at
+"""
+
+
+async def keep_sessions(conn: Executor, rows: Sequence[SessionRow], idle_s: float) -> None:
+    if not rows:
+        return
+    played: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for r in rows:
+        starts.append(len(played))
+        played.extend(domain.flat(r.played))
+        ends.append(len(played))
+    await conn.execute(
+        SESSIONS_SQL,
+        [r.user_id for r in rows], [r.course_id for r in rows], [r.lesson_id for r in rows],
+        [r.attempt for r in rows], [r.first_seen for r in rows], [r.start_position for r in rows],
+        [r.last_seen for r in rows], [r.end_position for r in rows], played, starts, ends, idle_s,
+    )
+
+
+async def end_idle_sessions(conn: Connection, idle_s: float, limit: int) -> None:
+    """Sessions whose last heartbeat is ``idle_s`` old end: moved from the current ones to
+    the ended ones (unpublished). Rows a flush is extending are skipped, not waited for."""
+    await conn.execute(
+        """
+        WITH idle AS (
+            DELETE FROM video_sessions_current c
+            WHERE c.user_id IN (SELECT user_id FROM video_sessions_current
+                                WHERE last_seen_at < now() - $1 * interval '1 second'
+                                ORDER BY last_seen_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+              AND c.last_seen_at < now() - $1 * interval '1 second'
+            RETURNING c.*
+        )
+        INSERT INTO video_sessions (session_id, user_id, course_id, lesson_id, attempt, started_at, last_seen_at,
+                                    start_position, end_position, played)
+        SELECT session_id, user_id, course_id, lesson_id, attempt, started_at, last_seen_at,
+               start_position, end_position, played
+        FROM idle
+        """,
+        idle_s, limit,
+    )
+
+
+async def claim_ended_sessions(conn: Connection, limit: int, idle_s: float) -> list[domain.EndedSession]:
+    """Ended sessions not published yet, locked (others skipped), with what their event
+    says beyond the session: the record's watched seconds, the video's length from the
+    catalog replica, and whether the lesson was completed in the session (from its start
+    to the idle time after its last heartbeat: a completion by watching follows a flush)."""
+    rows = await conn.fetch(
+        """
+        SELECT s.session_id, s.user_id, s.course_id, s.lesson_id, s.attempt, s.started_at, s.last_seen_at,
+               s.start_position, s.end_position, s.played, p.watched_seconds,
+               COALESCE(p.completed_at BETWEEN s.started_at AND s.last_seen_at + $2 * interval '1 second', false)
+                   AS completed,
+               (SELECT (l ->> 'duration_seconds')::float8
+                FROM courses k CROSS JOIN LATERAL jsonb_array_elements(k.entry -> 'lessons') AS l
+                WHERE k.course_id = s.course_id AND (l ->> 'id')::bigint = s.lesson_id) AS length
+        FROM video_sessions s
+        LEFT JOIN lesson_progress p ON p.user_id = s.user_id AND p.lesson_id = s.lesson_id AND p.attempt = s.attempt
+        WHERE s.event IS NULL
+        ORDER BY s.last_seen_at
+        LIMIT $1
+        FOR UPDATE OF s SKIP LOCKED
+        """,
+        limit, idle_s,
+    )
+    return [
+        domain.EndedSession(
+            r["session_id"], r["user_id"], r["course_id"], r["lesson_id"], r["attempt"], r["started_at"],
+            r["last_seen_at"], r["start_position"], r["end_position"], domain.pairs(r["played"]),
+            r["watched_seconds"], r["length"], r["completed"],
+        )
+        for r in rows
+    ]
+
+
+async def mark_sessions_published(conn: Connection, events: Sequence[VideoSessionEnded]) -> None:
+    await conn.executemany(
+        "UPDATE video_sessions SET event_id = $2, event = $3 WHERE session_id = $1 AND event IS NULL",
+        [(e.session_id, e.event_id, e.model_dump(mode="json")) for e in events],
+    )
+
+
+async def video_session_by_event_id(conn: Executor, event_id: UUID) -> VideoSessionEnded | None:
+    """The video-session-ended event progress published with this id, if it published one."""
+    event = await conn.fetchval("SELECT event FROM video_sessions WHERE event_id = $1", event_id)
+    return VideoSessionEnded.model_validate(event) if event is not None else None

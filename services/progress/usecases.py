@@ -34,6 +34,7 @@ from services.progress.domain import (
     LessonNotInCourse,
     LessonNotWatched,
     NotEnrolled,
+    VideoSessionNotFound,
 )
 from services.progress.heartbeats import Entry, HeartbeatBuffer
 from services.progress.replicas import ACTIVE, OWNER, Replicas, store_enrollment
@@ -51,6 +52,7 @@ from shared.events import (
     LessonCompleted,
     LessonReopened,
     ProgressRecalculated,
+    VideoSessionEnded,
 )
 from shared.internal import PeerUnavailable
 from shared.periodic import Periodic
@@ -618,6 +620,13 @@ class Tracker:
             "course_completed": completion.model_dump(mode="json") if completion else None,
         }
 
+    async def video_session_event(self, event_id: UUID) -> VideoSessionEnded:
+        """The stored video-session-ended event: consumers confirm an event with it."""
+        event = await store.video_session_by_event_id(self.pool, event_id)
+        if event is None:
+            raise VideoSessionNotFound()
+        return event
+
     async def completion_event(self, event_id: UUID) -> CourseCompleted:
         """The stored course-completed event: consumers confirm an event with it before they act."""
         event = await store.completion_by_event_id(self.pool, event_id)
@@ -743,6 +752,34 @@ async def keep_certificate(transaction: Transaction, event: CertificateIssued) -
                                      event.attempt)
 
 
+# ---------------------------------------------------------------- viewing sessions
+
+SESSION_BATCH = 500
+
+
+class SessionCloser:
+    """Ends idle viewing sessions and publishes each once (docs/progress.md, "Viewing
+    sessions"). One transaction per batch: idle current sessions move to the ended ones,
+    ended ones without an event are locked (``SKIP LOCKED``: several processes share the
+    work and never take the same session), and each gets its video-session-ended event,
+    stored with it and written to the outbox together. A session that has its event is
+    never claimed again: once, by construction."""
+
+    def __init__(self, pool: asyncpg.Pool, idle_s: float, batch: int = SESSION_BATCH) -> None:
+        self.pool = pool
+        self.idle_s = idle_s
+        self.batch = batch
+
+    async def close_idle(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.end_idle_sessions(conn, self.idle_s, self.batch)
+            ended = await store.claim_ended_sessions(conn, self.batch, self.idle_s)
+            events = [domain.video_session_ended(session) for session in ended]
+            await store.mark_sessions_published(conn, events)
+            await outbox.add_many(conn, list(events))
+        return len(events)
+
+
 class Folder(Protocol):
     """The analytics folder (``services.progress.analytics.folder``), named by what the
     state needs of it: the analytics subpackage builds on the use cases, not under them."""
@@ -764,6 +801,7 @@ class ProgressState:
     rechecks: Periodic  # the re-check of deferred completions (Tracker.recheck_pending)
     recalculations: Periodic  # progress recalculation after course changes (Recalculator.run_due)
     watching: Periodic | None = None  # automatic completions after flushes (Tracker.complete_watched)
+    sessions: Periodic | None = None  # viewing sessions ended and published (SessionCloser.close_idle)
 
     async def close(self) -> None:
         """Flush the heartbeats first: their last flush needs the pool, still open."""
@@ -775,6 +813,8 @@ class ProgressState:
             with contextlib.suppress(Exception):
                 await self.tracker.complete_watched()
         await self.rechecks.stop()
+        if self.sessions is not None:
+            await self.sessions.stop()
         await self.recalculations.stop()
         await self.analytics_folder.stop()
         await self.enrollment_client.aclose()
