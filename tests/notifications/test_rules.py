@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from email import message_from_bytes, policy
+from typing import Any
 from uuid import uuid4
 
 import aiosmtplib
@@ -148,7 +148,7 @@ def test_lrs_settings_authenticate_one_way_and_never_in_clear_in_production() ->
     given = NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI", xapi_lrs_authorization="Bearer t0k")
     assert lrs_headers(given)["Authorization"] == "Bearer t0k"
     assert "Authorization" not in lrs_headers(NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI"))
-    refused = [
+    refused: list[dict[str, Any]] = [
         {"xapi_lrs_url": "lrs.example/xAPI"},
         {"xapi_lrs_url": "https://lrs.example", "xapi_lrs_username": "ls", "xapi_lrs_authorization": "Basic x"},
         {"xapi_lrs_url": "https://lrs.example", "xapi_lrs_password": "pw"},
