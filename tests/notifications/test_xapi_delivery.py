@@ -14,6 +14,7 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +31,8 @@ from tests.notifications.events import completed
 from tests.notifications.smtp_server import MailServer
 from tests.notifications.test_confirmation import produce_forged
 
+# Every test of the real LRS on one worker: one Ralph per run, not one per worker.
+pytestmark = pytest.mark.xdist_group("lrs")
 BASE = "https://learn.example"
 XAPI_HEADERS = {"X-Experience-API-Version": "1.0.3"}
 FAST = {"delivery_retry_schedule_s": [0] + [0.2] * 30, "delivery_poll_interval_s": 0.1}
