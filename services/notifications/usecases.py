@@ -348,3 +348,32 @@ async def replay_delivery(
     if endpoint["enabled"]:
         state.deliveries.wake()
     return await get_delivery(pool, endpoint_id, delivery_id)
+
+
+# --- xAPI statement deliveries (admin API) ----------------------------------------------
+# The one LRS is destination 0 of the xAPI kind: its deliveries are listed and replayed as a
+# webhook endpoint's are, without an endpoint to look up.
+
+
+async def list_statement_deliveries(
+    db: Executor, where: domain.DeliveryFilter, *, page: int, per_page: int
+) -> tuple[list[dict[str, Any]], int]:
+    return await store.list_deliveries(db, domain.XAPI_KIND, 0, where, limit=per_page, offset=(page - 1) * per_page)
+
+
+async def get_statement_delivery(db: Executor, delivery_id: int) -> dict[str, Any]:
+    delivery = await store.get_delivery(db, domain.XAPI_KIND, 0, delivery_id)
+    if delivery is None:
+        raise domain.DeliveryNotFound(delivery_id)
+    return delivery
+
+
+async def replay_statement_delivery(state: NotificationsState, pool: asyncpg.Pool, delivery_id: int) -> dict[str, Any]:
+    """Send a statement again (same id and body, a fresh schedule; the LRS keeps one copy).
+    Without an LRS configured it waits in the queue; one in flight is left as it is."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await store.get_delivery(conn, domain.XAPI_KIND, 0, delivery_id) is None:
+            raise domain.DeliveryNotFound(delivery_id)
+        await store.replay_delivery(conn, domain.XAPI_KIND, 0, delivery_id, held=False)
+    state.deliveries.wake()
+    return await get_statement_delivery(pool, delivery_id)
