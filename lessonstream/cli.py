@@ -1,4 +1,5 @@
-"""The ``lessonstream`` command: run the local stack, mint development tokens, migrate, seed."""
+"""The ``lessonstream`` command: run the local stack, mint development tokens, migrate, seed,
+manage application passwords."""
 
 from __future__ import annotations
 
@@ -7,16 +8,25 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from lessonstream import infra
 from lessonstream.stack import PROCESSES, SERVICES, Stack, StackConfig
 
+if TYPE_CHECKING:
+    import asyncpg
+
 app = typer.Typer(help="Lessonstream: course-progress backend.", no_args_is_help=True, add_completion=False)
+app_password = typer.Typer(
+    help="Application passwords: HTTP Basic credentials for clients of the Fluent Community API.",
+    no_args_is_help=True,
+)
+app.add_typer(app_password, name="app-password")
+T = TypeVar("T")
 
 VAR = infra.ROOT / "var"
 
@@ -269,6 +279,96 @@ def regenerate_certificates(
         settings = CertificatesSettings(database_url=url_of("certificates"))
         for queued in asyncio.run(regenerate_courses(settings, course)):
             typer.echo(queued.summary())
+
+
+def _on_enrollment(url: str, work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """``work`` on enrollment's database, migrated first (as the service would on start)."""
+    from shared.db import create_pool, migrate_service
+
+    async def run() -> T:
+        await migrate_service(url, "enrollment", infra.ROOT / "services" / "enrollment" / "migrations")
+        pool = await create_pool(url, min_size=1, max_size=2)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+@app_password.command("create")
+def app_password_create(
+    user: Annotated[str, typer.Option(help="User id: the USERNAME of HTTP Basic, and the tokens' sub")],
+    name: Annotated[str, typer.Option(help="The user's display name")] = "",
+    email: Annotated[str, typer.Option(help="The user's email address")] = "",
+    role: Annotated[list[str], typer.Option(help="learner, instructor or admin (repeatable)")] = ["learner"],  # noqa: B006
+    label: Annotated[str, typer.Option(help="The password's own name (the client it is for)")] = "",
+    database_url: DatabaseUrl = None,
+    var_dir: VarDir = VAR,
+    db_prefix: DbPrefix = "lessonstream_",
+) -> None:
+    """Create an application password and print USERNAME:PASSWORD once, for `curl -u`."""
+    from services.enrollment import usecases
+    from services.enrollment.domain import InvalidAppPasswordUser
+    from services.enrollment.passwords import Hasher
+
+    for r in role:
+        if r not in ("learner", "instructor", "admin"):
+            raise typer.BadParameter(f"unknown role {r!r}", param_hint="--role")
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
+        try:
+            created = _on_enrollment(url_of("enrollment"), lambda pool: usecases.create_app_password(
+                pool, Hasher(1), user_id=user, name=name, email=email, roles=list(role), label=label,
+            ))
+        except InvalidAppPasswordUser as exc:
+            raise typer.BadParameter(exc.message, param_hint="--user") from exc
+    stored = created.app_password
+    _echo(f"application password {stored.id}{f' ({stored.label})' if stored.label else ''} for user "
+          f"{stored.user_id}, roles {', '.join(stored.roles)}; it is shown once, only its hash is kept:")
+    typer.echo(f"{stored.user_id}:{created.password}")
+
+
+@app_password.command("list")
+def app_password_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's")] = None,
+    database_url: DatabaseUrl = None,
+    var_dir: VarDir = VAR,
+    db_prefix: DbPrefix = "lessonstream_",
+) -> None:
+    """List application passwords (never a secret): id, user, label, roles, created, last used, revoked."""
+    from services.enrollment import usecases
+
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
+        found = _on_enrollment(url_of("enrollment"), lambda pool: usecases.app_passwords(pool, user))
+    for p in found:
+        def when(moment: object) -> str:
+            return moment.isoformat(timespec="seconds") if hasattr(moment, "isoformat") else "-"
+
+        typer.echo("\t".join([
+            str(p.id), p.user_id, p.label or "-", ",".join(p.roles), when(p.created_at),
+            f"used {when(p.last_used_at)}", f"revoked {when(p.revoked_at)}" if p.revoked_at else "live",
+        ]))
+
+
+@app_password.command("revoke")
+def app_password_revoke(
+    password_id: Annotated[int, typer.Argument(metavar="ID", help="The password's id (see list)")],
+    database_url: DatabaseUrl = None,
+    var_dir: VarDir = VAR,
+    db_prefix: DbPrefix = "lessonstream_",
+) -> None:
+    """Revoke an application password: refused at once by new checks, and within
+    APP_PASSWORD_CACHE_S by running enrollment processes that verified it."""
+    from services.enrollment import usecases
+    from services.enrollment.domain import AppPasswordNotFound
+
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
+        try:
+            _on_enrollment(url_of("enrollment"), lambda pool: usecases.revoke_app_password(pool, password_id))
+        except AppPasswordNotFound as exc:
+            _echo(f"no application password {password_id}")
+            raise typer.Exit(1) from exc
+    _echo(f"application password {password_id} revoked")
 
 
 def main() -> None:

@@ -135,6 +135,9 @@ class StackConfig:
             "ENROLLMENT_UPSTREAM": self.upstreams("enrollment"),
             "CERTIFICATES_UPSTREAM": self.upstreams("certificates"),
             "NOTIFICATIONS_UPSTREAM": self.upstreams("notifications"),
+            # The gateway asks enrollment's internal API about HTTP Basic credentials
+            # (forward_auth): the services' token, as they read it.
+            "INTERNAL_TOKEN": self.extra_env.get("INTERNAL_TOKEN") or ServiceSettings().internal_token,
             "XDG_DATA_HOME": str(self.var_dir / "caddy"),
             "XDG_CONFIG_HOME": str(self.var_dir / "caddy"),
         }

@@ -3,6 +3,10 @@
 HS256 with a shared secret in development; RS256/ES256 keys from a JWKS URL in
 production. ``exp``, ``iss`` and ``aud`` are always checked; ``alg: none`` and keys
 the JWKS does not know are refused.
+
+Besides, in every environment, the tokens enrollment signs for callers with an
+application password (HTTP Basic, exchanged at the gateway): HS256 with
+``APP_PASSWORD_TOKEN_SECRET``, issuer ``lessonstream-app-passwords`` (``APP_PASSWORD_ISSUER``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from fastapi import Depends, Request
 
 from shared.domain import User as User  # re-exported: routes type their caller with it
 from shared.errors import ApiError, forbidden, unauthorized
-from shared.settings import ServiceSettings
+from shared.settings import APP_PASSWORD_ISSUER, ServiceSettings
 from shared.validation import storable
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,7 @@ class TokenVerifier:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._secret = settings.jwt_secret
+        self._app_password_secret = settings.app_password_token_secret.get_secret_value()
         self._jwks = JwksKeys(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
         self._verified: dict[str, tuple[float, User]] = {}
 
@@ -98,7 +103,14 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
             options: Any = {"require": ["exp", "iss", "aud", "sub"]}
-            if self._jwks is not None:
+            if header.get("alg") == "HS256" and _unverified_issuer(token) == APP_PASSWORD_ISSUER:
+                # Exchanged for an application password (see the module docstring): its own
+                # key and issuer, so a token of the identity provider can never pass as one.
+                claims = jwt.decode(
+                    token, self._app_password_secret, algorithms=["HS256"], audience=self._audience,
+                    issuer=APP_PASSWORD_ISSUER, options=options,
+                )
+            elif self._jwks is not None:
                 if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
                     raise unauthorized("Token algorithm not accepted")
                 kid = header.get("kid")
@@ -124,6 +136,10 @@ class TokenVerifier:
             raise unauthorized("Invalid token") from exc
         user = user_from_claims(claims)
         return user, float(claims["exp"])
+
+
+def _unverified_issuer(token: str) -> object:
+    return jwt.decode(token, options={"verify_signature": False}).get("iss")
 
 
 # Claim lengths a service accepts: OpenID Connect caps ``sub`` at 255 characters; the
@@ -197,6 +213,27 @@ def issue_token(
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
+def issue_app_password_token(
+    settings: ServiceSettings,
+    *,
+    user_id: str,
+    name: str,
+    email: str,
+    roles: list[str],
+    ttl_seconds: int,
+    app_password_id: int,
+) -> tuple[str, int]:
+    """The bearer token an application password is exchanged for, and its expiry (unix
+    seconds): HS256 with ``APP_PASSWORD_TOKEN_SECRET``, issuer ``APP_PASSWORD_ISSUER``."""
+    now = int(time.time())
+    expires = now + ttl_seconds
+    claims = {
+        "sub": user_id, "name": name, "email": email, "roles": roles, "iss": APP_PASSWORD_ISSUER,
+        "aud": settings.jwt_audience, "iat": now, "exp": expires, "app_password_id": app_password_id,
+    }
+    return jwt.encode(claims, settings.app_password_token_secret.get_secret_value(), algorithm="HS256"), expires
+
+
 def _verifier(request: Request) -> TokenVerifier:
     verifier: TokenVerifier = request.app.state.token_verifier
     return verifier
@@ -207,6 +244,9 @@ def _verifier(request: Request) -> TokenVerifier:
 async def current_user(request: Request) -> User:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    if scheme.lower() == "basic":
+        # Application passwords are exchanged for a bearer token by the gateway.
+        raise unauthorized("HTTP Basic credentials are accepted through the gateway only")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized()
     return await _verifier(request).verify(token.strip())

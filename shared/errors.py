@@ -54,6 +54,7 @@ class HttpError:
     status: int
     code: str
     message: str | None = None
+    headers: Mapping[str, str] | None = None  # added to (or replacing) the status's own
 
 
 ErrorMap = Mapping[type[Exception], HttpError]
@@ -231,16 +232,19 @@ def _mapped_handler(mapped: HttpError) -> Callable[[Request, Exception], Awaitab
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         message = mapped.message or getattr(exc, "message", None) or str(exc)
         data: dict[str, Any] = getattr(exc, "data", None) or {}
-        return error_response(mapped.status, mapped.code, message, headers=_headers(mapped.status), **data)
+        headers = {**(_headers(mapped.status, data) or {}), **(mapped.headers or {})}
+        return error_response(mapped.status, mapped.code, message, headers=headers or None, **data)
 
     return handle
 
 
-def _headers(status: int) -> dict[str, str] | None:
+def _headers(status: int, data: Mapping[str, Any] | None = None) -> dict[str, str] | None:
     if status == 401:
         return {"WWW-Authenticate": "Bearer"}
     if status == 503:  # a peer service away: every 503 says when to try again
         return {"Retry-After": str(RETRY_AFTER_S)}
+    if status == 429 and data and "retry_after" in data:  # the refusal says when, in seconds
+        return {"Retry-After": str(data["retry_after"])}
     return None
 
 
@@ -253,7 +257,7 @@ def install_error_handlers(app: FastAPI, errors: ErrorMap | None = None) -> None
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, headers=_headers(exc.status), **exc.data)
+        return error_response(exc.status, exc.code, exc.message, headers=_headers(exc.status, exc.data), **exc.data)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

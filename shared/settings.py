@@ -1,7 +1,7 @@
 """Settings every service shares, read from environment variables.
 
 Development defaults work out of the box; the ones that are unsafe in production
-(the development JWT secret, a missing public URL) are refused when
+(the development JWT and application-password token secrets, a missing public URL) are refused when
 ``LESSONSTREAM_ENV=production``.
 """
 
@@ -14,6 +14,10 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "lessonstream-development-secret-do-not-use-in-production"
+DEV_APP_PASSWORD_TOKEN_SECRET = "lessonstream-app-password-development-secret-do-not-use"
+# The issuer of the tokens enrollment signs for callers with an application password
+# (HTTP Basic, exchanged at the gateway); every service accepts it besides JWT_ISSUER.
+APP_PASSWORD_ISSUER = "lessonstream-app-passwords"
 
 
 class ServiceSettings(BaseSettings):
@@ -58,6 +62,10 @@ class ServiceSettings(BaseSettings):
     jwt_jwks_url: str | None = None
     jwt_issuer: str = "lessonstream"
     jwt_audience: str = "lessonstream"
+    # Signs (enrollment) and verifies (every service) the short-lived HS256 tokens that
+    # application passwords are exchanged for: these never come from the identity
+    # provider, so they need a key of their own even when JWT_JWKS_URL is set.
+    app_password_token_secret: SecretStr = SecretStr(DEV_APP_PASSWORD_TOKEN_SECRET)
 
     # Where users reach the gateway; used to build links (certificates, emails).
     public_base_url: str = "http://127.0.0.1:8080"
@@ -86,6 +94,12 @@ class ServiceSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _issuers_differ(self) -> Self:
+        if self.jwt_issuer == APP_PASSWORD_ISSUER:
+            raise ValueError(f"JWT_ISSUER must not be {APP_PASSWORD_ISSUER!r}: that issuer is application passwords'")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Self:
         if self.env != "production":
             return self
@@ -94,6 +108,9 @@ class ServiceSettings(BaseSettings):
             problems.append("JWT_SECRET must be set to a secret of at least 32 characters (or JWT_JWKS_URL)")
         if self.internal_token == "lessonstream-internal-development-token":
             problems.append("INTERNAL_TOKEN must be set")
+        app_secret = self.app_password_token_secret.get_secret_value()
+        if app_secret == DEV_APP_PASSWORD_TOKEN_SECRET or len(app_secret) < 32:
+            problems.append("APP_PASSWORD_TOKEN_SECRET must be set to a secret of at least 32 characters")
         if "public_base_url" not in self.model_fields_set:
             # Certificate links and emails would point at the development address.
             problems.append("PUBLIC_BASE_URL must be set")

@@ -29,6 +29,7 @@ class DevStack:
     process: subprocess.Popen[bytes]
     output: Path
     kafka_port: int = 0
+    db_prefix: str = ""  # of the per-service database names (``--db-prefix``)
 
     def pids(self) -> dict[str, int]:
         """The runner's own record of its children (``var/run/processes.json``)."""
@@ -73,10 +74,11 @@ def running_dev_stack(
         ports = (infra.free_port(), infra.free_port(), infra.free_port(), _free_block(len(instances)))
     gateway, kafka, smtp, base = ports
     output = var_dir / "dev-output.log"
+    db_prefix = f"t{RUN_ID}_{var_dir.name}_"
     cmd = [
         sys.executable, "-m", "lessonstream.cli", "dev",
         "--gateway-port", str(gateway), "--kafka-port", str(kafka), "--smtp-port", str(smtp),
-        "--base-port", str(base), "--var-dir", str(var_dir), "--db-prefix", f"t{RUN_ID}_{var_dir.name}_",
+        "--base-port", str(base), "--var-dir", str(var_dir), "--db-prefix", db_prefix,
         "--progress-replicas", str(progress_replicas), "--certificate-workers", str(certificate_workers),
     ]
     started_at = output.stat().st_size if output.exists() else 0
@@ -100,7 +102,7 @@ def running_dev_stack(
     try:
         yield DevStack(
             f"http://127.0.0.1:{gateway}", smtp, var_dir,
-            {name: base + i for i, name in enumerate(instances)}, process, output, kafka,
+            {name: base + i for i, name in enumerate(instances)}, process, output, kafka, db_prefix,
         )
     finally:
         if process.poll() is None:

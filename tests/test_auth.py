@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, FastAPI
 
-from shared.auth import CurrentUser, TokenVerifier, issue_token
+from shared.auth import CurrentUser, TokenVerifier, issue_app_password_token, issue_token
 from shared.errors import ApiError, install_error_handlers
-from shared.settings import ServiceSettings
+from shared.settings import APP_PASSWORD_ISSUER, ServiceSettings
 
 SETTINGS = ServiceSettings(env="test")
 
@@ -145,6 +145,46 @@ async def test_fetching_the_jwks_does_not_block_the_event_loop(jwks_server: tupl
     SLOW_RELEASE.set()
     user = await asyncio.wait_for(verifying, 10)
     assert user.id == "9"
+
+
+def app_password_token(settings: ServiceSettings = SETTINGS) -> str:
+    token, _ = issue_app_password_token(
+        settings, user_id="5", name="John Doe", email="john@example.com", roles=["learner", "instructor"],
+        ttl_seconds=60, app_password_id=3,
+    )
+    return token
+
+
+async def test_tokens_exchanged_for_application_passwords_are_accepted() -> None:
+    user = await TokenVerifier(SETTINGS).verify(app_password_token())
+    assert (user.id, user.name, user.email, user.roles) == ("5", "John Doe", "john@example.com",
+                                                           ["learner", "instructor"])
+
+
+async def test_exchanged_tokens_are_accepted_beside_a_jwks(jwks_server: tuple[str, Any]) -> None:
+    """In production tokens come from the identity provider's JWKS; the exchanged ones are
+    still verified, with their own secret and issuer, and nothing else passes as one."""
+    url, key = jwks_server
+    settings = ServiceSettings(env="test", jwt_jwks_url=url, app_password_token_secret="p" * 40)
+    verifier = TokenVerifier(settings)
+    assert (await verifier.verify(app_password_token(settings))).id == "5"
+    assert (await verifier.verify(rs256(key, "k1"))).id == "9"
+    forged = [
+        app_password_token(ServiceSettings(env="test", app_password_token_secret="q" * 40)),  # another secret
+        hs256({"iss": APP_PASSWORD_ISSUER}, secret=settings.jwt_secret),  # the JWT secret
+        hs256({"iss": APP_PASSWORD_ISSUER, "aud": "other"}, secret="p" * 40),  # another audience
+        rs256(key, "k1", iss=APP_PASSWORD_ISSUER),  # the provider's key, the app-password issuer
+        hs256({}, secret="p" * 40),  # the app-password secret, the identity provider's issuer
+    ]
+    for token in forged:
+        with pytest.raises(ApiError) as info:
+            await verifier.verify(token)
+        assert info.value.status == 401
+
+
+def test_the_identity_provider_cannot_share_the_app_password_issuer() -> None:
+    with pytest.raises(ValueError, match="JWT_ISSUER"):
+        ServiceSettings(env="test", jwt_issuer=APP_PASSWORD_ISSUER)
 
 
 async def test_routes_answer_401_in_the_error_shape_without_a_valid_token() -> None:

@@ -81,3 +81,30 @@ def test_regenerate_certificates_queues_work_for_the_workers(test_env: TestEnv) 
     assert result.exit_code == 0, result.output
     assert "course 41: regeneration" in result.stdout and "queued for 0 certificates" in result.stdout
     assert "course 42: regeneration" in result.stdout
+
+
+def test_app_password_create_list_and_revoke(test_env: TestEnv) -> None:
+    database = ["--database-url", test_env.postgres_url, "--db-prefix", f"{test_env.prefix}cli_"]
+    made = runner.invoke(app, ["app-password", "create", "--user", "17", "--name", "Grace Hopper", "--email",
+                               "grace@example.com", "--role", "instructor", "--label", "Fluent app", *database])
+    assert made.exit_code == 0, made.output
+    [line] = made.stdout.splitlines()  # USER:PASSWORD alone on standard output
+    user, _, password = line.partition(":")
+    assert user == "17" and len(password) == 24 and password.isalnum()
+    assert "shown once" in made.stderr
+
+    listed = runner.invoke(app, ["app-password", "list", "--user", "17", *database])
+    assert listed.exit_code == 0, listed.output
+    [row] = listed.stdout.splitlines()
+    fields = row.split("\t")
+    assert fields[1:4] == ["17", "Fluent app", "instructor"] and fields[-1] == "live"
+    assert password not in listed.output
+
+    revoked = runner.invoke(app, ["app-password", "revoke", fields[0], *database])
+    assert revoked.exit_code == 0, revoked.output
+    again = runner.invoke(app, ["app-password", "list", *database])
+    assert again.stdout.splitlines()[0].split("\t")[-1].startswith("revoked ")
+    unknown = runner.invoke(app, ["app-password", "revoke", "99999", *database])
+    assert unknown.exit_code == 1 and "no application password 99999" in unknown.stderr
+    colon = runner.invoke(app, ["app-password", "create", "--user", "a:b", *database])
+    assert colon.exit_code != 0

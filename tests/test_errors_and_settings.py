@@ -123,10 +123,14 @@ def test_production_refuses_the_development_secrets() -> None:
         ServiceSettings(env="production")
     with pytest.raises(ValidationError, match="JWT_SECRET"):
         ServiceSettings(env="production", jwt_secret="short", internal_token="t" * 40)
-    ok = ServiceSettings(env="production", jwt_secret="s" * 40, internal_token="t" * 40, public_base_url=PUBLIC)
+    with pytest.raises(ValidationError, match="APP_PASSWORD_TOKEN_SECRET"):
+        ServiceSettings(env="production", jwt_secret="s" * 40, internal_token="t" * 40, public_base_url=PUBLIC)
+    ok = ServiceSettings(env="production", jwt_secret="s" * 40, internal_token="t" * 40, public_base_url=PUBLIC,
+                         app_password_token_secret="a" * 40)
     assert ok.jwt_secret != DEV_JWT_SECRET
     jwks = ServiceSettings(
-        env="production", jwt_jwks_url="https://id.example/jwks", internal_token="t" * 40, public_base_url=PUBLIC
+        env="production", jwt_jwks_url="https://id.example/jwks", internal_token="t" * 40, public_base_url=PUBLIC,
+        app_password_token_secret="a" * 40,
     )
     assert jwks.jwt_jwks_url
 
@@ -141,6 +145,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("LESSONSTREAM_ENV", "production")
     monkeypatch.setenv("JWT_SECRET", "e" * 48)
     monkeypatch.setenv("INTERNAL_TOKEN", "i" * 48)
+    monkeypatch.setenv("APP_PASSWORD_TOKEN_SECRET", "a" * 48)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/progress")
     monkeypatch.setenv("PUBLIC_BASE_URL", PUBLIC)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
 
 from services.enrollment import domain, usecases
 from services.enrollment.domain import MyCoursesStatus, SortOrder, StudentOrderBy
 from services.enrollment.schemas import (
+    AppPasswordCreate,
+    AppPasswordCreated,
+    AppPasswordOut,
     CourseCreate,
     CourseOut,
     CourseUpdate,
@@ -24,9 +27,10 @@ from services.enrollment.schemas import (
     PageMeta,
     StudentList,
 )
+from services.enrollment.usecases import EnrollmentState
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ErrorMap, HttpError
-from shared.service import DbPool
+from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT, MAX_PAGE
 
 CourseId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
@@ -34,10 +38,19 @@ LessonId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
 LearnerId = Annotated[str, Path(min_length=1, max_length=255)]
 Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PerPage = Annotated[int, Query(ge=1, description="capped at 100")]
+AppPasswordId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
+
+
+def _state(request: Request) -> EnrollmentState:
+    return state_of(request, EnrollmentState)
+
+
+State = Annotated[EnrollmentState, Depends(_state)]
 
 admin = APIRouter(prefix="/api/admin/courses", tags=["catalog admin"])
 public = APIRouter(prefix="/api/courses", tags=["courses and enrollments"])
 internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
+app_passwords = APIRouter(prefix="/api/admin/app-passwords", tags=["application passwords"])
 
 
 # --- catalog admin ---------------------------------------------------------------------
@@ -174,7 +187,60 @@ async def students(
     return StudentList(data=rows, meta=PageMeta(total=total, per_page=size, current_page=page))
 
 
+# --- application passwords (admin API) ---------------------------------------------------
+
+_ERROR = {"description": "Refused, in the error shape"}
+
+
+@app_passwords.post("", status_code=201, responses={400: _ERROR, 401: _ERROR, 403: _ERROR})
+async def create_app_password(
+    body: AppPasswordCreate, user: AdminUser, pool: DbPool, state: State
+) -> Message[AppPasswordCreated]:
+    """A new application password; the answer shows it once (``password``, and
+    ``credentials`` for ``curl -u``): only its argon2id hash is kept."""
+    created = await usecases.create_app_password(
+        pool, state.basic.hasher, user_id=body.user_id, name=body.name, email=body.email, roles=list(body.roles),
+        label=body.label,
+    )
+    out = AppPasswordOut.of(created.app_password)
+    return Message(
+        message="Application password created",
+        data=AppPasswordCreated(
+            **out.model_dump(), password=created.password, credentials=f"{out.user_id}:{created.password}"
+        ),
+    )
+
+
+@app_passwords.get("", responses={400: _ERROR, 401: _ERROR, 403: _ERROR})
+async def list_app_passwords(
+    user: AdminUser, pool: DbPool, user_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None
+) -> Data[list[AppPasswordOut]]:
+    """Every application password (revoked ones with ``revoked_at``), or one user's; never a secret."""
+    return Data(data=[AppPasswordOut.of(p) for p in await usecases.app_passwords(pool, user_id)])
+
+
+@app_passwords.delete("/{password_id}", status_code=204, responses={401: _ERROR, 403: _ERROR, 404: _ERROR})
+async def revoke_app_password(password_id: AppPasswordId, user: AdminUser, pool: DbPool, state: State) -> Response:
+    """Revoke it: refused from now on by this process, by every process within ``APP_PASSWORD_CACHE_S``."""
+    await usecases.revoke_app_password(pool, password_id, state.basic.memory)
+    return Response(status_code=204)
+
+
 # --- internal (read-your-writes for other services; never routed by the gateway) --------
+
+
+@internal.get("/auth/basic")
+async def exchange_basic(request: Request, _: InternalCaller, state: State) -> Response:
+    """For the gateway's ``forward_auth``, on every request with ``Authorization: Basic``:
+    200 with ``Authorization: Bearer <token>`` (which the gateway puts on the request in
+    place of the credentials), or the refusal (401, 429, 403) it hands to the client as is.
+    The client address and scheme are the gateway's ``X-Forwarded-For`` and ``X-Forwarded-Proto``."""
+    forwarded_for = request.headers.get("x-forwarded-for", "")
+    address = forwarded_for.split(",")[0].strip() or (request.client.host if request.client else "")
+    scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+    token = await state.basic.exchange(request.headers.get("authorization", ""), address[:100], scheme)
+    return Response(status_code=200, headers={"Authorization": f"Bearer {token}", "Cache-Control": "no-store"})
+
 
 
 @internal.get("/courses/{course_id}")
@@ -220,7 +286,10 @@ async def internal_enrollment_event(event_id: UUID, _: InternalCaller, pool: DbP
     return JSONResponse(event.model_dump(mode="json"))
 
 
-ROUTERS = [admin, public, internal]
+ROUTERS = [admin, public, app_passwords, internal]
+
+# How a client is asked for Basic credentials again (RFC 7617).
+_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Lessonstream", charset="UTF-8"'}
 
 # The one place the enrollment's refusals become HTTP answers (message: the refusal's own).
 ERRORS: ErrorMap = {
@@ -238,4 +307,9 @@ ERRORS: ErrorMap = {
     domain.NoCurrentEnrollment: HttpError(404, "not_enrolled"),
     domain.RecertificationNotFound: HttpError(404, "recertification_not_found"),
     domain.EnrollmentEventNotFound: HttpError(404, "enrollment_event_not_found"),
+    domain.AppPasswordNotFound: HttpError(404, "app_password_not_found"),
+    domain.InvalidAppPasswordUser: HttpError(400, "invalid_request"),
+    domain.InvalidCredentials: HttpError(401, "unauthorized", headers=_BASIC_CHALLENGE),
+    domain.TooManyAttempts: HttpError(429, "too_many_attempts"),  # Retry-After from its retry_after
+    domain.BasicOverPlainHttp: HttpError(403, "https_required"),
 }

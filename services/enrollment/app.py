@@ -29,5 +29,7 @@ def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
             subscriptions=handlers.subscriptions(settings),
             open_state=open_state,
             title="Lessonstream enrollment: course catalog and enrollments",
+            # The gateway asks on every request with Basic credentials (heartbeats included).
+            quiet_routes=frozenset({("GET", "/internal/auth/basic")}),
         )
     )

@@ -4,6 +4,9 @@ enrollment states, and which progress facts are newer. Pure: no I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -165,6 +168,34 @@ class RecertificationNotFound(DomainError):
     """Another service asking for a recertification notice this service never published."""
 
     default_message = "No such recertification notice"
+
+
+class AppPasswordNotFound(DomainError):
+    default_message = "No such application password"
+
+
+class InvalidAppPasswordUser(DomainError):
+    """A user id HTTP Basic cannot carry (it splits the user from the password at the first colon)."""
+
+    def __init__(self) -> None:
+        super().__init__("A user id with a colon cannot sign in with HTTP Basic", params={"user_id": "contains ':'"})
+
+
+class InvalidCredentials(DomainError):
+    """Malformed Basic credentials, an unknown user, a wrong or revoked password: one answer."""
+
+    default_message = "Invalid username or application password"
+
+
+class TooManyAttempts(DomainError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many failed sign-in attempts; try again in {retry_after} seconds", retry_after=retry_after
+        )
+
+
+class BasicOverPlainHttp(DomainError):
+    default_message = "HTTP Basic credentials are accepted over HTTPS only"
 
 
 # --- who may do what -------------------------------------------------------------------
@@ -441,3 +472,122 @@ def page_size(per_page: int) -> int:
 
 def statuses_for(filter_: MyCoursesStatus) -> list[str]:
     return ["active", "completed"] if filter_ == "all" else [filter_]
+
+
+# --- application passwords (HTTP Basic) ------------------------------------------------
+
+# WordPress's shape: 24 letters and digits, shown in groups of four; spaces are ignored
+# when checking, so either form works.
+APP_PASSWORD_LENGTH = 24
+APP_PASSWORD_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# Longer credentials are refused before anything is hashed or looked up.
+MAX_BASIC_USERNAME = 255
+MAX_BASIC_PASSWORD = 256
+
+
+class AppPassword(BaseModel):
+    """An application password as stored, without its hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    user_id: str
+    label: str
+    name: str
+    email: str
+    roles: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str  # spaces removed
+
+
+def check_app_password_user(user_id: str) -> None:
+    if ":" in user_id:
+        raise InvalidAppPasswordUser()
+
+
+def normalize_password(password: str) -> str:
+    return password.replace(" ", "")
+
+
+def grouped(password: str) -> str:
+    """The password as WordPress shows it: groups of four separated by spaces."""
+    return " ".join(password[i:i + 4] for i in range(0, len(password), 4))
+
+
+def parse_basic(authorization: str) -> Credentials:
+    """The user and password of an ``Authorization: Basic ...`` header (RFC 7617, UTF-8)."""
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise InvalidCredentials()
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCredentials() from exc
+    username, colon, password = decoded.partition(":")
+    password = normalize_password(password)
+    if (not colon or not username or not password or len(username) > MAX_BASIC_USERNAME
+            or len(password) > MAX_BASIC_PASSWORD or "\x00" in decoded):
+        raise InvalidCredentials()
+    return Credentials(username, password)
+
+
+def could_be_app_password(password: str) -> bool:
+    """Whether a (normalized) password has the shape of one this service makes: anything
+    else is wrong without hashing it."""
+    return len(password) == APP_PASSWORD_LENGTH and all(c in APP_PASSWORD_ALPHABET for c in password)
+
+
+AttemptScope = Literal["user", "address"]
+
+
+@dataclass(frozen=True)
+class AttemptWindow:
+    """Failed sign-ins counted for one user or one client address since ``window_start``."""
+
+    scope: AttemptScope
+    key: str
+    window_start: datetime
+    failures: int
+
+
+@dataclass(frozen=True)
+class AttemptLimits:
+    per_user: int
+    per_address: int
+    window: timedelta
+
+    def limit(self, scope: AttemptScope) -> int:
+        return self.per_user if scope == "user" else self.per_address
+
+
+def is_current(window: AttemptWindow, now: datetime, limits: AttemptLimits) -> bool:
+    return window.window_start > now - limits.window
+
+
+def attempt_refusal(windows: list[AttemptWindow], now: datetime, limits: AttemptLimits) -> int | None:
+    """Seconds until another attempt may be made, if a user or address has used up its
+    failures in its current window; None if the attempt may go ahead."""
+    waits = [
+        (w.window_start + limits.window - now).total_seconds()
+        for w in windows
+        if is_current(w, now, limits) and w.failures >= limits.limit(w.scope)
+    ]
+    return max(1, math.ceil(max(waits))) if waits else None
+
+
+def counted(window: AttemptWindow, now: datetime, limits: AttemptLimits) -> AttemptWindow:
+    """The window with one more attempt counted (a new window if the last one is over)."""
+    if is_current(window, now, limits):
+        return AttemptWindow(window.scope, window.key, window.window_start, window.failures + 1)
+    return AttemptWindow(window.scope, window.key, now, 1)
+
+
+def reaches_limit(window: AttemptWindow, limits: AttemptLimits) -> bool:
+    return window.failures >= limits.limit(window.scope)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from services.enrollment.domain import Course, CourseFields, CourseStatus, Enrollment, LessonKind
+from services.enrollment.domain import AppPassword, Course, CourseFields, CourseStatus, Enrollment, LessonKind
 from services.enrollment.store import MyCourseRow, StudentRow
 from shared.validation import STORABLE, BigId
 
@@ -175,3 +175,44 @@ class StudentList(BaseModel):
 class MyCourseList(BaseModel):
     data: list[MyCourseRow]
     meta: PageMeta
+
+
+# --- application passwords ------------------------------------------------------------------
+
+Role = Literal["learner", "instructor", "admin"]
+
+
+class AppPasswordCreate(BaseModel):
+    """An application password for ``user_id``: the profile its bearer tokens carry (the
+    learner's display name and address, their roles) and its own ``label``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), STORABLE] = ""
+    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320), STORABLE] = ""
+    roles: Annotated[list[Role], Field(min_length=1, max_length=3)] = Field(
+        default_factory=lambda: list[Role](["learner"])
+    )
+    label: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), STORABLE] = ""
+
+
+class AppPasswordOut(BaseModel):
+    id: int
+    user_id: str
+    label: str
+    name: str
+    email: str
+    roles: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, password: AppPassword) -> AppPasswordOut:
+        return cls(**password.model_dump())
+
+
+class AppPasswordCreated(AppPasswordOut):
+    password: str = Field(description="Shown once: only its hash is kept")
+    credentials: str = Field(description="USER:PASSWORD, as `curl -u` takes it")

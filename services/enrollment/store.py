@@ -1,4 +1,5 @@
-"""SQL of the enrollment service: courses, lessons and enrollments. Parameterised only."""
+"""SQL of the enrollment service: courses, lessons, enrollments and application passwords.
+Parameterised only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import asyncpg
 from pydantic import BaseModel
 
 from services.enrollment.domain import (
+    AppPassword,
+    AttemptWindow,
     Course,
     DueCompletion,
     Enrollment,
@@ -508,3 +511,117 @@ async def my_courses(
             user_id, statuses, limit, offset,
         )
     return total, [MyCourseRow(**dict(r)) for r in rows]
+
+
+
+# --- application passwords ----------------------------------------------------------------
+
+_APP_PASSWORD_COLUMNS = "id, user_id, label, name, email, roles, created_at, last_used_at, revoked_at"
+
+
+def _app_password(row: asyncpg.Record) -> AppPassword:
+    return AppPassword(**{k: row[k] for k in AppPassword.model_fields})
+
+
+async def insert_app_password(
+    conn: Connection, *, user_id: str, label: str, name: str, email: str, roles: list[str], password_hash: str,
+    now: datetime,
+) -> AppPassword:
+    row = await conn.fetchrow(
+        "INSERT INTO app_passwords (user_id, label, name, email, roles, password_hash, created_at) "
+        f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_APP_PASSWORD_COLUMNS}",
+        user_id, label, name, email, roles, password_hash, now,
+    )
+    assert row is not None
+    return _app_password(row)
+
+
+async def list_app_passwords(conn: Connection, user_id: str | None) -> list[AppPassword]:
+    rows = await conn.fetch(
+        f"SELECT {_APP_PASSWORD_COLUMNS} FROM app_passwords WHERE $1::text IS NULL OR user_id = $1 ORDER BY id",
+        user_id,
+    )
+    return [_app_password(r) for r in rows]
+
+
+async def revoke_app_password(conn: Connection, password_id: int, now: datetime) -> bool:
+    """Whether the password exists; one already revoked keeps its first revocation time."""
+    found = await conn.fetchval(
+        "UPDATE app_passwords SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING id",
+        password_id, now,
+    )
+    return found is not None
+
+
+async def live_app_passwords(conn: Connection, user_id: str) -> list[tuple[AppPassword, str]]:
+    """The user's live passwords with their hashes (index app_passwords_live)."""
+    rows = await conn.fetch(
+        f"SELECT {_APP_PASSWORD_COLUMNS}, password_hash FROM app_passwords "
+        "WHERE user_id = $1 AND revoked_at IS NULL ORDER BY id",
+        user_id,
+    )
+    return [(_app_password(r), r["password_hash"]) for r in rows]
+
+
+async def live_app_password_use(conn: Connection, password_id: int) -> tuple[bool, datetime | None]:
+    """Whether the password is live, and when it was last used."""
+    row = await conn.fetchrow(
+        "SELECT last_used_at FROM app_passwords WHERE id = $1 AND revoked_at IS NULL", password_id
+    )
+    return (row is not None, row["last_used_at"] if row is not None else None)
+
+
+async def touch_app_password(conn: Connection, password_id: int, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE app_passwords SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+        password_id, now,
+    )
+
+
+# --- failed sign-ins ------------------------------------------------------------------------
+
+
+async def lock_attempt_windows(conn: Connection, keys: list[tuple[str, str]], now: datetime) -> list[AttemptWindow]:
+    """The windows of these (scope, key) pairs, created if missing, locked until commit in
+    (scope, key) order (concurrent sign-ins lock them in the same order)."""
+    scopes = [scope for scope, _ in keys]
+    names = [key for _, key in keys]
+    await conn.execute(
+        "INSERT INTO auth_attempts (scope, key, window_start, failures) "
+        "SELECT scope, key, $3, 0 FROM unnest($1::text[], $2::text[]) AS k (scope, key) "
+        "ON CONFLICT (scope, key) DO NOTHING",
+        scopes, names, now,
+    )
+    rows = await conn.fetch(
+        "SELECT a.scope, a.key, a.window_start, a.failures FROM auth_attempts a "
+        "JOIN unnest($1::text[], $2::text[]) AS k (scope, key) USING (scope, key) "
+        "ORDER BY a.scope, a.key FOR UPDATE OF a",
+        scopes, names,
+    )
+    return [AttemptWindow(r["scope"], r["key"], r["window_start"], r["failures"]) for r in rows]
+
+
+async def save_attempt_windows(conn: Connection, windows: list[AttemptWindow]) -> None:
+    await conn.execute(
+        "UPDATE auth_attempts a SET window_start = w.window_start, failures = w.failures "
+        "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[]) AS w (scope, key, window_start, failures) "
+        "WHERE a.scope = w.scope AND a.key = w.key",
+        [w.scope for w in windows], [w.key for w in windows], [w.window_start for w in windows],
+        [w.failures for w in windows],
+    )
+
+
+async def uncount_attempts(conn: Connection, windows: list[AttemptWindow]) -> None:
+    """Take back attempts counted in these windows (the password was right); a window
+    that has since been replaced by a newer one is left alone."""
+    await conn.execute(
+        "UPDATE auth_attempts a SET failures = greatest(a.failures - 1, 0) "
+        "FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS w (scope, key, window_start) "
+        "WHERE a.scope = w.scope AND a.key = w.key AND a.window_start = w.window_start",
+        [w.scope for w in windows], [w.key for w in windows], [w.window_start for w in windows],
+    )
+
+
+async def prune_attempts(conn: Connection, before: datetime) -> int:
+    deleted: str = await conn.execute("DELETE FROM auth_attempts WHERE window_start < $1", before)
+    return int(deleted.split()[-1])

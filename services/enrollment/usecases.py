@@ -10,16 +10,18 @@ across topics. Refusals are the domain's errors (``api.ERRORS`` answers them).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from services.enrollment import domain, store
-from services.enrollment.domain import Course, Enrollment
+from services.enrollment.domain import AppPassword, Course, Enrollment
+from services.enrollment.passwords import CredentialMemory, Hasher, generate_password
 from services.enrollment.settings import EnrollmentSettings
 from shared import outbox
 from shared.auth import User
@@ -397,11 +399,157 @@ async def recertify(
     return RecertificationRun(noticed, reset)
 
 
+# --- application passwords (HTTP Basic) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedAppPassword:
+    app_password: AppPassword
+    password: str  # shown once: only its hash is kept
+
+
+async def create_app_password(
+    pool: asyncpg.Pool, hasher: Hasher, *, user_id: str, name: str, email: str, roles: list[str], label: str
+) -> CreatedAppPassword:
+    domain.check_app_password_user(user_id)
+    password = generate_password()
+    password_hash = await hasher.hash(password)  # in a thread
+    async with pool.acquire() as conn:
+        stored = await store.insert_app_password(
+            conn, user_id=user_id, label=label, name=name, email=email, roles=list(dict.fromkeys(roles)),
+            password_hash=password_hash, now=utcnow(),
+        )
+    return CreatedAppPassword(stored, password)
+
+
+async def app_passwords(pool: asyncpg.Pool, user_id: str | None) -> list[AppPassword]:
+    async with pool.acquire() as conn:
+        return await store.list_app_passwords(conn, user_id)
+
+
+async def revoke_app_password(pool: asyncpg.Pool, password_id: int, memory: CredentialMemory | None = None) -> None:
+    """Revoked at once in the database and in this process's memory; other processes stop
+    honouring it within ``APP_PASSWORD_CACHE_S`` (when they look at its row again)."""
+    async with pool.acquire() as conn:
+        found = await store.revoke_app_password(conn, password_id, utcnow())
+    if not found:
+        raise domain.AppPasswordNotFound()
+    if memory is not None:
+        memory.forget_password(password_id)
+
+
+# How stale ``last_used_at`` may be for a password used from memory: one write an hour at
+# most, not one per look at the row.
+LAST_USED_PRECISION = timedelta(hours=1)
+
+
+@dataclass
+class BasicAuth:
+    """The exchange of HTTP Basic credentials for a bearer token (the gateway asks, see
+    ``exchange``), with what this process remembers of them."""
+
+    pool: asyncpg.Pool
+    settings: EnrollmentSettings
+    hasher: Hasher
+    memory: CredentialMemory
+    limits: domain.AttemptLimits
+    # One check at a time per (credentials, address): a client's burst costs one hash and
+    # counts one attempt.
+    _checking: dict[tuple[bytes, str], asyncio.Task[AppPassword]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, pool: asyncpg.Pool, settings: EnrollmentSettings) -> BasicAuth:
+        limits = domain.AttemptLimits(
+            settings.app_password_max_failures_per_user, settings.app_password_max_failures_per_address,
+            timedelta(seconds=settings.app_password_failure_window_s),
+        )
+        return cls(pool, settings, Hasher(settings.app_password_hash_threads), CredentialMemory(settings), limits)
+
+    async def exchange(self, authorization: str, address: str, scheme: str) -> str:
+        """The bearer token for ``Authorization: Basic ...`` sent from ``address`` over
+        ``scheme`` (as the gateway saw them).
+
+        A credential this process verified is answered from memory (its row looked at again
+        every ``APP_PASSWORD_CACHE_S``); otherwise the attempt is counted for the user and
+        the address first (429 once either has used up its failures), the password checked
+        against the user's live ones (argon2id, in a thread), and the count taken back if
+        it was right.
+        """
+        if (self.settings.env == "production" and scheme.lower() != "https"
+                and not self.settings.allow_basic_over_http):
+            raise domain.BasicOverPlainHttp()
+        credentials = domain.parse_basic(authorization)
+        key = self.memory.key(credentials)
+        known = self.memory.known(key)
+        if known is not None and not self.memory.locked(credentials.username, address):
+            if self.memory.fresh(known):
+                return self.memory.token(known.password)
+            async with self.pool.acquire() as conn:
+                live, last_used = await store.live_app_password_use(conn, known.password.id)
+                now = utcnow()
+                if live and (last_used is None or now - last_used > LAST_USED_PRECISION):
+                    await store.touch_app_password(conn, known.password.id, now)
+            if live:
+                self.memory.remember(key, known.password)
+                return self.memory.token(known.password)
+            self.memory.forget_password(known.password.id)
+        checking = self._checking.get((key, address))
+        if checking is None:
+            checking = asyncio.create_task(self._check(credentials, key, address))
+            self._checking[(key, address)] = checking
+            checking.add_done_callback(lambda _: self._checking.pop((key, address), None))
+        # Shielded: a caller that goes away does not cancel the check others wait for.
+        password = await asyncio.shield(checking)
+        return self.memory.token(password)
+
+    async def _check(self, credentials: domain.Credentials, key: bytes, address: str) -> AppPassword:
+        now = utcnow()
+        keys = [("address", address), ("user", credentials.username)]
+        candidates: list[tuple[AppPassword, str]] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            windows = await store.lock_attempt_windows(conn, keys, now)
+            wait = domain.attempt_refusal(windows, now, self.limits)
+            if wait is not None:
+                self._remember_lockouts(windows, now)
+                raise domain.TooManyAttempts(wait)
+            windows = [domain.counted(w, now, self.limits) for w in windows]
+            await store.save_attempt_windows(conn, windows)
+            if domain.could_be_app_password(credentials.password):
+                candidates = await store.live_app_passwords(conn, credentials.username)
+        # The attempt is counted (committed) before the slow check, outside the row locks.
+        matched = None
+        if domain.could_be_app_password(credentials.password):
+            matched_id = await self.hasher.match([(p.id, h) for p, h in candidates], credentials.password)
+            matched = next((p for p, _ in candidates if p.id == matched_id), None)
+        if matched is None:
+            self._remember_lockouts(windows, now)
+            raise domain.InvalidCredentials()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.uncount_attempts(conn, windows)
+            await store.touch_app_password(conn, matched.id, now)
+        self.memory.remember(key, matched)
+        return matched
+
+    def _remember_lockouts(self, windows: list[domain.AttemptWindow], now: datetime) -> None:
+        for window in windows:
+            if domain.is_current(window, now, self.limits) and domain.reaches_limit(window, self.limits):
+                ends = window.window_start + self.limits.window
+                self.memory.lock(window.scope, window.key, (ends - now).total_seconds())
+
+    async def prune(self) -> int:
+        """Forget failure windows long over (they no longer count)."""
+        async with self.pool.acquire() as conn:
+            return await store.prune_attempts(conn, utcnow() - self.limits.window)
+
+
 @dataclass
 class EnrollmentState:
-    """What one enrollment process runs on besides the pool: the recertification job."""
+    """What one enrollment process runs on besides the pool: the recertification job, and
+    the exchange of application passwords with its pruning of failure windows."""
 
     recertification: Periodic
+    basic: BasicAuth
+    pruning: Periodic
 
     @classmethod
     def open(cls, pool: asyncpg.Pool, settings: EnrollmentSettings) -> EnrollmentState:
@@ -410,9 +558,13 @@ class EnrollmentState:
 
         job = Periodic(settings.recertification_interval_s, run, "recertification", at_once=True)
         job.start()
-        return cls(job)
+        basic = BasicAuth.open(pool, settings)
+        pruning = Periodic(3600, basic.prune, "sign-in failure pruning", at_once=True)
+        pruning.start()
+        return cls(job, basic, pruning)
 
     async def close(self) -> None:
+        await self.pruning.stop()
         await self.recertification.stop()
 
 

@@ -74,7 +74,7 @@ async def test_each_reserved_identity_gets_its_own_random_entry(db_url: str) -> 
 
 def test_production_refuses_to_sign_without_configured_keys() -> None:
     production: dict[str, Any] = {"env": "production", "jwt_secret": "s" * 40, "internal_token": "t" * 40,
-                                  "public_base_url": "https://learn.example"}
+                                  "public_base_url": "https://learn.example", "app_password_token_secret": "a" * 40}
     with pytest.raises(ValidationError, match="CERTIFICATE_SIGNING_KEYS must be set"):
         CertificatesSettings(**production)
     with pytest.raises(ValidationError, match="CERTIFICATE_SIGNING_KEYS must be set"):

@@ -76,6 +76,24 @@ CASES: list[tuple[DomainError, dict[str, Any]]] = [
         "code": "recertification_not_found", "message": "No such recertification notice",
         "data": {"status": 404},
     }),
+    (domain.AppPasswordNotFound(), {
+        "code": "app_password_not_found", "message": "No such application password", "data": {"status": 404},
+    }),
+    (domain.InvalidAppPasswordUser(), {
+        "code": "invalid_request", "message": "A user id with a colon cannot sign in with HTTP Basic",
+        "data": {"status": 400, "params": {"user_id": "contains ':'"}},
+    }),
+    (domain.InvalidCredentials(), {
+        "code": "unauthorized", "message": "Invalid username or application password", "data": {"status": 401},
+    }),
+    (domain.TooManyAttempts(42), {
+        "code": "too_many_attempts", "message": "Too many failed sign-in attempts; try again in 42 seconds",
+        "data": {"status": 429, "retry_after": 42},
+    }),
+    (domain.BasicOverPlainHttp(), {
+        "code": "https_required", "message": "HTTP Basic credentials are accepted over HTTPS only",
+        "data": {"status": 403},
+    }),
 ]
 
 
