@@ -146,7 +146,7 @@ async def queue_video_statements(state: NotificationsState, event: VideoSessionE
     """A viewing session's xAPI statements, from progress's own copy of the event (forged or
     altered: rejected, dead-lettered, nothing queued), queued in the inbox transaction."""
     if state.xapi_base_url is None:
-        return  # not subscribed without an LRS; a consumer left running by an old setting skips
+        return  # unreachable: video-sessions is consumed only with an LRS (handlers.subscriptions)
     if await ctx.already_applied():
         async with ctx.transaction():
             return

@@ -158,7 +158,7 @@ def test_lrs_settings_authenticate_one_way_and_never_in_clear_in_production() ->
         with pytest.raises(ValueError):
             NotificationsSettings(**values)
     production: dict[str, Any] = {
-        "env": "production", "jwt_secret": "x" * 40, "internal_token": "y" * 40,
+        "env": "production", "jwt_secret": "x" * 40, "internal_token": "y" * 40, "app_password_token_secret": "z" * 40,
         "public_base_url": "https://learn.example", "xapi_lrs_username": "ls", "xapi_lrs_password": "pw",
     }
     assert NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI", **production).xapi_enabled
