@@ -482,8 +482,16 @@ def sustained_failure(
     if exhausted:
         return "every attempt of a delivery failed"
     if disable_after is not None and failing_since is not None and now - failing_since >= disable_after:
-        return f"no delivery succeeded for {disable_after}"
+        return f"no delivery succeeded for {_duration(disable_after)}"
     return None
+
+
+def _duration(span: timedelta) -> str:
+    seconds = span.total_seconds()
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} seconds"
 
 
 @dataclass(frozen=True)

@@ -72,11 +72,14 @@ class WebhookDestination:
         self._disable_after = None if disable_after == 0 else timedelta(seconds=disable_after)
         # Our own client: receivers are strangers, so no environment proxies, no redirects,
         # and pool limits of their own (a slow receiver does not starve the owners' clients).
+        # In production requests go to a checked address, and a pooled connection is keyed
+        # by that address: none is kept, so one verified for a host name never carries a
+        # request for another name at the same address.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.webhook_timeout_s),
             follow_redirects=False,
             trust_env=False,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=0 if self._production else 20),
             headers={"User-Agent": USER_AGENT},
         )
 

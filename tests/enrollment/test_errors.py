@@ -94,6 +94,9 @@ CASES: list[tuple[DomainError, dict[str, Any]]] = [
         "code": "https_required", "message": "HTTP Basic credentials are accepted over HTTPS only",
         "data": {"status": 403},
     }),
+    (domain.EnrollmentEventNotFound(), {
+        "code": "enrollment_event_not_found", "message": "No such enrollment event", "data": {"status": 404},
+    }),
 ]
 
 

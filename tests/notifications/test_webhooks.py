@@ -10,16 +10,20 @@ import json
 from typing import Any
 from uuid import uuid4
 
+import httpx
 from standardwebhooks import Webhook
 
+from services.enrollment.app import build_app as build_enrollment
+from services.enrollment.settings import EnrollmentSettings
 from services.notifications import domain, store
 from services.notifications.app import build_app
 from services.notifications.deliveries import DeliveryLoop
 from services.notifications.settings import NotificationsSettings
 from services.notifications.webhooks import WebhookDestination
 from shared.auth import issue_token
-from shared.events import DeadLetter, Topic
-from tests.helpers import TestEnv, TopicReader, app_client, eventually
+from shared.bus import ensure_topics
+from shared.events import DeadLetter, EnrollmentChanged, Topic
+from tests.helpers import TestEnv, TopicReader, app_client, eventually, served
 from tests.notifications.conftest import Publisher, Service, ServiceFactory, wait_for
 from tests.notifications.events import certificate, completed, status_change
 from tests.notifications.receiver import receiving
@@ -318,3 +322,53 @@ async def test_two_delivery_loops_on_one_database_deliver_each_message_once(
         assert len(receiver.hits) == 25 and len({h.message_id for h in receiver.hits}) == 25
         log = await delivery_of(service, endpoint["id"], orphan)
         assert [a["outcome"] for a in log["attempt_log"]] == ["interrupted", "delivered"]
+
+
+async def test_enrollment_changes_are_confirmed_by_the_enrollment_service(
+    test_env: TestEnv, smtp: MailServer, notifications: ServiceFactory
+) -> None:
+    """The real enrollment service (its outbox, its internal API) and notifications."""
+    settings = test_env.settings(EnrollmentSettings, database="enrollment", internal_token="e2e-token")
+    await ensure_topics(settings)
+    admin = {"Authorization": "Bearer " + issue_token(settings, user_id="admin-1", name="Admin", roles=["admin"])}
+    learner = {"Authorization": "Bearer " + issue_token(
+        settings, user_id="ada", name="Ada Lovelace", email="ada@learners.example", roles=["learner"]
+    )}
+    dlq = test_env.topic_prefix + Topic.DEAD_LETTER.value
+    async with (
+        served(build_enrollment(settings)) as url,
+        httpx.AsyncClient(base_url=url) as enrollment,
+        receiving() as receiver,
+        TopicReader(test_env.kafka_bootstrap, dlq) as dead,
+        notifications(smtp, enrollment_internal_url=url, internal_token="e2e-token", **FAST) as service,
+    ):
+        endpoint = await register(service, receiver.url, "enrollment.changed")
+        created = await enrollment.post("/api/admin/courses", json={"title": "Fire safety"}, headers=admin)
+        cid = created.json()["data"]["id"]
+        await enrollment.post(f"/api/admin/courses/{cid}/lessons", json={"title": "Exits"}, headers=admin)
+        await enrollment.post(f"/api/admin/courses/{cid}/publish", headers=admin)
+        assert (await enrollment.post(f"/api/courses/{cid}/enroll", headers=learner)).status_code == 200
+        [hit] = await wait_for(lambda: receiver.hits, timeout=60, what="the enrollment webhook")
+        payload = Webhook(endpoint["secret"]).verify(hit.body, hit.headers)
+        assert payload["type"] == "enrollment.changed"
+        data = payload["data"]
+        assert (data["user_id"], data["course_id"], data["status"], data["attempt"]) == ("ada", cid, "active", 1)
+        assert data["email"] == "ada@learners.example" and "enrollment_id" not in data
+
+        # A change enrollment never made (another status, under a new id): dead-lettered, not sent.
+        forged = EnrollmentChanged(
+            user_id="ada", course_id=cid, enrollment_id=1, status="completed", revision=data["revision"] + 1,
+            enrolled_at=data["enrolled_at"], email="ada@learners.example",
+        )
+        await produce_forged(test_env, forged)
+        letters = await wait_for(lambda: dead.messages, what="the forged change dead-lettered")
+        letter = DeadLetter.model_validate_json(letters[0].value)
+        assert "enrollment published no enrollment-changed" in letter.error
+        assert letter.consumer_group == "notifications-enrollment-changed"
+
+        # The learner leaves: a second, later webhook; the forged one never went out.
+        assert (await enrollment.post(f"/api/courses/{cid}/unenroll", headers=learner)).status_code == 200
+        await wait_for(lambda: len(receiver.hits) == 2, what="the unenrollment webhook")
+        assert Webhook(endpoint["secret"]).verify(receiver.hits[1].body, receiver.hits[1].headers)["data"][
+            "status"] == "unenrolled"
+        assert {json.loads(h.body)["data"]["status"] for h in receiver.hits} == {"active", "unenrolled"}
