@@ -223,6 +223,7 @@ async def test_private_targets_are_refused_in_production_and_allowed_in_developm
     production = test_env.settings(
         NotificationsSettings, database="production", env="production", jwt_secret="p" * 40,
         internal_token="production-internal-token", public_base_url="https://learn.example", smtp_port=smtp.port,
+        app_password_token_secret="a" * 40,
     )
     token = issue_token(production, user_id="admin-1", name="Admin", email=OWNER, roles=["admin"])
     async with app_client(build_app(production), token) as client:
