@@ -102,6 +102,7 @@ def dev(
         stack.start()
         _echo("")
         _echo(f"Lessonstream is ready at {config.gateway_url}")
+        _echo(f"  API docs: {config.gateway_url}/api/docs/")
         for name in SERVICES:
             _echo(f"  {config.gateway_url}/ready/{name}")
         _echo("Get a token:  .venv/bin/lessonstream token --user 1 --name 'Ada Lovelace' "
@@ -159,6 +160,16 @@ def token(
     if settings.jwt_jwks_url:
         raise typer.BadParameter("JWT_JWKS_URL is set: tokens come from your identity provider")
     typer.echo(issue_token(settings, user_id=user, name=name, email=email, roles=list(role), ttl_seconds=ttl))
+
+
+@app.command()
+def contract(out: Annotated[Path, typer.Option(help="Folder to write the site into")]) -> None:
+    """Write the API's contract as the gateway serves it: openapi.json, asyncapi.json, the docs
+    page with its assets, index.json (generated from the code; see lessonstream/contract.py)."""
+    from lessonstream.contract import write_site
+
+    write_site(out)
+    _echo(f"wrote the API contract to {out}")
 
 
 DEMO_LESSONS = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -124,6 +125,11 @@ class StackConfig:
             **self.extra_env,
         }
 
+    @property
+    def api_docs_dir(self) -> Path:
+        """The contract's static site the gateway serves (lessonstream/contract.py)."""
+        return self.var_dir / "api-docs"
+
     def upstreams(self, kind: str) -> str:
         """Caddy upstreams of a service: several are balanced (the Caddyfile says how)."""
         return " ".join(f"127.0.0.1:{self.port(name)}" for name in self.instances_of(kind))
@@ -138,6 +144,7 @@ class StackConfig:
             # The gateway asks enrollment's internal API about HTTP Basic credentials
             # (forward_auth): the services' token, as they read it.
             "INTERNAL_TOKEN": self.extra_env.get("INTERNAL_TOKEN") or ServiceSettings().internal_token,
+            "API_DOCS_DIR": str(self.api_docs_dir),
             "XDG_DATA_HOME": str(self.var_dir / "caddy"),
             "XDG_CONFIG_HOME": str(self.var_dir / "caddy"),
         }
@@ -178,6 +185,9 @@ class Stack:
     def start(self, ready_timeout: float = 120.0) -> None:
         cfg = self.config
         logs = cfg.var_dir / "logs"
+        # The contract is generated from the code while the rest starts: it imports every
+        # service, in a process of its own, and only the gateway, which serves it, waits for it.
+        contract = self._write_contract()
         try:
             if cfg.own_broker:
                 self._add(Child("broker", lambda: infra.start_tansu(cfg.kafka_port, logs / "tansu.log"), False))
@@ -190,11 +200,25 @@ class Stack:
             self._create_topics()
             for name, spec in cfg.instances():
                 self._add(Child(name, self._service_launcher(name, spec), True))
+            if contract.wait(ready_timeout) != 0:
+                raise RuntimeError(f"writing the API contract failed:\n{(logs / 'contract.log').read_text()[-3000:]}")
             self._add(Child("gateway", lambda: infra.start_caddy(cfg.gateway_env(), logs / "gateway.log"), False))
             self.wait_ready(ready_timeout)
         except BaseException:
+            if contract.poll() is None:
+                contract.kill()
+                contract.wait()
             self.stop()
             raise
+
+    def _write_contract(self) -> subprocess.Popen[bytes]:
+        logs = self.config.var_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "contract.log", "wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "lessonstream.contract", "--out", str(self.config.api_docs_dir)],
+                cwd=infra.ROOT, stdout=out, stderr=subprocess.STDOUT,
+            )
 
     def _create_topics(self) -> None:
         cfg = self.config

@@ -66,6 +66,8 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     topic: ClassVar[Topic]
+    # What ``key()`` returns, for the event documents (AsyncAPI).
+    key_format: ClassVar[str] = ""
 
     event_id: UUID = Field(default_factory=uuid4)
     type: str
@@ -77,6 +79,7 @@ class Event(BaseModel):
 
 
 class LearnerEvent(Event):
+    key_format: ClassVar[str] = "{user_id}:{course_id}"
     user_id: str
     course_id: int
 
@@ -102,6 +105,7 @@ class CourseCatalogEntry(Event):
     """The whole course as it is now; a replica can be rebuilt from these alone."""
 
     topic: ClassVar[Topic] = Topic.COURSE_CATALOG
+    key_format: ClassVar[str] = "{course_id}"
     type: Literal["course-catalog"] = "course-catalog"
 
     course_id: int
@@ -267,6 +271,7 @@ class ProgressRecalculated(Event):
     progress facts (lesson-completed, lesson-reopened)."""
 
     topic: ClassVar[Topic] = Topic.PROGRESS_RECALCULATED
+    key_format: ClassVar[str] = "{course_id}"
     type: Literal["progress-recalculated"] = "progress-recalculated"
 
     course_id: int
@@ -321,6 +326,7 @@ class DeadLetter(Event):
     """A message a consumer gave up on, with why; the consumer moved on."""
 
     topic: ClassVar[Topic] = Topic.DEAD_LETTER
+    key_format: ClassVar[str] = "the failed message's key, else {source_topic}:{partition}"
     type: Literal["dead-letter"] = "dead-letter"
 
     source_topic: str

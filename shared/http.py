@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Collection
+from typing import Any
 
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,7 +18,21 @@ from shared.logs import request_id_var
 
 class BareRoute(Route):
     """A route to a bare ASGI endpoint (a hot path skipping FastAPI's request handling) that
-    still names its template in the scope, as FastAPI's routes do, for metrics and logs."""
+    still names its template in the scope, as FastAPI's routes do, for metrics and logs.
+
+    ``documented_by``: a function with the signature the route would have as a FastAPI route
+    (its body model, ``CurrentUser``, its answer's model), never called: the OpenAPI document
+    describes the route from it (``shared.openapi``), with ``responses`` as a FastAPI route's."""
+
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], *, methods: Collection[str], name: str,
+        documented_by: Callable[..., Any] | None = None, responses: dict[int | str, dict[str, Any]] | None = None,
+        summary: str | None = None,
+    ) -> None:
+        super().__init__(path, endpoint, methods=list(methods), name=name)
+        self.documented_by = documented_by
+        self.responses = responses or {}
+        self.summary = summary
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child = super().matches(scope)

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
-from shared import bus, db, metrics
+from shared import bus, db, metrics, openapi
 from shared.auth import TokenVerifier
 from shared.errors import ErrorMap, error_response, install_error_handlers
 from shared.events import EVENT_TYPES, Topic
@@ -220,6 +220,8 @@ def create_app(spec: ServiceSpec[Any]) -> FastAPI:
     for router in spec.routers:
         app.include_router(router)
     app.add_middleware(RequestContextMiddleware, service=spec.name, quiet_routes=spec.quiet_routes)
+    # /openapi.json: the public operations only, accurate on errors and auth (shared.openapi).
+    openapi.install(app)
     return app
 
 

@@ -6,8 +6,10 @@ APIs of the services it asks (so that a 503 "peer unavailable" cannot hide a bug
 Schemathesis generates cases from the app's own OpenAPI document, valid ones and ones
 that break the schema, and sends them over HTTP from a worker thread, once as an admin
 and once as a learner. Hypothesis runs derandomized with bounded examples, so the module
-takes about a minute and fails the same way every time. The bare ``POST /api/progress``
-route is not in the document; tests/progress/test_bad_input.py covers it.
+takes about a minute and fails the same way every time. The document is the service's own
+public one (``shared.openapi``, the same the gateway's merged document is made of), so the
+bare ``POST /api/progress`` route is fuzzed too; tests/e2e/test_api_contract.py checks every
+answer against it through the gateway.
 """
 
 from __future__ import annotations

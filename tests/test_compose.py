@@ -108,9 +108,34 @@ def test_each_service_image_is_built_for_that_service(spec: Any) -> None:
     assert callable(app.build_app)
 
 
+GATEWAY_DOCKERFILE = (ROOT / "gateway" / "Dockerfile").read_text()
+
+
+def test_the_gateway_image_carries_the_one_caddyfile_and_the_contract_generated_from_the_code() -> None:
+    gateway = SERVICES["gateway"]
+    assert gateway["build"] == {"context": ".", "dockerfile": "gateway/Dockerfile"}
+    assert "volumes" not in gateway and "image" not in gateway  # nothing mounted over what the image holds
+    stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?", GATEWAY_DOCKERFILE, re.M)
+    assert len(stages) == 2
+    (python, builder), (caddy, _) = stages
+    assert re.fullmatch(r"python:3\.1[1-9]-slim", python) and caddy == "caddy:2.8-alpine"
+    # Stage 1: the project with every service, which writes the site (lessonstream/contract.py).
+    for folder in ("shared", "services", "lessonstream"):
+        assert re.search(rf"^COPY {folder} \./{folder}$", GATEWAY_DOCKERFILE, re.M), folder
+    assert '".[contract]"' in GATEWAY_DOCKERFILE
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("fastapi-offline") for dep in extras["contract"])
+    site = re.search(r"python -m lessonstream\.contract --out (\S+)", GATEWAY_DOCKERFILE)
+    assert site is not None
+    # Stage 2: Caddy with the Caddyfile and the site, where the Caddyfile looks for it.
+    assert re.search(r"^COPY gateway/Caddyfile /etc/caddy/Caddyfile$", GATEWAY_DOCKERFILE, re.M)
+    assert re.search(rf"^COPY --from={builder} {site[1]} {site[1]}$", GATEWAY_DOCKERFILE, re.M)
+    assert gateway["environment"]["API_DOCS_DIR"] == site[1]
+    assert "/etc/caddy/Caddyfile" in GATEWAY_DOCKERFILE.rsplit("FROM", 1)[1]
+
+
 def test_gateway_uses_the_one_caddyfile_with_every_upstream_set() -> None:
     gateway = SERVICES["gateway"]
-    assert "./gateway/Caddyfile:/etc/caddy/Caddyfile:ro" in gateway["volumes"]
     caddyfile = (ROOT / "gateway" / "Caddyfile").read_text()
     required = set(re.findall(r"\{\$([A-Z_]+)\}", caddyfile))  # placeholders without a default
     assert required <= set(gateway["environment"])

@@ -22,13 +22,14 @@ from services.certificates.usecases import CertificatesState
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ErrorMap, HttpError
 from shared.internal import PeerUnavailable
+from shared.openapi import content, errors
 from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT, Text
 
 router = APIRouter(tags=["certificates"])
 public_router = APIRouter(tags=["verification"])
 issuer_router = APIRouter(tags=["issuer"])
-internal_router = APIRouter(prefix="/internal", tags=["internal"])
+internal_router = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
 admin_router = APIRouter(prefix="/api/admin/courses/{course_id}/certificates", tags=["admin"])
 revocation_router = APIRouter(prefix="/api/admin/certificates/{certificate_id}", tags=["admin"])
 ROUTERS = [router, public_router, issuer_router, admin_router, revocation_router, internal_router]
@@ -46,6 +47,10 @@ ERRORS: ErrorMap = {
 }
 
 CourseId = Annotated[int, Path(ge=1, le=2_147_483_647, description="Course ID")]
+
+# The public documents answer 304 to a matching If-None-Match.
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {304: {"description": "Not modified (`If-None-Match` matched)"}}
+VC = "application/vc+ld+json"
 
 
 def _settings(request: Request) -> CertificatesSettings:
@@ -85,7 +90,12 @@ def _pending() -> JSONResponse:
     )
 
 
-@router.get("/api/courses/{course_id}/certificate", response_model=None)
+@router.get("/api/courses/{course_id}/certificate", response_model=None, responses={
+    202: {"description": "Being generated: ask again after `Retry-After` seconds",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+    **errors((400, "course_not_complete"), (403, "not_enrolled"), (404, "certificate_not_available"),
+             (503, "progress_unavailable")),
+})
 async def get_course_certificate(
     course_id: CourseId, user: CurrentUser, pool: DbPool, settings: Settings, state: State
 ) -> dict[str, Any] | JSONResponse:
@@ -99,7 +109,10 @@ async def get_course_certificate(
 
 # -- public: PDF and verification ------------------------------------------------------------
 
-@public_router.get("/certificates/{code}.pdf", response_model=None)
+@public_router.get("/certificates/{code}.pdf", response_class=Response, responses={
+    200: {"description": "The certificate's PDF", **content("application/pdf", {"type": "string", "format": "binary"})},
+    **NOT_MODIFIED, **errors((404, "certificate_not_found")),
+})
 async def download_pdf(
     code: str, request: Request, pool: DbPool, settings: Settings,
     version: Annotated[int | None, Query(ge=1, le=1_000_000, description="An earlier rendering")] = None,
@@ -133,7 +146,12 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-@public_router.get("/certificates/verify/{code}", response_model=None)
+@public_router.get("/certificates/verify/{code}", response_model=None, responses={
+    200: {"description": "A page for people; JSON `{\"data\": {...}}` for `Accept: application/json`",
+          "content": {"text/html": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}},
+    404: {"description": "Unknown code: a page for people, `certificate_not_found` for `Accept: application/json`",
+          **content("text/html")},
+})
 async def verify(
     code: str, request: Request, pool: DbPool, settings: Settings, state: State,
     version: Annotated[int | None, Query(ge=1, le=1_000_000, description="The credential of an earlier rendering")]
@@ -171,7 +189,10 @@ async def verify(
     return HTMLResponse(html, status_code=200 if cert else 404, headers={"Cache-Control": "public, max-age=60"})
 
 
-@public_router.get("/certificates/{code}/credential", response_model=None)
+@public_router.get("/certificates/{code}/credential", response_class=Response, responses={
+    200: {"description": "The signed credential", **content(VC, {"type": "object"})},
+    **NOT_MODIFIED, **errors((404, "certificate_not_found")),
+})
 async def download_credential(
     code: str, request: Request, pool: DbPool,
     version: Annotated[int | None, Query(ge=1, le=1_000_000, description="An earlier rendering's")] = None,
@@ -187,7 +208,10 @@ async def download_credential(
     return Response(body, media_type="application/vc+ld+json", headers=headers)
 
 
-@public_router.get("/certificates/status/{list_number}", response_model=None)
+@public_router.get("/certificates/status/{list_number}", response_class=Response, responses={
+    200: {"description": "The signed status list", **content(VC, {"type": "object"})},
+    **NOT_MODIFIED, **errors((404, "status_list_not_found")),
+})
 async def revocation_status_list(
     list_number: Annotated[int, Path(ge=1, le=1_000_000)], request: Request, pool: DbPool, settings: Settings,
     state: State,
@@ -202,14 +226,16 @@ async def revocation_status_list(
     return Response(orjson.dumps(credential), media_type="application/vc+ld+json", headers=headers)
 
 
-@issuer_router.get("/.well-known/did.json")
+@issuer_router.get("/.well-known/did.json", response_class=Response, responses={
+    200: {"description": "The did:web document", **content("application/did+ld+json", {"type": "object"})}})
 async def did_document(settings: Settings, state: State) -> Response:
     """The issuer's did:web document (every key, current and earlier)."""
     body = orjson.dumps(usecases.issuer_did_document(settings, state))
     return Response(body, media_type="application/did+ld+json", headers={"Cache-Control": "public, max-age=300"})
 
 
-@issuer_router.get("/.well-known/jwks.json")
+@issuer_router.get("/.well-known/jwks.json", response_class=Response, responses={
+    200: {"description": "The issuer's public keys", **content("application/jwk-set+json", {"type": "object"})}})
 async def jwk_set(state: State) -> Response:
     body = orjson.dumps(usecases.issuer_jwks(state))
     return Response(body, media_type="application/jwk-set+json", headers={"Cache-Control": "public, max-age=300"})
@@ -248,7 +274,7 @@ async def get_template(course_id: CourseId, admin: AdminUser, pool: DbPool) -> d
     }}
 
 
-@admin_router.put("/template")
+@admin_router.put("/template", responses=errors((400, "invalid_template")))
 async def put_template(
     course_id: CourseId, admin: AdminUser, pool: DbPool, body: Annotated[TemplateBody, Body()]
 ) -> dict[str, Any]:
@@ -272,7 +298,7 @@ async def regenerate(course_id: CourseId, admin: AdminUser, pool: DbPool) -> dic
                      "certificates": queued.certificates}}
 
 
-@admin_router.get("/regenerations/{regeneration_id}")
+@admin_router.get("/regenerations/{regeneration_id}", responses=errors((404, "regeneration_not_found")))
 async def regeneration_status(
     course_id: CourseId, regeneration_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)], admin: AdminUser, pool: DbPool
 ) -> dict[str, Any]:
@@ -312,7 +338,7 @@ def _status_data(cert: Certificate, settings: CertificatesSettings) -> dict[str,
     }
 
 
-@revocation_router.post("/{action}")
+@revocation_router.post("/{action}", responses=errors((404, "certificate_not_found"), (409, "status_unchanged")))
 async def change_status(
     certificate_id: CertificateId, action: Annotated[Literal["revoke", "reinstate"], Path()], admin: AdminUser,
     pool: DbPool, settings: Settings, body: Annotated[StatusChange, Body()],

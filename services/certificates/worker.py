@@ -16,6 +16,7 @@ from services.certificates import handlers
 from services.certificates.rendering import Renderer
 from services.certificates.settings import WorkerSettings
 from services.certificates.usecases import WorkerState, load_signing_keys
+from shared.events import Topic
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
 
@@ -38,6 +39,8 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
             migrations=Path(__file__).parent / "migrations",
             migration_component="certificates",  # same database and migrations as the API
             subscriptions=handlers.subscriptions(settings),
+            # What it publishes through its outbox, for the event documents (/asyncapi.json).
+            publishes=[Topic.CERTIFICATE_ISSUED],
             open_state=open_state,
         )
     )

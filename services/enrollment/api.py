@@ -30,6 +30,7 @@ from services.enrollment.schemas import (
 from services.enrollment.usecases import EnrollmentState
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ErrorMap, HttpError
+from shared.openapi import errors
 from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT, MAX_PAGE
 
@@ -56,19 +57,20 @@ app_passwords = APIRouter(prefix="/api/admin/app-passwords", tags=["application 
 # --- catalog admin ---------------------------------------------------------------------
 
 
-@admin.post("", status_code=201)
+@admin.post("", status_code=201, responses=errors((409, "slug_taken")))
 async def create_course(body: CourseCreate, user: AdminUser, pool: DbPool) -> Message[CourseOut]:
     course = await usecases.create_course(pool, body.model_dump())
     return Message(message="Course created", data=CourseOut.of(course))
 
 
-@admin.get("/{course_id}")
+@admin.get("/{course_id}", responses=errors((403, "forbidden"), (404, "course_not_found")))
 async def get_any_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Data[CourseOut]:
     """Any status (drafts too), for the course's instructors and administrators."""
     return Data(data=CourseOut.of(await usecases.manageable_course(pool, user, course_id)))
 
 
-@admin.patch("/{course_id}")
+@admin.patch("/{course_id}", responses=errors(
+    (400, "invalid_status"), (403, "forbidden"), (404, "course_not_found"), (409, "slug_taken")))
 async def update_course(
     course_id: CourseId, body: CourseUpdate, user: CurrentUser, pool: DbPool
 ) -> Message[CourseOut]:
@@ -76,19 +78,22 @@ async def update_course(
     return Message(message="Course updated", data=CourseOut.of(course))
 
 
-@admin.post("/{course_id}/publish")
+@admin.post("/{course_id}/publish", responses=errors(
+    (400, "course_has_no_lessons"), (400, "invalid_status"), (403, "forbidden"), (404, "course_not_found")))
 async def publish_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[CourseOut]:
     course = await usecases.set_course_status(pool, user, course_id, "published")
     return Message(message="Course published", data=CourseOut.of(course))
 
 
-@admin.post("/{course_id}/archive")
+@admin.post("/{course_id}/archive", responses=errors(
+    (400, "invalid_status"), (403, "forbidden"), (404, "course_not_found")))
 async def archive_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[CourseOut]:
     course = await usecases.set_course_status(pool, user, course_id, "archived")
     return Message(message="Course archived", data=CourseOut.of(course))
 
 
-@admin.post("/{course_id}/lessons", status_code=201)
+@admin.post("/{course_id}/lessons", status_code=201, responses=errors(
+    (400, "invalid_request"), (403, "forbidden"), (404, "course_not_found")))
 async def add_lesson(
     course_id: CourseId, body: LessonCreate, user: CurrentUser, pool: DbPool
 ) -> Message[dict[str, Any]]:
@@ -99,7 +104,8 @@ async def add_lesson(
     return Message(message="Lesson added", data={"lesson": lesson, "course": out})
 
 
-@admin.put("/{course_id}/lessons/order")
+@admin.put("/{course_id}/lessons/order", responses=errors(
+    (400, "invalid_request"), (403, "forbidden"), (404, "course_not_found")))
 async def reorder_lessons(
     course_id: CourseId, body: LessonOrder, user: CurrentUser, pool: DbPool
 ) -> Message[CourseOut]:
@@ -107,7 +113,8 @@ async def reorder_lessons(
     return Message(message="Lessons reordered", data=CourseOut.of(course))
 
 
-@admin.patch("/{course_id}/lessons/{lesson_id}")
+@admin.patch("/{course_id}/lessons/{lesson_id}", responses=errors(
+    (400, "invalid_request"), (403, "forbidden"), (404, "course_not_found"), (404, "lesson_not_found")))
 async def update_lesson(
     course_id: CourseId, lesson_id: LessonId, body: LessonUpdate, user: CurrentUser, pool: DbPool
 ) -> Message[dict[str, Any]]:
@@ -118,7 +125,8 @@ async def update_lesson(
     return Message(message="Lesson updated", data={"lesson": lesson, "course": out})
 
 
-@admin.post("/{course_id}/learners/{user_id}/reset")
+@admin.post("/{course_id}/learners/{user_id}/reset", responses=errors(
+    (403, "forbidden"), (404, "course_not_found"), (404, "not_enrolled")))
 async def reset_learner(
     course_id: CourseId, user_id: LearnerId, user: CurrentUser, pool: DbPool
 ) -> Message[EnrollmentOut]:
@@ -127,7 +135,8 @@ async def reset_learner(
     return Message(message="Learner's course reset", data=EnrollmentOut.of(enrollment))
 
 
-@admin.delete("/{course_id}/lessons/{lesson_id}")
+@admin.delete("/{course_id}/lessons/{lesson_id}", responses=errors(
+    (400, "course_needs_a_lesson"), (403, "forbidden"), (404, "course_not_found"), (404, "lesson_not_found")))
 async def archive_lesson(
     course_id: CourseId, lesson_id: LessonId, user: CurrentUser, pool: DbPool
 ) -> Message[CourseOut]:
@@ -152,12 +161,12 @@ async def my_courses(
     return MyCourseList(data=rows, meta=PageMeta(total=total, per_page=size, current_page=page))
 
 
-@public.get("/{course_id}")
+@public.get("/{course_id}", responses=errors((404, "course_not_found")))
 async def get_course(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Data[CourseOut]:
     return Data(data=CourseOut.of(await usecases.published_course(pool, course_id)))
 
 
-@public.post("/{course_id}/enroll")
+@public.post("/{course_id}/enroll", responses=errors((400, "already_enrolled"), (404, "course_not_found")))
 async def enroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[EnrollmentOut]:
     result = await usecases.enroll(pool, user, course_id)
     return Message(
@@ -165,13 +174,14 @@ async def enroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Messag
     )
 
 
-@public.post("/{course_id}/unenroll")
+@public.post("/{course_id}/unenroll", responses=errors(
+    (403, "not_enrolled"), (404, "course_not_found"), (404, "not_enrolled")))
 async def unenroll(course_id: CourseId, user: CurrentUser, pool: DbPool) -> Message[EnrollmentOut]:
     enrollment = await usecases.unenroll(pool, user, course_id)
     return Message(message="Successfully unenrolled from course", data=EnrollmentOut.of(enrollment))
 
 
-@public.get("/{course_id}/students")
+@public.get("/{course_id}/students", responses=errors((403, "forbidden"), (404, "course_not_found")))
 async def students(
     course_id: CourseId,
     user: CurrentUser,

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from services.enrollment import api, handlers
 from services.enrollment.settings import EnrollmentSettings
 from services.enrollment.usecases import EnrollmentState
+from shared.events import Topic
 from shared.service import Runtime, ServiceSpec, create_app
 
 
@@ -27,6 +28,8 @@ def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
             routers=list(api.ROUTERS),
             errors=api.ERRORS,
             subscriptions=handlers.subscriptions(settings),
+            # What it publishes through its outbox, for the event documents (/asyncapi.json).
+            publishes=[Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED, Topic.RECERTIFICATION_SCHEDULED],
             open_state=open_state,
             title="Lessonstream enrollment: course catalog and enrollments",
             # The gateway asks on every request with Basic credentials (heartbeats included).

@@ -20,6 +20,7 @@ from shared.auth import CurrentUser, InternalCaller, current_user
 from shared.errors import ErrorMap, HttpError
 from shared.http import BareRoute
 from shared.internal import PeerUnavailable
+from shared.openapi import errors
 from shared.service import state_of
 from shared.validation import MAX_BIGINT
 
@@ -84,6 +85,32 @@ class ProgressIn(BaseModel):
     played_segments: Annotated[list[Segment], Field(max_length=MAX_PLAYED_SEGMENTS)] | None = None
 
 
+class ProgressRecord(BaseModel):
+    """One learner-lesson record (``domain.progress_record``), as every progress route shows it."""
+
+    id: int
+    user_id: str
+    course_id: int
+    lesson_id: int
+    completed: bool
+    completed_at: datetime | None
+    video_progress: float
+    last_position: float
+    time_spent_seconds: int
+    state: str
+    watched_seconds: float
+    watched_ratio: float | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# What a learner's act on a lesson can be refused with, besides the derived statuses.
+LESSON_REFUSALS = errors(
+    (400, "invalid_request"), (403, "not_enrolled"), (403, "lesson_locked"), (404, "course_not_found"),
+    (404, "lesson_not_found"), (503, "service_unavailable"),
+)
+
+
 async def _tracker(request: Request) -> Tracker:
     return state_of(request, ProgressState).tracker
 
@@ -101,7 +128,7 @@ def json(content: Any, status: int = 200) -> Response:
 router = APIRouter(prefix="/api")
 
 
-@router.get("/progress")
+@router.get("/progress", responses={200: {"model": list[ProgressRecord]}, **errors((404, "course_not_found"))})
 async def get_progress(
     user: CurrentUser, tracker: Tracked, course_id: CourseFilter = None, course_id_snake: CourseFilterSnake = None
 ) -> Response:
@@ -136,10 +163,20 @@ class HeartbeatEndpoint:
         await json(record)(scope, receive, send)
 
 
-heartbeat_route = BareRoute("/api/progress", HeartbeatEndpoint(), methods=["POST"], name="post_progress")
+async def post_progress(heartbeat: ProgressIn, user: CurrentUser) -> ProgressRecord:
+    """A heartbeat of the learner's lesson (its position, played ranges, or its completion):
+    the created or updated record."""
+    raise NotImplementedError("documentation only: HeartbeatEndpoint answers this route")
 
 
-@router.get("/courses/{course_id}/progress")
+heartbeat_route = BareRoute(
+    "/api/progress", HeartbeatEndpoint(), methods=["POST"], name="post_progress",
+    documented_by=post_progress, responses=LESSON_REFUSALS, summary="Record a heartbeat",
+)
+
+
+@router.get("/courses/{course_id}/progress", responses=errors(
+    (403, "not_enrolled"), (403, "forbidden"), (404, "course_not_found")))
 async def course_progress(
     course_id: Id, user: CurrentUser, tracker: Tracked, user_id: Annotated[str | None, Query(min_length=1)] = None
 ) -> Response:
@@ -162,7 +199,8 @@ def _lesson_answer(
     }
 
 
-@router.post("/courses/{course_id}/lessons/{lesson_id}/complete")
+@router.post("/courses/{course_id}/lessons/{lesson_id}/complete", responses={
+    **LESSON_REFUSALS, **errors((403, "not_enrolled"), (403, "lesson_locked"), (403, "lesson_not_watched"))})
 async def complete_lesson(course_id: Id, lesson_id: Id, user: CurrentUser, tracker: Tracked) -> Response:
     done = await tracker.complete(user, course_id, lesson_id)
     message = "Lesson marked as complete" if done.newly else "Lesson already marked as complete"
@@ -172,14 +210,16 @@ async def complete_lesson(course_id: Id, lesson_id: Id, user: CurrentUser, track
     return json(answer)
 
 
-@router.post("/courses/{course_id}/lessons/{lesson_id}/incomplete")
+@router.post("/courses/{course_id}/lessons/{lesson_id}/incomplete", responses={
+    **LESSON_REFUSALS, **errors((404, "course_not_found"), (404, "lesson_not_found"), (404, "completion_not_found"))})
 async def incomplete_lesson(course_id: Id, lesson_id: Id, user: CurrentUser, tracker: Tracked) -> Response:
     row, standing = await tracker.incomplete(user, course_id, lesson_id)
     message = "Lesson marked as incomplete" if row is not None else "Lesson is not marked as complete"
     return json(_lesson_answer(message, lesson_id, None, standing))
 
 
-@router.get("/admin/learners/{learner_id}/progress")
+@router.get("/admin/learners/{learner_id}/progress", responses={
+    200: {"model": list[ProgressRecord]}, **errors((403, "forbidden"))})
 async def learner_progress(
     learner_id: str,
     user: CurrentUser,
@@ -193,7 +233,7 @@ async def learner_progress(
     return json(await tracker.learner_records(user, learner_id, course_id or course_id_snake, attempt))
 
 
-internal_router = APIRouter(prefix="/internal")
+internal_router = APIRouter(prefix="/internal", include_in_schema=False)
 
 
 @internal_router.get("/courses/{course_id}/learners/{user_id}/completion")

@@ -13,6 +13,7 @@ from services.progress.heartbeats import HeartbeatBuffer
 from services.progress.replicas import Replicas
 from services.progress.settings import ProgressSettings
 from services.progress.usecases import RECHECK_BACKOFF, ProgressState, Recalculator, SessionCloser, Tracker
+from shared.events import Topic
 from shared.internal import internal_client
 from shared.periodic import Periodic
 from shared.retry import Backoff
@@ -57,6 +58,9 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
             errors={**api.ERRORS, **analytics_api.ERRORS},
             quiet_routes=frozenset({("POST", "/api/progress")}),
             subscriptions=handlers.subscriptions(settings),
+            # What it publishes through its outbox, for the event documents (/asyncapi.json).
+            publishes=[Topic.LESSON_COMPLETED, Topic.LESSON_REOPENED, Topic.COURSE_COMPLETED,
+                       Topic.PROGRESS_RECALCULATED, Topic.VIDEO_SESSIONS],
             open_state=open_state,
         )
     )

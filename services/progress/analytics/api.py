@@ -13,6 +13,7 @@ from services.progress.analytics import domain, usecases
 from services.progress.usecases import ProgressState
 from shared.auth import CurrentUser
 from shared.errors import ErrorMap, HttpError, forbidden
+from shared.openapi import content, errors
 from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT
 
@@ -29,7 +30,11 @@ ERRORS: ErrorMap = {
 router = APIRouter(prefix="/api/admin")
 
 
-@router.get("/courses/{course_id}/analytics")
+@router.get("/courses/{course_id}/analytics", responses={
+    200: {"description": "The report: `{\"data\": {...}}`, or CSV (`format=csv` or `Accept: text/csv`)",
+          **content("text/csv")},
+    **errors((400, "invalid_request"), (403, "forbidden"), (404, "course_not_found")),
+})
 async def course_analytics(
     course_id: Id,
     request: Request,
