@@ -237,7 +237,10 @@ def test_each_producer_may_write_only_its_own_topics() -> None:
     assert "--operation All" not in script and "--allow-principal User:*" not in script
 
 
-def test_each_consumer_may_read_what_it_subscribes_to_in_its_own_groups() -> None:
+def test_each_consumer_may_read_what_it_subscribes_to_in_its_own_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every optional consumer on (notifications reads video-sessions only with an LRS set):
+    # the grants must cover what an operator may switch on.
+    monkeypatch.setenv("XAPI_LRS_URL", "https://lrs.example/xAPI")
     expected: dict[str, set[str]] = {p: set() for p in OWNED_TOPICS}
     for spec in PROCESSES:
         module_name, function = spec.factory.split(":")

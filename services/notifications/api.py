@@ -1,5 +1,6 @@
 """Admin routes: the sent-notification log (what was sent to whom, every attempt and its
-outcome), webhook endpoints, and their delivery logs and replays."""
+outcome), webhook endpoints, and their delivery logs and replays; the xAPI statements'
+delivery log and replay."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from shared.validation import MAX_BIGINT, MAX_PAGE, STORABLE
 
 router = APIRouter(prefix="/api/admin/notifications", tags=["notifications"])
 webhooks = APIRouter(prefix="/api/admin/webhooks", tags=["webhooks"])
-ROUTERS = [router, webhooks]
+statements = APIRouter(prefix="/api/admin/xapi/deliveries", tags=["xapi"])
+ROUTERS = [router, webhooks, statements]
 
 # The one place the service's refusals become HTTP answers.
 ERRORS: ErrorMap = {
@@ -297,3 +299,63 @@ async def replay_webhook_delivery(
 ) -> dict[str, DeliveryDetailOut]:
     delivery = await usecases.replay_delivery(state_of(request, NotificationsState), pool, endpoint_id, delivery_id)
     return {"data": DeliveryDetailOut.model_validate(delivery)}
+
+
+# --- xAPI statements ---------------------------------------------------------------------
+
+
+class StatementDeliveryOut(BaseModel):
+    id: int
+    message_id: str  # the statement id: the same on every retry and replay
+    event_id: UUID
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+
+class StatementDeliveryDetailOut(StatementDeliveryOut):
+    body: str  # the statement, exactly as sent
+    attempt_log: list[DeliveryAttemptOut]
+
+
+class StatementDeliveryPage(BaseModel):
+    data: list[StatementDeliveryOut]
+    meta: dict[str, Any]
+
+
+@statements.get("", response_model=StatementDeliveryPage)
+async def list_statement_deliveries(
+    pool: DbPool,
+    _: AdminUser,
+    status: DeliveryStatus | None = None,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> StatementDeliveryPage:
+    rows, total = await usecases.list_statement_deliveries(
+        pool, DeliveryFilter(status=status), page=page, per_page=per_page
+    )
+    return StatementDeliveryPage(
+        data=[StatementDeliveryOut.model_validate(r) for r in rows],
+        meta={"total": total, "page": page, "per_page": per_page},
+    )
+
+
+@statements.get("/{delivery_id}", response_model=dict[str, StatementDeliveryDetailOut])
+async def get_statement_delivery(
+    pool: DbPool, _: AdminUser, delivery_id: DeliveryId
+) -> dict[str, StatementDeliveryDetailOut]:
+    return {"data": StatementDeliveryDetailOut.model_validate(await usecases.get_statement_delivery(pool, delivery_id))}
+
+
+@statements.post("/{delivery_id}/replay", response_model=dict[str, StatementDeliveryDetailOut])
+async def replay_statement_delivery(
+    request: Request, pool: DbPool, _: AdminUser, delivery_id: DeliveryId
+) -> dict[str, StatementDeliveryDetailOut]:
+    delivery = await usecases.replay_statement_delivery(state_of(request, NotificationsState), pool, delivery_id)
+    return {"data": StatementDeliveryDetailOut.model_validate(delivery)}

@@ -9,7 +9,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.notifications import api, handlers
-from services.notifications.deliveries import DeliveryLoop
+from services.notifications.deliveries import DeliveryLoop, DestinationKind
+from services.notifications.lrs import XapiDestination
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
 from services.notifications.usecases import NotificationsState, Owners, max_event_age
@@ -25,7 +26,10 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
     async def open_state(runtime: Runtime[NotificationsState]) -> NotificationsState:
         sender = MailSender(settings)
         # Destination kinds: one module each (docs/notifications.md, "Deliveries").
-        deliveries = DeliveryLoop(settings, [WebhookDestination(settings, mail_queued=sender.wake)])
+        kinds: list[DestinationKind] = [WebhookDestination(settings, mail_queued=sender.wake)]
+        if settings.xapi_enabled:
+            kinds.append(XapiDestination(settings))
+        deliveries = DeliveryLoop(settings, kinds)
         state = NotificationsState(
             sender=sender,
             owners=Owners(
@@ -37,6 +41,7 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             max_event_age=max_event_age(settings),
             deliveries=deliveries,
             production=settings.env == "production",
+            xapi_base_url=settings.public_base_url.rstrip("/") if settings.xapi_enabled else None,
         )
         await sender.start(runtime.pool)
         await deliveries.start(runtime.pool)

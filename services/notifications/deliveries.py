@@ -102,7 +102,7 @@ class DeliveryLoop:
             wake.set()
         # Let attempts in flight finish and be recorded: one cut short is sent again later.
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._settings.webhook_timeout_s + 5)
+            await asyncio.wait(self._tasks, timeout=self._settings.request_timeout_s + 5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

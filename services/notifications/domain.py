@@ -456,6 +456,24 @@ def after_attempt(outcome: Outcome, tries: int, schedule: Sequence[float]) -> De
     return DeliveryDecision(DeliveryStatus.PENDING, retry_in_s=schedule[tries])
 
 
+# --- xAPI statements (a destination kind of the delivery queue) ------------------------------
+
+XAPI_KIND = "xapi"  # deliveries.destination_kind of a statement for the configured LRS (destination 0)
+# LRS answers that retrying the same statement cannot change: it is malformed or too large.
+_LRS_REFUSALS = frozenset({400, 413, 415, 422})
+
+
+def lrs_answer(status_code: int) -> tuple[bool, bool]:
+    """(delivered, worth retrying) for the LRS's answer to ``PUT /statements?statementId=``.
+    2xx stored it; 409 is the LRS already holding a statement under our id, which only we
+    make and always from the same event (deterministic ids): stored before, delivered. A
+    malformed or oversized statement is refused for good; anything else (401/403 until the
+    credentials are fixed, 404 until the URL is, 429, 5xx) is retried on the schedule."""
+    if 200 <= status_code < 300 or status_code == 409:
+        return True, False
+    return False, status_code not in _LRS_REFUSALS
+
+
 def sustained_failure(
     *, exhausted: bool, failing_since: datetime | None, now: datetime, disable_after: timedelta | None
 ) -> str | None:

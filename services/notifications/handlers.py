@@ -1,14 +1,21 @@
 """Event entry points: each consumed event becomes one row in the outgoing-mail queue and one
 delivery per webhook endpoint that wants it (``usecases.queue_mail``, and
-``usecases.queue_enrollment_webhooks`` for enrollment changes, which are mailed to nobody):
-confirmed with its owner first, queued in the inbox transaction."""
+``usecases.queue_enrollment_webhooks`` for enrollment changes, which are mailed to nobody),
+and, with an LRS configured, its xAPI statements (``usecases.queue_video_statements`` for
+viewing sessions, consumed only then): confirmed with its owner first, queued in the inbox
+transaction."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from services.notifications.settings import NotificationsSettings
-from services.notifications.usecases import NotificationsState, queue_enrollment_webhooks, queue_mail
+from services.notifications.usecases import (
+    NotificationsState,
+    queue_enrollment_webhooks,
+    queue_mail,
+    queue_video_statements,
+)
 from shared.events import (
     CertificateIssued,
     CertificateRevoked,
@@ -16,6 +23,7 @@ from shared.events import (
     EnrollmentChanged,
     RecertificationScheduled,
     Topic,
+    VideoSessionEnded,
 )
 from shared.inbox import EventContext, Subscription
 
@@ -25,6 +33,7 @@ CERTIFICATE_CONSUMER = "notifications-certificate-issued"
 REVOCATION_CONSUMER = "notifications-certificate-revoked"
 RECERTIFICATION_CONSUMER = "notifications-recertification-scheduled"
 ENROLLMENT_CONSUMER = "notifications-enrollment-changed"
+VIDEO_SESSIONS_CONSUMER = "notifications-video-sessions"
 
 
 async def on_course_completed(event: CourseCompleted, ctx: EventContext) -> None:
@@ -47,7 +56,18 @@ async def on_enrollment_changed(event: EnrollmentChanged, ctx: EventContext) -> 
     await queue_enrollment_webhooks(ctx.state(NotificationsState), event, ctx)
 
 
+async def on_video_session_ended(event: VideoSessionEnded, ctx: EventContext) -> None:
+    await queue_video_statements(ctx.state(NotificationsState), event, ctx)
+
+
 def subscriptions(settings: NotificationsSettings) -> list[Subscription[Any]]:
+    # Viewing sessions only become xAPI statements: without an LRS they are not read at all
+    # (no load from every learner's sessions), and a group created when an LRS is set reads
+    # the topic from its start, so the sessions the topic still holds are stated too.
+    xapi = (
+        [Subscription(Topic.VIDEO_SESSIONS, VideoSessionEnded, on_video_session_ended, VIDEO_SESSIONS_CONSUMER)]
+        if settings.xapi_enabled else []
+    )
     return [
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, on_course_completed, COMPLETED_CONSUMER),
         Subscription(Topic.CERTIFICATE_ISSUED, CertificateIssued, on_certificate_issued, CERTIFICATE_CONSUMER),
@@ -57,4 +77,5 @@ def subscriptions(settings: NotificationsSettings) -> list[Subscription[Any]]:
             RECERTIFICATION_CONSUMER,
         ),
         Subscription(Topic.ENROLLMENT_CHANGED, EnrollmentChanged, on_enrollment_changed, ENROLLMENT_CONSUMER),
+        *xapi,
     ]

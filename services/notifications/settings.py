@@ -77,6 +77,18 @@ class NotificationsSettings(ServiceSettings):
     # mailed), as is one whose delivery exhausted its schedule. 0: only the latter.
     webhook_disable_after_s: float = Field(5 * 24 * 3600.0, ge=0)
 
+    # --- xAPI (statements to a Learning Record Store, a destination kind of the deliveries) --
+    # The LRS's xAPI base (statements go to {XAPI_LRS_URL}/statements). Empty: no statements
+    # are made and video-sessions is not consumed.
+    xapi_lrs_url: str = ""
+    # HTTP Basic credentials, or the whole Authorization header value (e.g. "Basic ..." as an
+    # LRS hands it out, or "Bearer ..."); not both.
+    xapi_lrs_username: str = ""
+    xapi_lrs_password: SecretStr = SecretStr("")
+    xapi_lrs_authorization: SecretStr = SecretStr("")
+    # One statement PUT: connecting, sending, the answer.
+    xapi_timeout_s: float = Field(10.0, gt=0)
+
     @field_validator("delivery_retry_schedule_s", mode="before")
     @classmethod
     def _schedule_from_env(cls, value: Any) -> Any:
@@ -94,6 +106,23 @@ class NotificationsSettings(ServiceSettings):
             raise ValueError("delays must not be negative")
         return value
 
+    @field_validator("xapi_lrs_url")
+    @classmethod
+    def _lrs_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("XAPI_LRS_URL must be an http(s) URL")
+        return value
+
+    @property
+    def xapi_enabled(self) -> bool:
+        return bool(self.xapi_lrs_url)
+
+    @property
+    def request_timeout_s(self) -> float:
+        """The longest one delivery attempt of any destination kind may take."""
+        return max(self.webhook_timeout_s, self.xapi_timeout_s)
+
     @property
     def site_url(self) -> str:
         return (self.mail_site_url or self.public_base_url).rstrip("/")
@@ -106,6 +135,21 @@ class NotificationsSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _lease_beyond_a_request(self) -> Self:
-        if self.delivery_lease_s <= self.webhook_timeout_s:
-            raise ValueError("DELIVERY_LEASE_S must exceed WEBHOOK_TIMEOUT_S: a slow request would be sent twice")
+        if self.delivery_lease_s <= self.request_timeout_s:
+            raise ValueError(
+                "DELIVERY_LEASE_S must exceed WEBHOOK_TIMEOUT_S and XAPI_TIMEOUT_S: a slow request would be sent twice"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_lrs_authentication(self) -> Self:
+        basic = bool(self.xapi_lrs_username or self.xapi_lrs_password.get_secret_value())
+        if basic and self.xapi_lrs_authorization.get_secret_value():
+            raise ValueError("set XAPI_LRS_USERNAME/XAPI_LRS_PASSWORD or XAPI_LRS_AUTHORIZATION, not both")
+        if self.xapi_lrs_password.get_secret_value() and not self.xapi_lrs_username:
+            raise ValueError("XAPI_LRS_PASSWORD is set without XAPI_LRS_USERNAME")
+        if self.env == "production" and self.xapi_lrs_url.startswith("http://") and (
+            basic or self.xapi_lrs_authorization.get_secret_value()
+        ):
+            raise ValueError("unsafe production settings: LRS credentials would travel over http (XAPI_LRS_URL)")
         return self

@@ -13,6 +13,7 @@ import orjson
 
 from services.notifications.domain import (
     WEBHOOK_KIND,
+    XAPI_KIND,
     AttemptOutcome,
     Decision,
     DeliveryDecision,
@@ -374,6 +375,25 @@ async def queue_webhooks(
         ON CONFLICT (destination_kind, destination_id, message_id) DO NOTHING
         """,
         WEBHOOK_KIND, message_id, event_id, event_type, body, occurred_at,
+    )
+    return int(status.split()[-1])
+
+
+async def queue_statements(
+    conn: Connection, *, event_id: UUID, event_type: str, statements: list[tuple[str, str]]
+) -> int:
+    """One xAPI delivery per statement (id, JSON body) of an event, for the one LRS; a statement
+    id already queued adds nothing (a redelivered event, or the video ``completed`` of one
+    attempt stated by two events): the unique key."""
+    if not statements:
+        return 0
+    status = await conn.execute(
+        """
+        INSERT INTO deliveries (destination_kind, destination_id, message_id, event_id, event_type, body, status)
+        SELECT $1, 0, s.id, $2, $3, s.body, 'pending' FROM unnest($4::text[], $5::text[]) AS s (id, body)
+        ON CONFLICT (destination_kind, destination_id, message_id) DO NOTHING
+        """,
+        XAPI_KIND, event_id, event_type, [sid for sid, _ in statements], [body for _, body in statements],
     )
     return int(status.split()[-1])
 

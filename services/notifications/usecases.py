@@ -10,7 +10,10 @@ certificate-revoked, enrollment for recertification-scheduled) and the mail is m
 the owner's copy; a forged or altered event is rejected (dead-lettered). A revocation or
 reinstatement the certificate has changed again since is acknowledged without a mail: the
 newer change has its own. Webhooks are queued in the same transaction from the same
-confirmed copy: one delivery per enabled endpoint subscribed to the event's type.
+confirmed copy: one delivery per enabled endpoint subscribed to the event's type. With an
+LRS configured, xAPI statements are queued the same way (a destination kind of their own):
+the course completed for a course-completed, the Video Profile session statements for a
+video-session-ended, which is confirmed with progress first like everything else.
 """
 
 from __future__ import annotations
@@ -23,13 +26,20 @@ import asyncpg
 import httpx
 import orjson
 
-from services.notifications import domain, store, webhooks
+from services.notifications import domain, store, webhooks, xapi
 from services.notifications.deliveries import DeliveryLoop
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
 from shared.auth import User
 from shared.db import Connection, Executor
-from shared.events import CertificateIssued, CourseCompleted, EnrollmentChanged, RecertificationScheduled, utcnow
+from shared.events import (
+    CertificateIssued,
+    CourseCompleted,
+    EnrollmentChanged,
+    RecertificationScheduled,
+    VideoSessionEnded,
+    utcnow,
+)
 from shared.inbox import EventContext
 from shared.internal import (
     confirm_certificate,
@@ -37,6 +47,7 @@ from shared.internal import (
     confirm_enrollment_change,
     confirm_recertification,
     confirm_revocation,
+    confirm_video_session,
 )
 
 
@@ -65,6 +76,9 @@ class NotificationsState:
     max_event_age: timedelta | None  # None: events of any age are mailed
     deliveries: DeliveryLoop
     production: bool  # webhook targets must be public https addresses
+    # Where statements' actors and activities live (the public base URL); None: no LRS is
+    # configured and no statement is made.
+    xapi_base_url: str | None = None
 
     async def close(self) -> None:
         await self.deliveries.stop()
@@ -101,6 +115,10 @@ async def queue_mail(state: NotificationsState, event: domain.MailedEvent, ctx: 
     async with ctx.transaction() as conn:
         await store.enqueue(conn, planned, payload, source)
         queued = 0 if isinstance(confirmed, RecertificationScheduled) else await _queue_webhooks(conn, confirmed)
+        if isinstance(confirmed, CourseCompleted) and state.xapi_base_url is not None:
+            queued += await _queue_statements(
+                conn, confirmed, [xapi.course_completed(confirmed, state.xapi_base_url)]
+            )
     if planned.status is domain.MailStatus.PENDING:
         state.sender.wake()
     if queued:
@@ -122,6 +140,31 @@ async def queue_enrollment_webhooks(state: NotificationsState, event: Enrollment
         queued = await _queue_webhooks(conn, confirmed)
     if queued:
         state.deliveries.wake()
+
+
+async def queue_video_statements(state: NotificationsState, event: VideoSessionEnded, ctx: EventContext) -> None:
+    """A viewing session's xAPI statements, from progress's own copy of the event (forged or
+    altered: rejected, dead-lettered, nothing queued), queued in the inbox transaction."""
+    if state.xapi_base_url is None:
+        return  # unreachable: video-sessions is consumed only with an LRS (handlers.subscriptions)
+    if await ctx.already_applied():
+        async with ctx.transaction():
+            return
+    confirmed = await confirm_video_session(state.owners.progress, event)
+    statements = xapi.video_session(confirmed, state.xapi_base_url)
+    async with ctx.transaction() as conn:
+        queued = await _queue_statements(conn, confirmed, statements)
+    if queued:
+        state.deliveries.wake()
+
+
+async def _queue_statements(
+    conn: Connection, event: CourseCompleted | VideoSessionEnded, statements: list[xapi.Statement]
+) -> int:
+    return await store.queue_statements(
+        conn, event_id=event.event_id, event_type=event.type,
+        statements=[(str(s["id"]), orjson.dumps(s).decode()) for s in statements],
+    )
 
 
 async def _queue_webhooks(conn: Connection, event: domain.WebhookEvent) -> int:
@@ -305,3 +348,32 @@ async def replay_delivery(
     if endpoint["enabled"]:
         state.deliveries.wake()
     return await get_delivery(pool, endpoint_id, delivery_id)
+
+
+# --- xAPI statement deliveries (admin API) ----------------------------------------------
+# The one LRS is destination 0 of the xAPI kind: its deliveries are listed and replayed as a
+# webhook endpoint's are, without an endpoint to look up.
+
+
+async def list_statement_deliveries(
+    db: Executor, where: domain.DeliveryFilter, *, page: int, per_page: int
+) -> tuple[list[dict[str, Any]], int]:
+    return await store.list_deliveries(db, domain.XAPI_KIND, 0, where, limit=per_page, offset=(page - 1) * per_page)
+
+
+async def get_statement_delivery(db: Executor, delivery_id: int) -> dict[str, Any]:
+    delivery = await store.get_delivery(db, domain.XAPI_KIND, 0, delivery_id)
+    if delivery is None:
+        raise domain.DeliveryNotFound(delivery_id)
+    return delivery
+
+
+async def replay_statement_delivery(state: NotificationsState, pool: asyncpg.Pool, delivery_id: int) -> dict[str, Any]:
+    """Send a statement again (same id and body, a fresh schedule; the LRS keeps one copy).
+    Without an LRS configured it waits in the queue; one in flight is left as it is."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await store.get_delivery(conn, domain.XAPI_KIND, 0, delivery_id) is None:
+            raise domain.DeliveryNotFound(delivery_id)
+        await store.replay_delivery(conn, domain.XAPI_KIND, 0, delivery_id, held=False)
+    state.deliveries.wake()
+    return await get_statement_delivery(pool, delivery_id)

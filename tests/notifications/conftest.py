@@ -18,7 +18,14 @@ from services.notifications.app import build_app
 from services.notifications.settings import NotificationsSettings
 from shared import outbox
 from shared.auth import issue_token
-from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, Event, RecertificationScheduled
+from shared.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    CourseCompleted,
+    Event,
+    RecertificationScheduled,
+    VideoSessionEnded,
+)
 from shared.service import Runtime, ServiceSpec
 from tests.helpers import TestEnv, app_client, eventually, served
 from tests.notifications.smtp_server import MailServer
@@ -40,7 +47,7 @@ class Owners:
     """The internal APIs notifications confirms events with: progress's completion events,
     the certificates service's issued certificates (with their current revocation status, from
     the latest revoked/reinstated change it published) and enrollment's recertification
-    notices, as those services answer them."""
+    notices and progress's video-session events, as those services answer them."""
 
     token: str = "test-internal-token"
     url: str = ""
@@ -48,6 +55,7 @@ class Owners:
     certificates: dict[str, CertificateIssued] = field(default_factory=dict)
     status_changes: dict[str, CertificateRevoked] = field(default_factory=dict)  # the latest per certificate
     recertifications: dict[UUID, RecertificationScheduled] = field(default_factory=dict)
+    video_sessions: dict[UUID, VideoSessionEnded] = field(default_factory=dict)
     down: bool = False
 
     def register(self, event: Event) -> None:
@@ -58,6 +66,8 @@ class Owners:
             self.certificates[event.certificate_id] = event
         elif isinstance(event, RecertificationScheduled):
             self.recertifications[event.event_id] = event
+        elif isinstance(event, VideoSessionEnded):
+            self.video_sessions[event.event_id] = event
         elif isinstance(event, CertificateRevoked):
             held = self.status_changes.get(event.certificate_id)
             if held is None or held.changed_at <= event.changed_at:
@@ -107,6 +117,13 @@ class Owners:
             if event_id not in self.recertifications:
                 raise HTTPException(404)
             return self.recertifications[event_id].model_dump(mode="json")
+
+        @app.get("/internal/video-sessions/{event_id}")
+        async def video_session(event_id: UUID, x_internal_token: str = Header("")) -> dict[str, Any]:
+            check(x_internal_token)
+            if event_id not in self.video_sessions:
+                raise HTTPException(404)
+            return self.video_sessions[event_id].model_dump(mode="json")
 
         return app
 

@@ -8,11 +8,14 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import httpx
+import pytest
 
 from services.notifications import xapi
 from shared.events import CourseCompleted, VideoSessionEnded
 from tests.lrs import Lrs
 
+# Every test of the real LRS on one worker: one Ralph per run, not one per worker.
+pytestmark = pytest.mark.xdist_group("lrs")
 HEADERS = {"X-Experience-API-Version": "1.0.3"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
+from typing import Any
 from uuid import uuid4
 
 import aiosmtplib
@@ -112,3 +113,54 @@ def test_composed_message_is_multipart_with_safe_headers() -> None:
     assert parsed["From"].addresses[0].display_name == "Academy X-Evil: 1"
     assert parsed["To"].addresses[0].display_name == "N Cc: x@evil.example"
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_lrs_answers_stored_already_stored_refused_or_retried() -> None:
+    assert domain.lrs_answer(204) == (True, False)
+    assert domain.lrs_answer(200) == (True, False)
+    # Only we write under our ids, always the same statement: the LRS already holds it.
+    assert domain.lrs_answer(409) == (True, False)
+    for refused in (400, 413):
+        assert domain.lrs_answer(refused) == (False, False)
+    for temporary in (401, 403, 404, 429, 500, 502, 503):
+        assert domain.lrs_answer(temporary) == (False, True)
+
+
+def test_video_sessions_are_consumed_only_with_an_lrs() -> None:
+    from services.notifications.handlers import VIDEO_SESSIONS_CONSUMER, subscriptions
+    from shared.events import Topic
+
+    without = {s.topic for s in subscriptions(NotificationsSettings(xapi_lrs_url=""))}
+    assert Topic.VIDEO_SESSIONS not in without
+    [video] = [s for s in subscriptions(NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI/"))
+               if s.topic is Topic.VIDEO_SESSIONS]
+    assert video.consumer == VIDEO_SESSIONS_CONSUMER == "notifications-video-sessions"
+
+
+def test_lrs_settings_authenticate_one_way_and_never_in_clear_in_production() -> None:
+    from services.notifications.lrs import lrs_headers
+
+    basic = NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI/", xapi_lrs_username="ls",
+                                  xapi_lrs_password="pw")
+    assert basic.xapi_lrs_url == "https://lrs.example/xAPI"
+    headers = lrs_headers(basic)
+    assert headers["Authorization"] == "Basic bHM6cHc=" and headers["X-Experience-API-Version"] == "1.0.3"
+    given = NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI", xapi_lrs_authorization="Bearer t0k")
+    assert lrs_headers(given)["Authorization"] == "Bearer t0k"
+    assert "Authorization" not in lrs_headers(NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI"))
+    refused: list[dict[str, Any]] = [
+        {"xapi_lrs_url": "lrs.example/xAPI"},
+        {"xapi_lrs_url": "https://lrs.example", "xapi_lrs_username": "ls", "xapi_lrs_authorization": "Basic x"},
+        {"xapi_lrs_url": "https://lrs.example", "xapi_lrs_password": "pw"},
+        {"xapi_lrs_url": "https://lrs.example", "xapi_timeout_s": 90},  # beyond the delivery lease
+    ]
+    for values in refused:
+        with pytest.raises(ValueError):
+            NotificationsSettings(**values)
+    production: dict[str, Any] = {
+        "env": "production", "jwt_secret": "x" * 40, "internal_token": "y" * 40, "app_password_token_secret": "z" * 40,
+        "public_base_url": "https://learn.example", "xapi_lrs_username": "ls", "xapi_lrs_password": "pw",
+    }
+    assert NotificationsSettings(xapi_lrs_url="https://lrs.example/xAPI", **production).xapi_enabled
+    with pytest.raises(ValueError, match="over http"):
+        NotificationsSettings(xapi_lrs_url="http://lrs.example/xAPI", **production)
