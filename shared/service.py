@@ -131,7 +131,12 @@ class Runtime(Generic[S]):
         async def start_once() -> None:
             await bus.ensure_topics(self.settings)
             if self.spec.subscriptions:
-                await self.broker.start()
+                # The subscribers start side by side: each joins its own consumer group,
+                # and one after another (FastStream's ``broker.start``) a service with six
+                # groups took seconds per group to become ready.
+                await self.broker.connect()
+                await asyncio.gather(*(sub.start() for sub in self.broker.subscribers))
+                self.broker.running = True
 
         async def stop_half_started() -> None:
             with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ from services.notifications import domain, store
 from services.notifications.settings import NotificationsSettings
 from shared.db import Connection
 from shared.retry import Backoff
+from shared.workers import WakeableWorkers
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ class DeliveryLoop:
         self._settings = settings
         self._kinds = {k.kind: k for k in kinds}
         self._pool: asyncpg.Pool | None = None
-        self._wakes: list[asyncio.Event] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._workers = WakeableWorkers("delivery")
         # The one idle worker that polls the database for due deliveries (queued by another
         # process, or a retry coming due); the other idle workers wait to be woken, so an
         # idle process costs two small queries per poll interval, not two per worker.
@@ -89,38 +88,18 @@ class DeliveryLoop:
 
     async def start(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._stopping = False
-        for n in range(self._settings.delivery_workers):
-            wake = asyncio.Event()
-            wake.set()  # look for due deliveries at once
-            self._wakes.append(wake)
-            self._tasks.append(asyncio.create_task(self._worker(wake), name=f"delivery-{n}"))
+        self._workers.start(self._settings.delivery_workers, self._worker)
 
     async def stop(self) -> None:
-        self._stopping = True
-        for wake in self._wakes:
-            wake.set()
-        # Let attempts in flight finish and be recorded: one cut short is sent again later.
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._settings.request_timeout_s + 5)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    await task
-                except Exception:
-                    log.exception("delivery worker ended with an error")
-        self._tasks.clear()
-        self._wakes.clear()
+        # Attempts in flight finish and are recorded: one cut short is sent again later.
+        await self._workers.stop(self._settings.request_timeout_s + 5)
         self._watcher = None
         for kind in self._kinds.values():
             await kind.close()
 
     def wake(self) -> None:
         """Deliveries were queued in this process: workers look now rather than at the next poll."""
-        for wake in self._wakes:
-            wake.set()
+        self._workers.wake()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -130,7 +109,7 @@ class DeliveryLoop:
 
     async def _worker(self, wake: asyncio.Event) -> None:
         poll = self._settings.delivery_poll_interval_s
-        while not self._stopping:
+        while not self._workers.stopping:
             wake.clear()
             try:
                 delivery = await store.claim_delivery(self.pool, self._settings.delivery_lease_s, list(self._kinds))
@@ -153,9 +132,7 @@ class DeliveryLoop:
             if self._watcher is wake:
                 # Busy now: the others look for more work, and one of them watches the clock.
                 self._watcher = None
-                for other in self._wakes:
-                    if other is not wake:
-                        other.set()
+                self._workers.wake(but=wake)
             await self._deliver(delivery)
 
     async def _until_next_due(self) -> float:
@@ -204,7 +181,7 @@ class DeliveryLoop:
                                     delivery.id, delivery.attempt)
                 return
             except DB_ERRORS as exc:
-                if tried == RECORD_ATTEMPTS or self._stopping:
+                if tried == RECORD_ATTEMPTS or self._workers.stopping:
                     log.error("delivery %d: could not record attempt %d: %r", delivery.id, delivery.attempt, exc)
                     return
                 await asyncio.sleep(RECORD_RETRY.delay(tried))

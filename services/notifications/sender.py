@@ -34,6 +34,7 @@ from services.notifications.settings import NotificationsSettings
 from services.notifications.smtp import DeliveryError, SmtpConnection
 from shared.events import CertificateIssued, CertificateRevoked, CourseCompleted, RecertificationScheduled
 from shared.retry import Backoff
+from shared.workers import WakeableWorkers
 
 log = logging.getLogger(__name__)
 
@@ -58,48 +59,26 @@ class MailSender:
         self._composer = MailComposer(settings)
         self._pool: asyncpg.Pool | None = None
         self._http: httpx.AsyncClient | None = None
-        self._wakes: list[asyncio.Event] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._workers = WakeableWorkers("mail-sender")
         self._gauge_at = 0.0
 
     async def start(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._stopping = False
         self._http = httpx.AsyncClient(
             timeout=self._settings.mail_attachment_timeout_s, follow_redirects=True
         )
-        for n in range(self._settings.smtp_connections):
-            wake = asyncio.Event()
-            wake.set()  # look for due mail at once
-            self._wakes.append(wake)
-            self._tasks.append(asyncio.create_task(self._worker(wake), name=f"mail-sender-{n}"))
+        self._workers.start(self._settings.smtp_connections, self._worker)
 
     async def stop(self) -> None:
-        self._stopping = True
-        for wake in self._wakes:
-            wake.set()
-        # Let attempts in flight finish and be recorded: one cut short is sent again later.
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._settings.smtp_timeout_s + 5)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    await task
-                except Exception:
-                    log.exception("mail sender worker ended with an error")
-        self._tasks.clear()
-        self._wakes.clear()
+        # Attempts in flight finish and are recorded: one cut short is sent again later.
+        await self._workers.stop(self._settings.smtp_timeout_s + 5)
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
     def wake(self) -> None:
         """New mail was queued in this process: workers look now rather than at the next poll."""
-        for wake in self._wakes:
-            wake.set()
+        self._workers.wake()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -110,7 +89,7 @@ class MailSender:
     async def _worker(self, wake: asyncio.Event) -> None:
         connection = SmtpConnection(self._settings)
         try:
-            while not self._stopping:
+            while not self._workers.stopping:
                 wake.clear()
                 try:
                     await self._next(wake, connection)
@@ -207,7 +186,7 @@ class MailSender:
                     log.warning("mail %d: lease lost before attempt %d was recorded", mail.id, mail.attempt)
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if tried == RECORD_ATTEMPTS or self._stopping:
+                if tried == RECORD_ATTEMPTS or self._workers.stopping:
                     log.error("mail %d: could not record attempt %d: %r", mail.id, mail.attempt, exc)
                     return
                 await asyncio.sleep(RECORD_RETRY.delay(tried))

@@ -111,11 +111,23 @@ async def test_another_lesson_ends_the_previous_session_early_and_the_owner_conf
 ) -> None:
     stack, clients = two
     await play(stack, clients[:1], LESSON, 0.0, 3)
+
+    async def flushed() -> bool | None:
+        end = await stack.runtime.pool.fetchval(
+            "SELECT end_position FROM video_sessions_current WHERE user_id = 'u1' AND lesson_id = $1", LESSON)
+        return True if end == 6.0 else None
+
+    # The first lesson's playback is in its session before the other lesson plays: heartbeats
+    # of two lessons in one flush batch give the older session only what it had (a known
+    # limit, docs/progress.md), which this case is not about.
+    await eventually(flushed, timeout=30, what="the first lesson's heartbeats flushed")
     await play(stack, clients[1:], OTHER, 100.0, 2)
-    [first] = await published(stack, 1)
+    # The first session ends as soon as the other lesson plays (the other one may have ended
+    # too by the time the outbox is read, on a slow machine: it is the later of the two).
+    first = next(e for e in await published(stack, 1) if e.lesson_id == LESSON)
     assert (first.lesson_id, first.played_segments) == (LESSON, [(0.0, 6.0)])
     # The other lesson's session is published once the learner is idle.
-    _, second = await published(stack, 2)
+    [second] = [e for e in await published(stack, 2) if e.lesson_id == OTHER]
     assert (second.lesson_id, second.start_position, second.end_position) == (OTHER, 100.0, 104.0)
     assert second.session_id != first.session_id and second.started_at >= first.ended_at
     assert await settled(stack) == {"current": 0, "unpublished": 0, "ended": 2, "outbox": 2}
