@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -214,11 +215,16 @@ class Stack:
     def _write_contract(self) -> subprocess.Popen[bytes]:
         logs = self.config.var_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        # A site already written from this code (LESSONSTREAM_CONTRACT_SITE: the tests write
+        # one per run, rather than importing every service again for each stack) is copied.
+        prebuilt = os.environ.get("LESSONSTREAM_CONTRACT_SITE", "")
+        if prebuilt:
+            copy = "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"
+            command = [sys.executable, "-c", copy, prebuilt, str(self.config.api_docs_dir)]
+        else:
+            command = [sys.executable, "-m", "lessonstream.contract", "--out", str(self.config.api_docs_dir)]
         with open(logs / "contract.log", "wb") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "lessonstream.contract", "--out", str(self.config.api_docs_dir)],
-                cwd=infra.ROOT, stdout=out, stderr=subprocess.STDOUT,
-            )
+            return subprocess.Popen(command, cwd=infra.ROOT, stdout=out, stderr=subprocess.STDOUT)
 
     def _create_topics(self) -> None:
         cfg = self.config

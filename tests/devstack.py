@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,21 @@ def _free_block(count: int) -> int:
     raise RuntimeError("no free block of ports")
 
 
+_CONTRACT_SITE: Path | None = None
+
+
+def contract_site() -> Path:
+    """The contract's site written once per test process from this code: every stack of the
+    run copies it (``LESSONSTREAM_CONTRACT_SITE``) instead of importing every service again."""
+    global _CONTRACT_SITE
+    if _CONTRACT_SITE is None:
+        site = Path(tempfile.mkdtemp(prefix="lessonstream-contract-")) / "site"
+        subprocess.run([sys.executable, "-m", "lessonstream.contract", "--out", str(site)],
+                       cwd=infra.ROOT, check=True, capture_output=True)
+        _CONTRACT_SITE = site
+    return _CONTRACT_SITE
+
+
 @contextlib.contextmanager
 def running_dev_stack(
     postgres_url: str,
@@ -85,7 +101,8 @@ def running_dev_stack(
     with open(output, "ab") as out:
         process = subprocess.Popen(
             cmd, cwd=infra.ROOT, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "DATABASE_URL": postgres_url, **(extra_env or {})},
+            env={**os.environ, "DATABASE_URL": postgres_url, "LESSONSTREAM_CONTRACT_SITE": str(contract_site()),
+                 **(extra_env or {})},
         )
 
     def said() -> str:
