@@ -41,6 +41,7 @@ from tests.devstack import DevStack
 
 pytestmark = [
     pytest.mark.xdist_group("e2e"),
+    pytest.mark.timeout(420),  # about 50 s alone; several minutes beside the fault suite
     # Schemathesis's own strategies draw from `random`; Hypothesis warns about it on every run.
     pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
 ]
