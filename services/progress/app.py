@@ -30,7 +30,7 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         buffer = HeartbeatBuffer(
             runtime.pool, settings.heartbeat_flush_interval_s, session_idle_s=settings.video_session_idle_s
         )
-        buffer.start()
+        await buffer.start()
         folder = AnalyticsFolder(runtime.pool, settings.analytics_fold_interval_s)
         folder.start()
         interval = settings.completion_recheck_interval_s
@@ -43,7 +43,7 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         recalculations.start()
         watching = Periodic(settings.heartbeat_flush_interval_s, tracker.complete_watched, "automatic completion")
         watching.start()
-        closer = SessionCloser(runtime.pool, settings.video_session_idle_s)
+        closer = SessionCloser(runtime.pool, settings.video_session_idle_s, settings.video_session_flusher_expiry_s)
         sessions = Periodic(settings.video_session_check_interval_s, closer.close_idle, "video sessions")
         sessions.start()
         return ProgressState(client, replicas, buffer, folder, tracker, rechecks, recalculations, watching, sessions)

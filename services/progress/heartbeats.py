@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 
@@ -180,6 +181,9 @@ class HeartbeatBuffer:
         self.session_idle_s = session_idle_s
         self._idle_evict_s = idle_evict_s
         self.entries: dict[Key, Entry] = {}
+        # Each flush records, under this id, the moment its process has flushed through: the
+        # session closer never ends a session a heartbeat still waiting here would extend.
+        self.process_id = uuid4()
         # A failed flush keeps its changes for the next tick.
         self.flushing = Periodic(flush_interval_s, self._tick, "heartbeat flush")
         self._flush_lock = asyncio.Lock()
@@ -262,14 +266,19 @@ class HeartbeatBuffer:
                 entry.unlocked = False
 
     # ------------------------------------------------------------ flushing
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Registered before the first heartbeat is accepted: from then on no session this
+        process could extend is ended before its flush."""
+        await store.mark_flushed(self._pool, self.process_id, datetime.now(UTC))
         self.flushing.start()
 
     async def stop(self) -> None:
         await self.flushing.stop()
-        # Graceful shutdown loses nothing: one last flush.
+        # Graceful shutdown loses nothing: one last flush, after which this process holds
+        # no session open.
         with contextlib.suppress(Exception):
             await self.flush()
+            await store.forget_flusher(self._pool, self.process_id)
 
     async def _tick(self) -> None:
         await self.flush()
@@ -277,8 +286,13 @@ class HeartbeatBuffer:
 
     async def flush(self) -> int:
         async with self._flush_lock:
+            # Taken with no await before the rows are: a heartbeat takes its arrival time and
+            # changes its entry without an await between, so every one that arrived before
+            # this moment is in the rows.
+            through = datetime.now(UTC)
             dirty = [e for e in self.entries.values() if e.dirty]
             if not dirty:
+                await store.mark_flushed(self._pool, self.process_id, through)
                 return 0
             # Same lock order in every flusher: by key.
             dirty.sort(key=lambda e: (e.user_id, e.lesson_id))
@@ -288,7 +302,7 @@ class HeartbeatBuffer:
             # them, and a failed flush loses nothing); heartbeats meanwhile add to them.
             # The statement's analytics trigger locks learner rows, which completions lock
             # too: should PostgreSQL abort it as a deadlock, it rolled back whole.
-            stored = await db.retrying(lambda: self._write(dirty, rows))
+            stored = await db.retrying(lambda: self._write(dirty, rows, through))
             for entry, row, version in zip(dirty, rows, versions, strict=True):
                 entry.confirmed(row, version)
             # The records as they are now, merged with what other replicas wrote: entries
@@ -311,10 +325,13 @@ class HeartbeatBuffer:
             self.flushed_rows += len(rows)
             return len(rows)
 
-    async def _write(self, dirty: list[Entry], rows: list[store.FlushRow]) -> list[store.ProgressRow]:
-        """The batch and the viewing sessions it extends, in one transaction: a session never
-        holds playback the records lack, nor the other way round. Sessions only for the rows
-        the flush wrote (a row of an attempt that ended is written nowhere)."""
+    async def _write(
+        self, dirty: list[Entry], rows: list[store.FlushRow], through: datetime
+    ) -> list[store.ProgressRow]:
+        """The batch, the viewing sessions it extends and how far this process has flushed,
+        in one transaction: a session never holds playback the records lack, nor the other
+        way round. Sessions only for the rows the flush wrote (a row of an attempt that ended
+        is written nowhere)."""
         async with self._pool.acquire() as conn, conn.transaction():
             stored = await store.flush_heartbeats(conn, rows)
             written = {(r.user_id, r.lesson_id) for r in stored}
@@ -323,6 +340,7 @@ class HeartbeatBuffer:
                 if (entry.user_id, entry.lesson_id) in written and (session := entry.session_row(row)) is not None
             ]
             await store.keep_sessions(conn, sessions, self.session_idle_s)
+            await store.mark_flushed(conn, self.process_id, through)
             return stored
 
     def _evict_idle(self) -> None:

@@ -38,6 +38,12 @@ class ProgressSettings(ServiceSettings):
     def video_session_check_interval_s(self) -> float:
         return min(max(self.video_session_idle_s / 4, 0.2), 10.0)
 
+    @property
+    def video_session_flusher_expiry_s(self) -> float:
+        """A process whose flushes stopped this long ago (by the database clock) is taken for
+        gone and holds no session open: twice the idle time, at least a minute."""
+        return max(2 * self.video_session_idle_s, 60.0)
+
     @model_validator(mode="after")
     def _sessions_outlast_a_flush(self) -> ProgressSettings:
         # Heartbeats wait in memory up to a flush interval: a shorter idle time would end

@@ -794,17 +794,55 @@ async def keep_sessions(conn: Executor, rows: Sequence[SessionRow], idle_s: floa
     )
 
 
-async def end_idle_sessions(conn: Connection, idle_s: float, limit: int) -> None:
-    """Sessions whose last heartbeat is ``idle_s`` old end: moved from the current ones to
-    the ended ones (unpublished). Rows a flush is extending are skipped, not waited for."""
+async def mark_flushed(conn: Executor, process_id: UUID, through: datetime) -> None:
+    """Every heartbeat the process accepted before ``through`` is in the database (written
+    in the transaction of the flush that wrote them, or alone when nothing was buffered)."""
+    await conn.execute(
+        "INSERT INTO heartbeat_flushers AS f (process_id, flushed_through) VALUES ($1, $2) "
+        "ON CONFLICT (process_id) DO UPDATE SET "
+        "flushed_through = GREATEST(f.flushed_through, excluded.flushed_through), written_at = now()",
+        process_id, through,
+    )
+
+
+async def forget_flusher(conn: Executor, process_id: UUID) -> None:
+    """The process stopped after its last flush: it holds no session open any more."""
+    await conn.execute("DELETE FROM heartbeat_flushers WHERE process_id = $1", process_id)
+
+
+async def session_cutoff(conn: Connection, idle_s: float, expiry_s: float) -> datetime:
+    """Sessions whose last heartbeat is older than this have ended: idle for ``idle_s`` by
+    the database clock, and by every live process's flush, so that no heartbeat of theirs
+    still waits in a buffer. Processes silent for ``expiry_s`` count as gone; their rows are
+    removed (skipping any another closer is removing)."""
+    cutoff: datetime = await conn.fetchval(
+        """
+        WITH gone AS (
+            DELETE FROM heartbeat_flushers
+            WHERE process_id IN (SELECT process_id FROM heartbeat_flushers
+                                 WHERE written_at < now() - $2 * interval '1 second' FOR UPDATE SKIP LOCKED)
+        )
+        SELECT LEAST(now(), (SELECT min(flushed_through) FROM heartbeat_flushers
+                             WHERE written_at >= now() - $2 * interval '1 second'))
+               - $1 * interval '1 second'
+        """,
+        idle_s, expiry_s,
+    )
+    return cutoff
+
+
+async def end_idle_sessions(conn: Connection, cutoff: datetime, limit: int) -> None:
+    """Sessions whose last heartbeat is before ``cutoff`` (``session_cutoff``) end: moved
+    from the current ones to the ended ones (unpublished). Rows a flush is extending are
+    skipped, not waited for."""
     await conn.execute(
         """
         WITH idle AS (
             DELETE FROM video_sessions_current c
             WHERE c.user_id IN (SELECT user_id FROM video_sessions_current
-                                WHERE last_seen_at < now() - $1 * interval '1 second'
+                                WHERE last_seen_at < $1
                                 ORDER BY last_seen_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-              AND c.last_seen_at < now() - $1 * interval '1 second'
+              AND c.last_seen_at < $1
             RETURNING c.*
         )
         INSERT INTO video_sessions (session_id, user_id, course_id, lesson_id, attempt, started_at, last_seen_at,
@@ -813,7 +851,7 @@ async def end_idle_sessions(conn: Connection, idle_s: float, limit: int) -> None
                start_position, end_position, played
         FROM idle
         """,
-        idle_s, limit,
+        cutoff, limit,
     )
 
 

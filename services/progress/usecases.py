@@ -765,14 +765,18 @@ class SessionCloser:
     stored with it and written to the outbox together. A session that has its event is
     never claimed again: once, by construction."""
 
-    def __init__(self, pool: asyncpg.Pool, idle_s: float, batch: int = SESSION_BATCH) -> None:
+    def __init__(self, pool: asyncpg.Pool, idle_s: float, expiry_s: float, batch: int = SESSION_BATCH) -> None:
         self.pool = pool
         self.idle_s = idle_s
+        self.expiry_s = expiry_s  # a process silent this long no longer holds sessions open
         self.batch = batch
 
     async def close_idle(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            await store.end_idle_sessions(conn, self.idle_s, self.batch)
+            # Idle by the clock and by every live process's last flush (a heartbeat waiting
+            # in a late process's buffer keeps its session open).
+            cutoff = await store.session_cutoff(conn, self.idle_s, self.expiry_s)
+            await store.end_idle_sessions(conn, cutoff, self.batch)
             ended = await store.claim_ended_sessions(conn, self.batch, self.idle_s)
             events = [domain.video_session_ended(session) for session in ended]
             await store.mark_sessions_published(conn, events)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -17,6 +17,10 @@ import httpx
 import pytest
 
 from services.progress.app import build_app
+from services.progress.heartbeats import HeartbeatBuffer
+from services.progress.settings import ProgressSettings
+from services.progress.store import session_cutoff
+from services.progress.usecases import SessionCloser
 from shared.events import Topic, VideoSessionEnded
 from shared.inbox import RejectedEvent
 from shared.internal import confirm_video_session
@@ -30,12 +34,17 @@ IDLE_S = 2.0
 STEP_S = 0.2  # heartbeat pace (the player reports 2 s of media per heartbeat: a fast-forward test clock)
 
 
+async def short_idle(stack: Stack) -> ProgressSettings:
+    """The course and the learner, and settings with a short idle time."""
+    await stack.catalog(course(COURSE, [(LESSON, True), (OTHER, True)]))
+    await stack.enroll(enrollment("u1", COURSE))
+    return stack.settings.model_copy(update={"video_session_idle_s": IDLE_S})
+
+
 @pytest.fixture
 async def two(stack: Stack) -> AsyncIterator[tuple[Stack, list[httpx.AsyncClient]]]:
     """Two processes on the stack's database with a short idle time."""
-    await stack.catalog(course(COURSE, [(LESSON, True), (OTHER, True)]))
-    await stack.enroll(enrollment("u1", COURSE))
-    settings = stack.settings.model_copy(update={"video_session_idle_s": IDLE_S})
+    settings = await short_idle(stack)
     async with app_client(build_app(settings)) as a, app_client(build_app(settings)) as b:
         yield stack, [a, b]
 
@@ -106,9 +115,6 @@ async def test_heartbeats_alternating_between_two_processes_make_one_session_pub
     assert await settled(stack) == {"current": 0, "unpublished": 0, "ended": 1, "outbox": 1}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect: on a loaded machine the ended session's played segments can miss heartbeats "
-    "that reached it (seen: [(0, 2)] for [(0, 6)] with end_position 6); the session SQL needs fixing"))
 async def test_another_lesson_ends_the_previous_session_early_and_the_owner_confirms_it(
     two: tuple[Stack, list[httpx.AsyncClient]],
 ) -> None:
@@ -153,11 +159,76 @@ async def test_another_lesson_ends_the_previous_session_early_and_the_owner_conf
             await confirm_video_session(owner, first.model_copy(update={"progress": 1.0, "completed": True}))
 
 
+async def test_a_heartbeat_waiting_in_a_late_process_keeps_its_session_open_past_the_idle_time(
+    stack: Stack,
+) -> None:
+    """Process b accepts a heartbeat but its flush is late (its loop stopped: a pause, a
+    loaded machine): the session must not end on the clock alone, or its event would be
+    published without that heartbeat's segment, and the segment in a second session."""
+    settings = await short_idle(stack)
+    b = build_app(settings)
+    async with app_client(build_app(settings)) as a, app_client(b) as b_client:
+        await late_flush(stack, [a, b_client], b.state.runtime.state.heartbeats)
+
+
+async def late_flush(stack: Stack, clients: list[httpx.AsyncClient], late: HeartbeatBuffer) -> None:
+    await late.flushing.stop()
+    await play(stack, clients[:1], LESSON, 0.0, 1)
+    await play(stack, clients[1:], LESSON, 2.0, 1)  # accepted by b, waiting in its buffer
+    waiting = late.peek("u1", LESSON)
+    assert waiting is not None and waiting.dirty
+    pool = stack.runtime.pool
+    first_seen = await eventually(
+        lambda: pool.fetchval("SELECT last_seen_at FROM video_sessions_current WHERE user_id = 'u1'"),
+        what="a's heartbeat flushed")
+
+    async def idle_by_the_clock() -> bool:
+        return bool(await pool.fetchval(
+            "SELECT now() > $1::timestamptz + $2::float8 * interval '1 second'", first_seen, IDLE_S + 0.5))
+
+    await eventually(idle_by_the_clock, what="the idle time passed by the database clock")
+    # A closing pass now (every process runs one each half second here): b's buffer holds the
+    # session open.
+    closer = SessionCloser(pool, IDLE_S, stack.settings.video_session_flusher_expiry_s)
+    assert await closer.close_idle() == 0
+    assert await pool.fetchval("SELECT count(*) FROM video_sessions") == 0
+
+    await late.flush()
+    [event] = await published(stack, 1)
+    assert (event.start_position, event.end_position, event.played_segments) == (0.0, 4.0, [(0.0, 4.0)])
+    assert await settled(stack) == {"current": 0, "unpublished": 0, "ended": 1, "outbox": 1}
+
+
+async def test_a_stopped_process_holds_no_session_open_and_a_silent_one_only_until_its_expiry(
+    stack: Stack,
+) -> None:
+    pool = stack.runtime.pool
+    settings = stack.settings.model_copy(update={"video_session_idle_s": IDLE_S})
+    app = build_app(settings)
+    async with app_client(app):
+        buffer: HeartbeatBuffer = app.state.runtime.state.heartbeats
+        assert await pool.fetchval(
+            "SELECT count(*) FROM heartbeat_flushers WHERE process_id = $1", buffer.process_id) == 1
+    # Stopped after its last flush: gone from the table, nothing of it waits anywhere.
+    assert await pool.fetchval(
+        "SELECT count(*) FROM heartbeat_flushers WHERE process_id = $1", buffer.process_id) == 0
+
+    # A process that crashed left its row; past the expiry it no longer holds sessions and
+    # its row is removed.
+    crashed = uuid4()
+    await pool.execute(
+        "INSERT INTO heartbeat_flushers (process_id, flushed_through, written_at) "
+        "VALUES ($1, now() - interval '1 hour', now() - interval '1 hour')", crashed)
+    async with pool.acquire() as conn, conn.transaction():
+        cutoff = await session_cutoff(conn, IDLE_S, 60.0)
+        now = await conn.fetchval("SELECT now()")
+    assert cutoff > now - timedelta(seconds=IDLE_S + 60)  # not held back an hour
+    assert await pool.fetchval("SELECT count(*) FROM heartbeat_flushers WHERE process_id = $1", crashed) == 0
+
+
 def test_an_idle_time_within_two_flush_intervals_is_refused() -> None:
     """A heartbeat may wait a flush interval in memory: a session must outlast it."""
     from pydantic import ValidationError
-
-    from services.progress.settings import ProgressSettings
 
     with pytest.raises(ValidationError, match="VIDEO_SESSION_IDLE_S"):
         ProgressSettings(video_session_idle_s=1.0, heartbeat_flush_interval_s=0.5)
