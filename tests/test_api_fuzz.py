@@ -22,14 +22,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import hypothesis
 import pytest
 import requests
 import schemathesis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from hypothesis import HealthCheck, Phase
-from hypothesis.errors import Unsatisfiable
 
 from services.certificates.app import build_app as build_certificates
 from services.certificates.settings import CertificatesSettings
@@ -41,6 +38,7 @@ from services.progress.app import build_app as build_progress
 from services.progress.settings import ProgressSettings
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
+from tests.fuzzing import MODES, Response, send_cases
 from tests.helpers import TestEnv, served
 from tests.progress.conftest import EnrollmentStandIn, course, enrollment
 
@@ -52,7 +50,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDep
 # also fuzzed through the gateway, tests/e2e/test_api_contract.py). A deeper run, by hand:
 # LESSONSTREAM_FUZZ_EXAMPLES=100 pytest tests/test_api_fuzz.py
 EXAMPLES = int(os.environ.get("LESSONSTREAM_FUZZ_EXAMPLES", "5"))
-MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 
 
 def progress_stand_in() -> FastAPI:
@@ -103,35 +100,6 @@ SERVICES: dict[str, Callable[[TestEnv], Any]] = {
 }
 
 
-def fuzz_operation(
-    operation: Any, mode: schemathesis.GenerationMode, who: str, headers: dict[str, str], base_url: str,
-    session: requests.Session, failures: list[str],
-) -> int:
-    """Send ``EXAMPLES`` generated cases of one operation; 5xx answers go to ``failures``."""
-    sent = 0
-
-    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-    @hypothesis.settings(
-        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-        phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-    )
-    def check(case: schemathesis.Case[Any]) -> None:
-        nonlocal sent
-        response = case.call(base_url=base_url, session=session, headers=headers, timeout=30)
-        sent += 1
-        if response.status_code >= 500:
-            failures.append(
-                f"{who} {mode.value}: {case.method} {response.request.url} -> "
-                f"{response.status_code} {response.text[:300]}\n  {case.as_curl_command(headers)}"
-            )
-
-    try:
-        check()
-    except Unsatisfiable:  # nothing negative to generate for this operation
-        log.info("no %s cases for %s", mode.value, operation.label)
-    return sent
-
-
 def fuzz(schema: Any, base_url: str, tokens: dict[str, str]) -> tuple[list[str], int]:
     """Every operation in both modes with each token; returns the 5xx seen and the count sent."""
     failures: list[str] = []
@@ -142,7 +110,17 @@ def fuzz(schema: Any, base_url: str, tokens: dict[str, str]) -> tuple[list[str],
             for who, token in tokens.items():
                 headers = {"Authorization": f"Bearer {token}"}
                 for mode in MODES:
-                    sent += fuzz_operation(operation, mode, who, headers, base_url, session, failures)
+
+                    def server_error(case: schemathesis.Case[Any], response: Response,
+                                     who: str = who, mode: schemathesis.GenerationMode = mode,
+                                     headers: dict[str, str] = headers) -> None:
+                        if response.status_code >= 500:
+                            failures.append(
+                                f"{who} {mode.value}: {case.method} {response.request.url} -> "
+                                f"{response.status_code} {response.text[:300]}\n  {case.as_curl_command(headers)}"
+                            )
+
+                    sent += send_cases(operation, mode, EXAMPLES, base_url, session, headers, server_error)
     return failures, sent
 
 

@@ -12,19 +12,15 @@ LESSONSTREAM_CONTRACT_EXAMPLES=50 pytest tests/e2e/test_api_contract.py
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from typing import Any
 
 import httpx
-import hypothesis
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase
-from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -38,6 +34,7 @@ from lessonstream.contract import FLUENT_PREFIX
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
 from tests.devstack import DevStack
+from tests.fuzzing import MODES, Response, send_cases
 
 pytestmark = [
     pytest.mark.xdist_group("e2e"),
@@ -49,7 +46,6 @@ log = logging.getLogger(__name__)
 
 SETTINGS = ServiceSettings()  # the dev stack runs on the development secret
 EXAMPLES = int(os.environ.get("LESSONSTREAM_CONTRACT_EXAMPLES", "3"))
-MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 # Each alias is its /api operation behind the gateway's rewrite: one in ALIAS_SAMPLE is driven.
 ALIAS_SAMPLE = 4
 CHECKS = [
@@ -90,33 +86,6 @@ def test_the_gateway_serves_the_contract_and_its_docs_page(stack: DevStack) -> N
         assert client.get("/index.json").status_code == 404
 
 
-def drive(operation: Any, mode: schemathesis.GenerationMode, headers: dict[str, str], base_url: str,
-          session: requests.Session, failures: list[str]) -> int:
-    """Send ``EXAMPLES`` generated cases of one operation and check each answer against the document."""
-    sent = 0
-
-    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-    @hypothesis.settings(
-        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-        phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-    )
-    def check(case: schemathesis.Case[Any]) -> None:
-        nonlocal sent
-        response = case.call(base_url=base_url, session=session, headers=headers, timeout=30)
-        sent += 1
-        try:
-            case.validate_response(response, checks=CHECKS, headers=headers)
-        except (Failure, FailureGroup) as exc:  # keep it, go on with the others
-            failures.append(
-                f"{mode.value}: {case.method} {response.request.url} -> {response.status_code} "
-                f"{response.text[:200]}\n  {str(exc)[:600]}"
-            )
-
-    with contextlib.suppress(Unsatisfiable):  # nothing invalid to generate for this operation
-        check()
-    return sent
-
-
 def test_every_answer_through_the_gateway_is_the_documented_one(stack: DevStack) -> None:
     document = httpx.get(f"{stack.gateway}/api/openapi.json", timeout=15).json()
     schema: Any = schemathesis.openapi.from_dict(document)
@@ -140,9 +109,21 @@ def test_every_answer_through_the_gateway_is_the_documented_one(stack: DevStack)
                 # On admin operations the admin's invalid cases cover validation; the learner's
                 # valid ones check the refusals (403, or 404 first where a course is looked up).
                 modes = MODES[:1] if who == "learner" and "/admin/" in operation.path else MODES
+                headers = {"Authorization": f"Bearer {token}"}
                 for mode in modes:
-                    sent += drive(operation, mode, {"Authorization": f"Bearer {token}"}, stack.gateway, session,
-                                  failures[who])
+
+                    def documented(case: schemathesis.Case[Any], response: Response,
+                                   mode: schemathesis.GenerationMode = mode, headers: dict[str, str] = headers,
+                                   failed: list[str] = failures[who]) -> None:
+                        try:
+                            case.validate_response(response, checks=CHECKS, headers=headers)
+                        except (Failure, FailureGroup) as exc:  # keep it, go on with the others
+                            failed.append(
+                                f"{mode.value}: {case.method} {response.request.url} -> {response.status_code} "
+                                f"{response.text[:200]}\n  {str(exc)[:600]}"
+                            )
+
+                    sent += send_cases(operation, mode, EXAMPLES, stack.gateway, session, headers, documented)
     log.info("%d requests in %.1fs", sent, time.monotonic() - started)
     assert sent > 0
     found = [f"{who} {failure}" for who, listed in failures.items() for failure in listed]
