@@ -197,16 +197,8 @@ class AppPasswordCreate(BaseModel):
     label: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), STORABLE] = ""
 
 
-class AppPasswordOut(BaseModel):
-    id: int
-    user_id: str
-    label: str
-    name: str
-    email: str
-    roles: list[str]
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
+class AppPasswordOut(AppPassword):
+    """An application password as the API shows it: the stored one, never its hash."""
 
     @classmethod
     def of(cls, password: AppPassword) -> AppPasswordOut:

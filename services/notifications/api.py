@@ -179,10 +179,11 @@ class DeliveryAttemptOut(BaseModel):
     response_excerpt: str | None
 
 
-class DeliveryOut(BaseModel):
+class _Delivery(BaseModel):
+    """What every destination kind's delivery shows (the deliveries table is one for all)."""
+
     id: int
-    endpoint_id: int
-    message_id: str  # the webhook-id header: the same on every retry and replay
+    message_id: str  # the same on every retry and replay (see each kind)
     event_id: UUID
     event_type: str
     status: str
@@ -193,6 +194,12 @@ class DeliveryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     delivered_at: datetime | None
+
+
+class DeliveryOut(_Delivery):
+    """A webhook delivery: its ``message_id`` is the webhook-id header."""
+
+    endpoint_id: int
 
 
 class DeliveryDetailOut(DeliveryOut):
@@ -304,19 +311,8 @@ async def replay_webhook_delivery(
 # --- xAPI statements ---------------------------------------------------------------------
 
 
-class StatementDeliveryOut(BaseModel):
-    id: int
-    message_id: str  # the statement id: the same on every retry and replay
-    event_id: UUID
-    event_type: str
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_status_code: int | None
-    last_error: str | None
-    created_at: datetime
-    updated_at: datetime
-    delivered_at: datetime | None
+class StatementDeliveryOut(_Delivery):
+    """An xAPI statement delivery: its ``message_id`` is the statement id."""
 
 
 class StatementDeliveryDetailOut(StatementDeliveryOut):
