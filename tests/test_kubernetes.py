@@ -238,14 +238,16 @@ def keda_schema(kind: str) -> Obj:
 @check
 def every_object_is_valid_for_its_schema(m: Manifests) -> None:
     for obj in [*m.objects, m.secret]:
-        if obj["apiVersion"] == "keda.sh/v1alpha1":
-            assert obj["kind"] in {"ScaledObject", "TriggerAuthentication"}, obj["kind"]
-            jsonschema.validate(obj, keda_schema(obj["kind"]))
-        else:
-            try:
+        try:
+            if obj["apiVersion"] == "keda.sh/v1alpha1":
+                assert obj["kind"] in {"ScaledObject", "TriggerAuthentication"}, obj["kind"]
+                jsonschema.validate(obj, keda_schema(obj["kind"]))
+            else:
                 kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                raise AssertionError(f"{key(obj)}: {e}") from e
+        except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as e:
+            error = getattr(e, "caught", e)  # kubernetes-validate wraps jsonschema's error
+            where = "/".join(str(p) for p in error.absolute_path)
+            raise AssertionError(f"{key(obj)} at {where}: {error.message}") from None
 
 
 @check
