@@ -30,7 +30,9 @@ from tests.progress.conftest import Stack, course, enrollment
 COURSE = 71
 LESSON = 711
 OTHER = 712
-IDLE_S = 2.0
+# Short for a test, yet well above the pace of the heartbeats below on a loaded machine: a
+# gap longer than this between two of them rightly starts a second session.
+IDLE_S = 5.0
 STEP_S = 0.2  # heartbeat pace (the player reports 2 s of media per heartbeat: a fast-forward test clock)
 
 
