@@ -196,11 +196,27 @@ async def next_due_in(pool: asyncpg.Pool) -> float | None:
 
 
 async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
+    """Mail still to be sent, by status (both through their partial indexes)."""
     rows = await pool.fetch(
         "SELECT status, count(*) AS n FROM outgoing_mail WHERE status IN ('pending', 'sending') GROUP BY status"
     )
     depth = {"pending": 0, "sending": 0}
     depth.update({r["status"]: r["n"] for r in rows})
+    return depth
+
+
+DELIVERY_QUEUE_STATES = ("pending", "sending", "held")
+
+
+async def delivery_queue_depth(pool: asyncpg.Pool, kinds: list[str]) -> dict[tuple[str, str], int]:
+    """Deliveries still to be made, by destination kind and status (every pair, 0 when none)."""
+    rows = await pool.fetch(
+        "SELECT destination_kind, status, count(*) AS n FROM deliveries "
+        "WHERE status = ANY($1::text[]) GROUP BY destination_kind, status",
+        list(DELIVERY_QUEUE_STATES),
+    )
+    depth = {(kind, status): 0 for kind in kinds for status in DELIVERY_QUEUE_STATES}
+    depth.update({(r["destination_kind"], r["status"]): r["n"] for r in rows})
     return depth
 
 
