@@ -10,6 +10,7 @@ consumer groups, and the outbox figures of its database, read at that scrape."""
 from __future__ import annotations
 
 import importlib
+import json
 
 import httpx
 import pytest
@@ -30,13 +31,17 @@ def subscriptions_of(kind: str) -> set[tuple[str, str]]:
 
 
 def test_every_metric_of_the_dashboards_and_alerts_is_scraped(e2e_stack: DevStack) -> None:
+    """Scraped as a Prometheus would, from the targets the runner writes for it."""
+    targets = json.loads((e2e_stack.var_dir / "run" / "prometheus-targets.json").read_text())
+    assert sorted(t["labels"]["process_instance"] for t in targets) == sorted(e2e_stack.ports)
+    assert {t["labels"]["process"] for t in targets} == {p.name for p in PROCESSES}
     scraped: dict[str, str] = {}
     with httpx.Client(timeout=15) as client:
-        for name in e2e_stack.ports:
-            answer = client.get(f"{e2e_stack.url(name)}/metrics")
-            assert answer.status_code == 200, name
-            scraped[name] = answer.text
-    assert {n.rsplit("-", 1)[0] if n[-1].isdigit() else n for n in scraped} == {p.name for p in PROCESSES}
+        for target in targets:
+            [address] = target["targets"]
+            answer = client.get(f"http://{address}/metrics")
+            assert answer.status_code == 200, target
+            scraped[target["labels"]["process_instance"]] = answer.text
 
     exposed = set().union(*(exposed_names(text) for text in scraped.values()))
     missing = {name: sorted(where) for name, where in used_metric_names().items()
