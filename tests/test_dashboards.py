@@ -5,14 +5,18 @@ source, and every expression it or an alert rule holds is well formed and names 
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from lessonstream.infra import ROOT
-from tests.promql import alert_rules, dashboards, expressions, metric_names, panels
+from tests.promql import ALERTS, alert_rules, dashboards, expressions, metric_names, panels
 
 DATASOURCES = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
                              .read_text())["datasources"]
@@ -118,3 +122,36 @@ def test_the_parser_finds_metric_names_and_nothing_else() -> None:
     )
     assert metric_names(expr) == {"a_bucket", "b", "c", "up"}
     assert metric_names("sum without (instance) (rate(d_total[1h]))") == {"d_total"}
+
+
+# Prometheus's own checker (Debian's ``prometheus`` package; ``make system-deps`` installs it).
+# Required in CI; skipped on a machine without it.
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),
+                                    reason="promtool is not installed (make system-deps)")
+
+
+def promtool(*args: str, cwd: Path | None = None) -> str:
+    assert PROMTOOL is not None, "promtool is not installed: make system-deps"
+    done = subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@needs_promtool
+def test_prometheus_loads_the_configuration_and_its_rules(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    # Where compose mounts the rules, here: the repository's file.
+    config["rule_files"] = [str(ALERTS)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert f"SUCCESS: {len(alert_rules())} rules found" in promtool("check", "rules", str(ALERTS))
+
+
+@needs_promtool
+def test_each_alert_fires_on_what_it_means_and_not_before() -> None:
+    """``tests/fixtures/alerts_test.yml``: series in, alerts (labels and rendered annotations) out."""
+    tested = yaml.safe_load((ROOT / "tests" / "fixtures" / "alerts_test.yml").read_text())
+    covered = {case["alertname"] for test in tested["tests"] for case in test["alert_rule_test"]}
+    assert covered == {rule["alert"] for rule in alert_rules()}
+    promtool("test", "rules", "alerts_test.yml", cwd=ROOT / "tests" / "fixtures")
