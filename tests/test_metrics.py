@@ -171,3 +171,35 @@ def test_several_uvicorn_workers_are_refused(monkeypatch: pytest.MonkeyPatch) ->
 
 
 
+
+
+async def test_a_scrape_answers_without_the_broker_and_says_which_figures_it_could_not_read(
+    test_env: TestEnv,
+) -> None:
+    """No broker at the configured address: /metrics still answers at once, within its bound,
+    with the database's figures, no lag series (rather than a stale one), and the failure counted."""
+    import time
+
+    from lessonstream import infra
+
+    receiver = Receiver()
+    app = create_app(ServiceSpec(
+        name="nobroker-receiver",
+        settings=test_env.settings(database="receiver", service_name="nobroker-receiver",
+                                   kafka_bootstrap_servers=f"127.0.0.1:{infra.free_port()}",
+                                   kafka_request_timeout_ms=1000),
+        migrations=FIXTURES / "receiver_migrations",
+        subscriptions=[Subscription(Topic.LESSON_COMPLETED, LessonCompleted, receiver.on_lesson_completed,
+                                    "nobroker-receiver")],
+    ))
+    async with app_client(app) as client:
+        started = time.monotonic()
+        answer = await client.get("/metrics")
+        took = time.monotonic() - started
+    assert answer.status_code == 200
+    assert took < metrics.SCRAPE_TIMEOUT_S + 2, took
+    text = answer.text
+    assert value(text, "lessonstream_outbox_pending", service="nobroker-receiver") == 0
+    assert value(text, "lessonstream_consumer_lag_messages", service="nobroker-receiver") is None
+    errors = value(text, "lessonstream_metrics_scrape_errors_total", service="nobroker-receiver", what="lag")
+    assert errors is not None and errors >= 1
