@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Response
@@ -86,14 +87,23 @@ SCRAPE_ERRORS = Counter(
 SCRAPE_TIMEOUT_S = 3.0
 
 
-def check_single_process() -> None:
-    """Refuse several uvicorn workers in one process group (``WEB_CONCURRENCY``): each
-    scrape would see one worker's figures. Scale with replicas instead (see the module)."""
-    workers = os.environ.get("WEB_CONCURRENCY", "").strip()
-    if workers and workers != "1":
+def check_single_process(argv: list[str] | None = None) -> None:
+    """Refuse several uvicorn workers behind one port (``--workers N`` or ``WEB_CONCURRENCY``):
+    each scrape would see one worker's figures. Scale with replicas instead (see the module).
+    A worker sees uvicorn's command line: spawned processes inherit ``sys.argv``."""
+    args = sys.argv if argv is None else argv
+    asked = os.environ.get("WEB_CONCURRENCY", "").strip()
+    for i, arg in enumerate(args):
+        if arg == "--workers" and i + 1 < len(args):
+            asked = args[i + 1]
+        elif arg.startswith("--workers="):
+            asked = arg.split("=", 1)[1]
+    # A benchmark of raw throughput may run workers anyway, accepting per-worker figures.
+    allowed = os.environ.get("LESSONSTREAM_ALLOW_UVICORN_WORKERS", "").lower() in {"1", "true", "yes"}
+    if asked and asked.strip() != "1" and not allowed:
         raise RuntimeError(
-            f"WEB_CONCURRENCY={workers}: run one uvicorn process per container or port and scale "
-            "with replicas; each process is its own metrics target"
+            f"{asked} uvicorn workers (--workers or WEB_CONCURRENCY): run one uvicorn process per container "
+            "or port and scale with replicas; each process is its own metrics target"
         )
 
 
