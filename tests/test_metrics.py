@@ -79,8 +79,11 @@ async def test_lag_rises_while_the_consumer_is_stopped_and_falls_after(test_env:
                 assert answer.status_code == 200
                 return answer.text
 
+            async def lag_is(expected: int) -> bool:
+                return value(await scrape(), "lessonstream_consumer_lag_messages", **lag) == expected
+
             await eventually(lambda: _true(runtime.broker_started), what="receiver subscribed")
-            assert value(await scrape(), "lessonstream_consumer_lag_messages", **lag) == 0
+            await eventually(lambda: lag_is(0), what="a lag of 0 before anything is published")
 
             # The relay stopped: what is written waits in the outbox, and says since when.
             await sender.relay.stop()
@@ -99,10 +102,6 @@ async def test_lag_rises_while_the_consumer_is_stopped_and_falls_after(test_env:
             for subscriber in runtime.broker.subscribers:
                 await subscriber.stop()
             await sender.relay.start()
-
-            async def lag_is(expected: int) -> bool:
-                return value(await scrape(), "lessonstream_consumer_lag_messages", **lag) == expected
-
             await eventually(lambda: lag_is(15), timeout=20, what="a lag of 15 while the consumer is stopped")
 
             async def outbox_empty() -> bool:
