@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
 # Node runs the reference eddsa-rdfc-2022 verifier the credential tests check our signer against.
 # Checked by command, not by package: NodeSource's nodejs package ships npm and conflicts with Debian's.
-SYSTEM_COMMANDS := node:nodejs npm:npm
+# promtool (Debian's prometheus package) checks the Prometheus configuration and unit-tests the alert rules.
+SYSTEM_COMMANDS := node:nodejs npm:npm promtool:prometheus
 
 # A real learning record store (Ralph, file system backend) for the xAPI tests. Its own
 # virtualenv: its `lrs` extra pins fastapi and uvicorn versions that conflict with ours.

@@ -319,7 +319,10 @@ async def progress_services(url: str, ports: list[int], args: argparse.Namespace
     ready when entered, stopped on exit whatever happened."""
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DB_POOL_MAX": str(args.connections),
            "HEARTBEAT_FLUSH_INTERVAL_S": str(args.flush_interval), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-           "ENROLLMENT_INTERNAL_URL": "http://127.0.0.1:1"}
+           "ENROLLMENT_INTERNAL_URL": "http://127.0.0.1:1",
+           # Several workers behind one port: the services refuse it (their metrics would be one
+           # worker's) unless told that throughput is all that is measured here.
+           "LESSONSTREAM_ALLOW_UVICORN_WORKERS": "true"}
     procs: list[asyncio.subprocess.Process] = []
     try:
         for port in ports:

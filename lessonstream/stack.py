@@ -135,6 +135,14 @@ class StackConfig:
         """Caddy upstreams of a service: several are balanced (the Caddyfile says how)."""
         return " ".join(f"127.0.0.1:{self.port(name)}" for name in self.instances_of(kind))
 
+    def prometheus_targets(self) -> list[dict[str, object]]:
+        """Every service process as a Prometheus ``file_sd_configs`` entry: one target per
+        process (each is its own exporter), labelled with its kind and instance name."""
+        return [
+            {"targets": [f"127.0.0.1:{self.port(name)}"], "labels": {"process": spec.name, "process_instance": name}}
+            for name, spec in self.instances()
+        ]
+
     def gateway_env(self) -> dict[str, str]:
         return {
             "GATEWAY_PORT": str(self.gateway_port),
@@ -201,6 +209,7 @@ class Stack:
             self._create_topics()
             for name, spec in cfg.instances():
                 self._add(Child(name, self._service_launcher(name, spec), True))
+            self._write_prometheus_targets()
             if contract.wait(ready_timeout) != 0:
                 raise RuntimeError(f"writing the API contract failed:\n{(logs / 'contract.log').read_text()[-3000:]}")
             self._add(Child("gateway", lambda: infra.start_caddy(cfg.gateway_env(), logs / "gateway.log"), False))
@@ -257,6 +266,14 @@ class Stack:
         child.up_since = time.monotonic()
         child.restart_at = None
         self._write_pids()
+
+    def _write_prometheus_targets(self) -> None:
+        """``var/run/prometheus-targets.json``: for a Prometheus pointed at the local stack
+        (``file_sd_configs``); the ports stay the same across restarts."""
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._run_dir / "prometheus-targets.json.tmp"
+        tmp.write_text(json.dumps(self.config.prometheus_targets(), indent=2))
+        tmp.replace(self._run_dir / "prometheus-targets.json")
 
     def _write_pids(self) -> None:
         """``var/run/processes.json``: who is running as which pid (for operators and fault tests)."""
@@ -357,3 +374,4 @@ class Stack:
             infra.stop_all([c.proc for c in group if c.proc is not None])
         self.children.clear()
         (self._run_dir / "processes.json").unlink(missing_ok=True)
+        (self._run_dir / "prometheus-targets.json").unlink(missing_ok=True)

@@ -161,6 +161,8 @@ def subscribe(
 
     async def on_message(event: Event, message: KafkaMessage) -> None:
         started = time.perf_counter()
+        age_s = time.time() - event.occurred_at.timestamp()
+        metrics.EVENT_AGE.labels(service, sub.consumer, topic_label).observe(max(0.0, age_s))
         token = event_id_var.set(str(event.event_id))
         try:
             await _handle_with_retries(
@@ -297,6 +299,7 @@ async def _dead_letter(
                 sub.consumer, event_id, sub.topic.value,
             )
         await outbox.add(conn, letter)
+    metrics.DEAD_LETTERS.labels(settings.service_name, sub.consumer, sub.topic.value).inc()
 
 
 async def prune(pool: asyncpg.Pool, retention_days: int, batch: int = 10_000) -> int:

@@ -124,6 +124,7 @@ class OutboxRelay:
         self.republished = 0  # retained rows queued again for a broker that lacked them
 
     async def start(self) -> None:
+        self._stopping = False  # a stopped relay may be started again
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
@@ -202,7 +203,6 @@ class OutboxRelay:
                     "SELECT id, topic, key, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
                     BATCH_SIZE,
                 )
-                metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(len(rows))
                 if not rows:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
@@ -328,3 +328,19 @@ class OutboxRelay:
             # A stuck connection (paused or restarted broker) is best replaced.
             await self._close_producer()
         return sent, error
+
+
+async def pending_figures(pool: asyncpg.Pool) -> tuple[int, float]:
+    """How many rows wait to be published, and the age in seconds of the oldest (0 if none).
+
+    Both through the partial index of pending rows: the oldest is the lowest id (ids are
+    drawn at insert, so it is the earliest written up to a transaction's length). The count
+    stops at 100,000: beyond that the number matters less than that it is large.
+    """
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT 100000) p) AS n, "
+        "coalesce(extract(epoch FROM now() - (SELECT created_at FROM outbox WHERE published_at IS NULL "
+        "ORDER BY id LIMIT 1)), 0)::float8 AS age"
+    )
+    assert row is not None
+    return int(row["n"]), max(0.0, float(row["age"]))

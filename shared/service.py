@@ -20,14 +20,17 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
+from prometheus_client import REGISTRY
 
-from shared import bus, db, metrics, openapi
+from shared import bus, db, metrics, openapi, outbox
 from shared.auth import TokenVerifier
 from shared.errors import ErrorMap, error_response, install_error_handlers
 from shared.events import EVENT_TYPES, Topic
 from shared.http import RequestContextMiddleware
 from shared.inbox import Subscription, invalid_message_middleware, prune, subscribe
+from shared.lag import LagMonitor, Watched
 from shared.logs import configure_logging
 from shared.outbox import OutboxRelay
 from shared.periodic import Periodic
@@ -65,6 +68,9 @@ class ServiceSpec(Generic[S]):
     # Whose migrations these are: processes sharing one database (the certificates API and
     # its workers) must record them under the same name, or each would apply them again.
     migration_component: str = ""
+    # The service's own figures read at scrape (``/metrics``), beside the outbox and the lag
+    # every service has: notifications' queues by state. Bounded and isolated by the caller.
+    read_figures: Callable[[Runtime[S]], Awaitable[None]] | None = None
 
 
 async def _close_method(state: object) -> None:
@@ -82,7 +88,13 @@ class Runtime(Generic[S]):
         self.settings = spec.settings
         self._pool: asyncpg.Pool | None = None
         invalid = invalid_message_middleware(spec.settings, lambda: self.pool, spec.subscriptions)
-        self.broker: KafkaBroker = bus.create_broker(spec.settings, middlewares=[invalid])
+        # FastStream's own consumer and publisher metrics (received, in process, duration by
+        # handler), under our prefix; its container reuses what the registry already holds.
+        faststream_metrics = KafkaPrometheusMiddleware(
+            registry=REGISTRY, app_name=spec.name, metrics_prefix="lessonstream_faststream"
+        )
+        self.broker: KafkaBroker = bus.create_broker(spec.settings, middlewares=[faststream_metrics, invalid])
+        self.lag = LagMonitor(spec.settings, [Watched(sub.consumer, sub.topic) for sub in spec.subscriptions])
         self.relay = OutboxRelay(spec.settings)
         self.broker_started = False
         self._broker_task: asyncio.Task[None] | None = None
@@ -151,6 +163,39 @@ class Runtime(Generic[S]):
         if deleted:
             log.info("pruned %d applied-event markers", deleted)
 
+    async def read_figures(self) -> None:
+        """The figures read at scrape: this database's outbox, the lag of this process's
+        consumer groups, and the service's own (``ServiceSpec.read_figures``)."""
+        name = self.spec.name
+        database = self.spec.migration_component or name
+
+        async def outbox_figures() -> None:
+            pending, oldest_s = await outbox.pending_figures(self.pool)
+            metrics.OUTBOX_PENDING.labels(name, database).set(pending)
+            metrics.OUTBOX_OLDEST_AGE.labels(name, database).set(oldest_s)
+
+        async def lag_figures() -> None:
+            try:
+                lags = await self.lag.read()
+            except Exception:
+                # No figure rather than a stale one: the last reading may be long past.
+                for w in self.lag.watched:
+                    with contextlib.suppress(KeyError):
+                        metrics.CONSUMER_LAG.remove(name, w.group, w.topic.value)
+                raise
+            for w, lag in lags.items():
+                metrics.CONSUMER_LAG.labels(name, w.group, w.topic.value).set(lag)
+
+        readers: dict[str, Callable[[], Awaitable[None]]] = {}
+        if self._pool is not None:
+            readers["outbox"] = outbox_figures
+        if self.lag.watched:
+            readers["lag"] = lag_figures
+        own = self.spec.read_figures
+        if own is not None and self._state is not None:
+            readers[name] = lambda: own(self)
+        await metrics.read_figures(name, readers)
+
     async def stop(self) -> None:
         """Subscribers first (no event arrives at a half-stopped service), then the state,
         the relay (which may still publish what closing the state wrote), and the pool."""
@@ -169,6 +214,7 @@ class Runtime(Generic[S]):
             except Exception:
                 log.exception("closing the service's state failed")
         await self.relay.stop()
+        await self.lag.close()
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 10)
@@ -188,6 +234,7 @@ class Runtime(Generic[S]):
 
 def create_app(spec: ServiceSpec[Any]) -> FastAPI:
     configure_logging(spec.name, spec.settings.log_level)
+    metrics.check_single_process()
     runtime = Runtime(spec)
 
     @asynccontextmanager
@@ -221,7 +268,7 @@ def create_app(spec: ServiceSpec[Any]) -> FastAPI:
         document = AsyncAPI(runtime.broker, title=f"Lessonstream {spec.name} events", version="1.0.0")
         return Response(document.to_specification().to_json(), media_type="application/json")
 
-    app.include_router(metrics.router)
+    app.include_router(metrics.router(runtime.read_figures))
     for router in spec.routers:
         app.include_router(router)
     app.add_middleware(RequestContextMiddleware, service=spec.name, quiet_routes=spec.quiet_routes)

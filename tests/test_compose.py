@@ -80,9 +80,9 @@ def test_the_worker_scales_out() -> None:
     assert worker["build"] == SERVICES["certificates"]["build"]
 
 
-def test_only_the_gateway_and_the_mail_inbox_publish_ports() -> None:
+def test_only_the_gateway_the_mail_inbox_and_grafana_publish_ports() -> None:
     published = {name for name, svc in SERVICES.items() if svc.get("ports")}
-    assert published == {"gateway", "mailpit"}
+    assert published == {"gateway", "mailpit", "grafana"}
 
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -265,3 +265,57 @@ def test_every_relay_may_create_its_marker_topic_and_nothing_else() -> None:
     assert "--resource-pattern-type prefixed --topic lessonstream-relay." in grant.group(1)
     name = marker_topic(ServiceSettings(), uuid.uuid4())
     assert name.startswith("lessonstream-relay.")
+
+
+# -- Metrics: Prometheus and Grafana ----------------------------------------------------------
+
+PROMETHEUS_CONFIG: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+
+
+def mounts(service: str) -> dict[str, str]:
+    """Container path -> host path of the service's bind mounts."""
+    found = {}
+    for volume in SERVICES[service].get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = source
+    return found
+
+
+@pytest.mark.parametrize("name", ["prometheus", "grafana"])
+def test_monitoring_images_are_pinned(name: str) -> None:
+    image = SERVICES[name]["image"]
+    repository, _, tag = image.partition(":")
+    assert repository in {"prom/prometheus", "grafana/grafana"}
+    assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{image}: pin a full version"
+
+
+def test_prometheus_scrapes_every_service_process_with_its_rules() -> None:
+    prometheus = SERVICES["prometheus"]
+    config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
+    assert mounts("prometheus")[config_path] == "./deploy/prometheus/prometheus.yml"
+    for rule_file in PROMETHEUS_CONFIG["rule_files"]:
+        assert mounts("prometheus")[rule_file] == "./deploy/prometheus/alerts.yml"
+    # Each process is its own target (one exporter per process): every replica through DNS.
+    scraped: dict[str, int] = {}
+    for job in PROMETHEUS_CONFIG["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A"
+            scraped.update({name: sd["port"] for name in sd["names"]})
+    assert scraped == {spec.name: 8000 for spec in PROCESSES}
+    assert "--port 8000" in DOCKERFILE  # where every service image listens
+    worker = SERVICES["certificates-worker"]["command"]
+    assert worker[worker.index("--port") + 1] == "8000"
+
+
+def test_grafana_is_provisioned_with_the_data_source_and_dashboards() -> None:
+    grafana = mounts("grafana")
+    assert grafana["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "lessonstream.yml").read_text())["providers"]
+    assert grafana[provider["options"]["path"]] == "./deploy/grafana/dashboards"
+    assert "GF_SECURITY_ADMIN_PASSWORD" in SERVICES["grafana"]["environment"]
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]

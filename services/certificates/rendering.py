@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import multiprocessing
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
+from prometheus_client import Gauge, Histogram
 
 from services.certificates import credentials
 from shared.inbox import TransientError
@@ -41,6 +43,20 @@ FONT_STACK = (
     '"Noto Sans Thai", "Noto Sans CJK", "Noto Color Emoji"'
 )
 MAX_TEMPLATE_CHARS = 200_000
+
+# Measured in the render process (the PDF and the signature), sent back with the result:
+# the time a job waited for a free pool process is not in it, and shows as the queue.
+RENDER_SECONDS = Histogram(
+    "lessonstream_certificate_render_seconds",
+    "Time to render and sign one certificate in a render process",
+    ["service"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
+RENDER_QUEUE = Gauge(
+    "lessonstream_certificate_render_queue",
+    "Certificates this process has handed to its render pool and not got back (rendering or waiting)",
+    ["service"],
+)
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,13 @@ def render_and_sign(job: RenderJob) -> Rendered:
     return Rendered(pdf, signed)
 
 
+def timed_render_and_sign(job: RenderJob) -> tuple[Rendered, float]:
+    """``render_and_sign`` with the time it took in the pool process (runs there)."""
+    started = time.perf_counter()
+    rendered = render_and_sign(job)
+    return rendered, time.perf_counter() - started
+
+
 def _warm_up() -> None:
     # Load WeasyPrint and the fonts before the first real job arrives.
     try:
@@ -222,9 +245,11 @@ def sha256(pdf: bytes) -> str:
 class Renderer:
     """The process pool; ``render`` awaits a PDF without blocking the event loop."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, service: str = "certificates-worker") -> None:
         self.processes = max(1, processes)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._queue = RENDER_QUEUE.labels(service)
+        self._seconds = RENDER_SECONDS.labels(service)
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -244,12 +269,17 @@ class Renderer:
 
     async def render(self, job: RenderJob) -> Rendered:
         loop = asyncio.get_running_loop()
+        self._queue.inc()
         try:
-            return await loop.run_in_executor(self._executor(), render_and_sign, job)
+            rendered, took_s = await loop.run_in_executor(self._executor(), timed_render_and_sign, job)
         except concurrent.futures.process.BrokenProcessPool as exc:
             # A pool process died (killed, out of memory): start a new pool, retry the job later.
             self.close()
             raise TransientError("certificate renderer restarted") from exc
+        finally:
+            self._queue.dec()
+        self._seconds.observe(took_s)
+        return rendered
 
     def close(self, wait: bool = False) -> None:
         """Stop the pool; ``wait`` at shut-down, so no render process outlives the worker."""

@@ -26,7 +26,7 @@ def build_app(settings: WorkerSettings | None = None) -> FastAPI:
     settings = settings or WorkerSettings()
 
     async def open_state(runtime: Runtime[WorkerState]) -> WorkerState:
-        renderer = Renderer(settings.render_pool_size())
+        renderer = Renderer(settings.render_pool_size(), settings.service_name)
         await renderer.start()
         return WorkerState(
             settings, renderer, internal_client(settings, settings.progress_internal_url), load_signing_keys(settings)

@@ -13,7 +13,7 @@ from services.notifications.deliveries import DeliveryLoop, DestinationKind
 from services.notifications.lrs import XapiDestination
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
-from services.notifications.usecases import NotificationsState, Owners, max_event_age
+from services.notifications.usecases import NotificationsState, Owners, max_event_age, record_queue_figures
 from services.notifications.webhooks import WebhookDestination
 from shared.internal import internal_client
 from shared.service import Runtime, ServiceSpec, create_app
@@ -56,5 +56,6 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             errors=api.ERRORS,
             subscriptions=handlers.subscriptions(settings),
             open_state=open_state,
+            read_figures=lambda runtime: record_queue_figures(runtime.state, runtime.pool),
         )
     )

@@ -86,6 +86,10 @@ class DeliveryLoop:
         # idle process costs two small queries per poll interval, not two per worker.
         self._watcher: asyncio.Event | None = None
 
+    @property
+    def kinds(self) -> list[str]:
+        return list(self._kinds)
+
     async def start(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._workers.start(self._settings.delivery_workers, self._worker)

@@ -26,7 +26,7 @@ from datetime import UTC
 
 import asyncpg
 import httpx
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from services.notifications import domain, store
 from services.notifications.mail import Attachment, MailComposer
@@ -45,7 +45,6 @@ MAIL_SEND_SECONDS = Histogram(
     "lessonstream_mail_send_seconds", "Time for one delivery attempt (render, attach, SMTP)", ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-MAIL_QUEUE = Gauge("lessonstream_mail_queue", "Mail waiting to be sent or being sent", ["status"])
 
 # How a worker retries a failed bookkeeping write (database down): pauses of 0.25, 0.5,
 # 1, 2 and 4 s between RECORD_ATTEMPTS tries, about 8 s in all.
@@ -60,7 +59,6 @@ class MailSender:
         self._pool: asyncpg.Pool | None = None
         self._http: httpx.AsyncClient | None = None
         self._workers = WakeableWorkers("mail-sender")
-        self._gauge_at = 0.0
 
     async def start(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -119,7 +117,6 @@ class MailSender:
     async def _until_next_due(self) -> float:
         poll = self._settings.mail_poll_interval_s
         try:
-            await self._update_gauge()
             due = await store.next_due_in(self.pool)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return poll
@@ -130,14 +127,6 @@ class MailSender:
             await asyncio.wait_for(wake.wait(), timeout)
         if connection.connected and connection.idle_for() > self._settings.smtp_idle_close_s:
             await connection.close()
-
-    async def _update_gauge(self) -> None:
-        now = time.monotonic()
-        if now - self._gauge_at < 5:
-            return
-        self._gauge_at = now
-        for status, n in (await store.queue_depth(self.pool)).items():
-            MAIL_QUEUE.labels(status).set(n)
 
     async def _deliver(self, mail: store.ClaimedMail, connection: SmtpConnection) -> None:
         started = time.perf_counter()

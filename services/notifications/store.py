@@ -196,11 +196,32 @@ async def next_due_in(pool: asyncpg.Pool) -> float | None:
 
 
 async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
+    """Mail still to be sent, by status (both through their partial indexes)."""
     rows = await pool.fetch(
         "SELECT status, count(*) AS n FROM outgoing_mail WHERE status IN ('pending', 'sending') GROUP BY status"
     )
     depth = {"pending": 0, "sending": 0}
     depth.update({r["status"]: r["n"] for r in rows})
+    return depth
+
+
+DELIVERY_QUEUE_STATES = ("pending", "sending", "held")
+
+
+async def delivery_queue_depth(pool: asyncpg.Pool, kinds: list[str]) -> dict[tuple[str, str], int]:
+    """Deliveries still to be made, by destination kind and status (every pair, 0 when none).
+
+    One count per status, each through that status's partial index (never the delivered history)."""
+    rows = await pool.fetch(
+        "SELECT destination_kind, 'pending' AS status, count(*) AS n FROM deliveries "
+        "WHERE status = 'pending' GROUP BY destination_kind "
+        "UNION ALL SELECT destination_kind, 'sending', count(*) FROM deliveries "
+        "WHERE status = 'sending' GROUP BY destination_kind "
+        "UNION ALL SELECT destination_kind, 'held', count(*) FROM deliveries "
+        "WHERE status = 'held' GROUP BY destination_kind"
+    )
+    depth = {(kind, status): 0 for kind in kinds for status in DELIVERY_QUEUE_STATES}
+    depth.update({(r["destination_kind"], r["status"]): r["n"] for r in rows})
     return depth
 
 

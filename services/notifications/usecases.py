@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+from prometheus_client import Gauge
 
 from services.notifications import domain, store, webhooks, xapi
 from services.notifications.deliveries import DeliveryLoop
@@ -84,6 +85,24 @@ class NotificationsState:
         await self.deliveries.stop()
         await self.sender.stop()
         await self.owners.close()
+
+
+# Read at scrape from the database (``record_queue_figures``): every notifications process
+# reports the same figures (take ``max by``).
+MAIL_QUEUE = Gauge("lessonstream_mail_queue", "Mail still to be sent, by status (read at scrape)", ["status"])
+DELIVERY_QUEUE = Gauge(
+    "lessonstream_delivery_queue",
+    "Deliveries still to be made (webhooks, xAPI statements), by destination kind and status (read at scrape)",
+    ["kind", "status"],
+)
+
+
+async def record_queue_figures(state: NotificationsState, pool: asyncpg.Pool) -> None:
+    """The mail and delivery queues by state, for ``/metrics``."""
+    for status, n in (await store.queue_depth(pool)).items():
+        MAIL_QUEUE.labels(status).set(n)
+    for (kind, status), n in (await store.delivery_queue_depth(pool, state.deliveries.kinds)).items():
+        DELIVERY_QUEUE.labels(kind, status).set(n)
 
 
 def max_event_age(settings: NotificationsSettings) -> timedelta | None:

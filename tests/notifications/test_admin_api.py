@@ -100,3 +100,17 @@ async def test_health_ready_and_mail_metrics(
         metrics = (await service.client.get("/metrics")).text
         assert 'lessonstream_mail_attempts_total{kind="course_completed",outcome="sent"}' in metrics
         assert "lessonstream_mail_send_seconds_bucket" in metrics
+        # The queues, read from the database at the scrape: a held webhook delivery (its
+        # endpoint disabled) and a mail waiting for its next try.
+        await service.runtime.pool.execute(
+            "INSERT INTO deliveries (destination_kind, destination_id, message_id, event_id, event_type, body, status) "
+            "VALUES ('webhook', 1, 'msg-held', gen_random_uuid(), 'course.completed', '{}', 'held')"
+        )
+        await service.runtime.pool.execute(
+            "UPDATE outgoing_mail SET status = 'pending', next_attempt_at = now() + interval '1 hour'"
+        )
+        metrics = (await service.client.get("/metrics")).text
+        assert 'lessonstream_delivery_queue{kind="webhook",status="held"} 1.0' in metrics
+        assert 'lessonstream_delivery_queue{kind="webhook",status="pending"} 0.0' in metrics
+        assert 'lessonstream_mail_queue{status="pending"} 1.0' in metrics
+        assert 'lessonstream_mail_queue{status="sending"} 0.0' in metrics

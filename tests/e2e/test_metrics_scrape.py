@@ -1,0 +1,75 @@
+"""Every metric a dashboard panel or an alert rule uses is exposed by the real processes.
+
+Scrapes each process of the shared end-to-end stack (``lessonstream dev``: every service,
+two progress replicas, a certificate worker) on its own port, as Prometheus does (one
+exporter per process), and checks every metric name of every dashboard expression and
+alert rule (``deploy/``) against what was scraped: a metric renamed in the code or in a
+dashboard breaks this test. Also: each consumer process reports the lag of each of its
+consumer groups, and the outbox figures of its database, read at that scrape."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+
+import httpx
+import pytest
+
+from lessonstream.stack import PROCESSES
+from tests.devstack import DevStack
+from tests.promql import PROMETHEUS_OWN, exposed_names, used_metric_names
+
+pytestmark = pytest.mark.xdist_group("e2e")
+
+
+def subscriptions_of(kind: str) -> set[tuple[str, str]]:
+    """(group, topic) of every subscription of a process kind, from its composition root."""
+    spec = next(p for p in PROCESSES if p.name == kind)
+    module_name, function = spec.factory.split(":")
+    app = getattr(importlib.import_module(module_name), function)()
+    return {(sub.consumer, sub.topic.value) for sub in app.state.runtime.spec.subscriptions}
+
+
+def test_every_metric_of_the_dashboards_and_alerts_is_scraped(e2e_stack: DevStack) -> None:
+    """Scraped as a Prometheus would, from the targets the runner writes for it."""
+    targets = json.loads((e2e_stack.var_dir / "run" / "prometheus-targets.json").read_text())
+    assert sorted(t["labels"]["process_instance"] for t in targets) == sorted(e2e_stack.ports)
+    assert {t["labels"]["process"] for t in targets} == {p.name for p in PROCESSES}
+    scraped: dict[str, str] = {}
+    with httpx.Client(timeout=15) as client:
+        for target in targets:
+            [address] = target["targets"]
+            answer = client.get(f"http://{address}/metrics")
+            assert answer.status_code == 200, target
+            scraped[target["labels"]["process_instance"]] = answer.text
+
+    exposed = set().union(*(exposed_names(text) for text in scraped.values()))
+    missing = {name: sorted(where) for name, where in used_metric_names().items()
+               if name not in exposed and name not in PROMETHEUS_OWN}
+    assert not missing, f"used by dashboards or alerts but exposed by no process: {missing}"
+
+
+def test_each_process_reports_its_groups_lag_and_its_outbox(e2e_stack: DevStack) -> None:
+    """Read at that scrape: a reading that missed its bound on a loaded machine leaves the lag
+    out of that one answer (never a stale figure), so each process is asked until it has one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with httpx.Client(timeout=15) as client:
+        for name in e2e_stack.ports:
+            kind = next(p.name for p in PROCESSES if name == p.name
+                        or (name.startswith(f"{p.name}-") and name.removeprefix(f"{p.name}-").isdigit()))
+            expected = subscriptions_of(kind)
+            deadline = time.monotonic() + 30
+            while True:
+                text = client.get(f"{e2e_stack.url(name)}/metrics").text
+                families = {f.name: f for f in text_string_to_metric_families(text)}
+                lag = {(s.labels["group"], s.labels["topic"]): s.value
+                       for s in families["lessonstream_consumer_lag_messages"].samples}
+                if set(lag) == expected or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert set(lag) == expected, name
+            assert all(value >= 0 for value in lag.values()), (name, lag)
+            outbox = families["lessonstream_outbox_pending"].samples
+            assert [s.labels["service"] for s in outbox] == [kind], name
