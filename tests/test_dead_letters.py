@@ -326,3 +326,36 @@ async def _count(items: list[Any], n: int) -> bool:
 
 async def _listed(client: httpx.AsyncClient, n: int) -> bool:
     return len(await letters(client)) >= n
+
+
+def test_what_a_replay_does_follows_the_letter_and_the_inbox() -> None:
+    from shared.dead_letters import DeadLetterStatus, ReplayOutcome, StoredDeadLetter, decide
+
+    def letter(status: DeadLetterStatus) -> StoredDeadLetter:
+        return StoredDeadLetter(
+            id=1, consumer_group="c", source_topic="t", partition=0, offset=0, message_key=None, value=b"{}",
+            error="e", attempts=1, event_id=None, event_type=None, letter_id=_uuid(), created_at=datetime.now(UTC),
+            status=status, replayed_at=None, replay_count=0, replayed_by=None,
+        )
+
+    pending, replayed, applied = (letter(s) for s in DeadLetterStatus)
+    assert decide(pending, applied=False, expired=False) is ReplayOutcome.REPLAYED
+    assert decide(pending, applied=True, expired=False) is ReplayOutcome.ALREADY_APPLIED
+    assert decide(pending, applied=False, expired=True) is ReplayOutcome.EXPIRED
+    assert decide(pending, applied=True, expired=True) is ReplayOutcome.ALREADY_APPLIED
+    assert decide(replayed, applied=False, expired=False) is ReplayOutcome.ALREADY_REPLAYED
+    assert decide(replayed, applied=False, expired=False, force=True) is ReplayOutcome.REPLAYED
+    assert decide(replayed, applied=True, expired=False, force=True) is ReplayOutcome.ALREADY_APPLIED
+    assert decide(replayed, applied=False, expired=True, force=True) is ReplayOutcome.EXPIRED
+    assert decide(applied, applied=False, expired=False, force=True) is ReplayOutcome.ALREADY_APPLIED
+
+
+def test_a_message_that_did_not_parse_may_still_name_its_event() -> None:
+    from shared.dead_letters import identify
+
+    event_id = _uuid()
+    assert identify(f'{{"event_id": "{event_id}", "type": "lesson-completed"}}'.encode()) == (
+        event_id, "lesson-completed")
+    assert identify(b'{"event_id": 7, "type": "x\\u0000y"}') == (None, "x\ufffdy")
+    for value in (b"\xff{", b"[1]", b"null", b'{"type": 3}'):
+        assert identify(value) == (None, None), value
