@@ -9,7 +9,9 @@ A message that does not parse, or whose handler still fails after
 ``consumer_max_attempts`` tries, is written to the dead-letter topic (through the
 outbox, so a broker outage cannot lose it) and the consumer moves on. A handler that
 finds an event unacceptable (a forgery its owner does not confirm) raises
-``RejectedEvent``: dead-lettered at once with the reason, never retried.
+``RejectedEvent``: dead-lettered at once with the reason, never retried. Every dead
+letter is also kept in the service's ``dead_letters`` table, in the same transaction
+(``shared.dead_letters``), from where it can be replayed.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ broker, or the in-memory one restarted): the relay creates the topics, queues ev
 retained row again, and only then creates the marker, so a crash in between queues them
 again rather than losing them. On a broker that keeps its topics (Apache Kafka) the marker
 stays, and a service restart publishes nothing twice.
+
+``add_raw`` queues a message given as bytes rather than as an ``Event``: a dead letter
+written back to its source topic (``shared.dead_letters``), key and value as they came.
 """
 
 from __future__ import annotations
