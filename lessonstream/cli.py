@@ -395,13 +395,15 @@ def app_password_revoke(
 
 # --- dead letters ---------------------------------------------------------------------------
 
-ServicesOption = Annotated[
-    list[str] | None, typer.Option("--service", help=f"Only this service's (repeatable): {', '.join(SERVICES)}")
+ServicesOption = Annotated[list[str] | None, typer.Option(
+    "--service", metavar="SERVICE", help=f"Only this service's (repeatable): {', '.join(SERVICES)}",
+)]
+SourceOption = Annotated[
+    str | None, typer.Option("--source", metavar="TOPIC", help="Only letters of this source topic")
 ]
-SourceOption = Annotated[str | None, typer.Option("--source", help="Only letters of this source topic")]
-SinceOption = Annotated[
-    str | None, typer.Option("--since", help="Only letters written since (ISO 8601; no offset means UTC)")
-]
+SinceOption = Annotated[str | None, typer.Option(
+    "--since", metavar="ISO", help="Only letters written since (ISO 8601; no offset means UTC)",
+)]
 RetentionOption = Annotated[int, typer.Option(
     envvar="INBOX_RETENTION_DAYS", min=1, help="The services' inbox retention: older letters are not replayed",
 )]
