@@ -1,5 +1,5 @@
 """The ``lessonstream`` command: run the local stack, mint development tokens, migrate, seed,
-manage application passwords."""
+manage application passwords, list and replay dead letters."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -26,6 +27,11 @@ app_password = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(app_password, name="app-password")
+dead_letters_cli = typer.Typer(
+    help="Dead letters: the messages a service's consumers gave up on. List, show, replay (after a fix).",
+    no_args_is_help=True,
+)
+app.add_typer(dead_letters_cli, name="dead-letters")
 T = TypeVar("T")
 
 VAR = infra.ROOT / "var"
@@ -294,10 +300,15 @@ def regenerate_certificates(
 
 def _on_enrollment(url: str, work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     """``work`` on enrollment's database, migrated first (as the service would on start)."""
+    return _on_service(url, "enrollment", work)
+
+
+def _on_service(url: str, service: str, work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """``work`` on a service's database, migrated first (as the service would on start)."""
     from shared.db import create_pool, migrate_service
 
     async def run() -> T:
-        await migrate_service(url, "enrollment", infra.ROOT / "services" / "enrollment" / "migrations")
+        await migrate_service(url, service, infra.ROOT / "services" / service / "migrations")
         pool = await create_pool(url, min_size=1, max_size=2)
         try:
             return await work(pool)
@@ -380,6 +391,154 @@ def app_password_revoke(
             _echo(f"no application password {password_id}")
             raise typer.Exit(1) from exc
     _echo(f"application password {password_id} revoked")
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+ServicesOption = Annotated[list[str] | None, typer.Option(
+    "--service", metavar="SERVICE", help=f"Only this service's (repeatable): {', '.join(SERVICES)}",
+)]
+SourceOption = Annotated[
+    str | None, typer.Option("--source", metavar="TOPIC", help="Only letters of this source topic")
+]
+SinceOption = Annotated[str | None, typer.Option(
+    "--since", metavar="ISO", help="Only letters written since (ISO 8601; no offset means UTC)",
+)]
+RetentionOption = Annotated[int, typer.Option(
+    envvar="INBOX_RETENTION_DAYS", min=1, help="The services' inbox retention: older letters are not replayed",
+)]
+
+
+def _services(chosen: list[str] | None, *, one: bool = False) -> list[str]:
+    names = list(dict.fromkeys(chosen or ([] if one else SERVICES)))
+    for name in names:
+        if name not in SERVICES:
+            raise typer.BadParameter(f"unknown service {name!r} (one of {', '.join(SERVICES)})",
+                                     param_hint="--service")
+    if one and len(names) != 1:
+        raise typer.BadParameter("name the one service whose dead letter this is", param_hint="--service")
+    return names
+
+
+def _letter_filter(source: str | None, since: str | None) -> Any:
+    from shared.dead_letters import DeadLetterFilter
+    from shared.events import Topic
+
+    if source is not None and source not in {t.value for t in Topic}:
+        raise typer.BadParameter(f"unknown topic {source!r}", param_hint="--source")
+    moment = None
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not an ISO 8601 date or time: {since!r}", param_hint="--since") from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return DeadLetterFilter(source_topic=source, since=moment)
+
+
+def _letter_line(service: str, letter: Any) -> str:
+    error = " ".join(letter.error.split())
+    return "\t".join([
+        service, str(letter.id), letter.status.value, f"{letter.source_topic}[{letter.partition}]@{letter.offset}",
+        letter.consumer_group, letter.created_at.isoformat(timespec="seconds"), str(letter.event_id or "-"),
+        error[:160],
+    ])
+
+
+@dead_letters_cli.command("list")
+def dead_letters_list(
+    service: ServicesOption = None,
+    source: SourceOption = None,
+    since: SinceOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many per service, newest first")] = 50,
+    database_url: DatabaseUrl = None,
+    var_dir: VarDir = VAR,
+    db_prefix: DbPrefix = "lessonstream_",
+) -> None:
+    """One line per letter: service, id, status, topic[partition]@offset, consumer group, written at,
+    event id, error."""
+    from shared import dead_letters
+
+    names, found = _services(service), _letter_filter(source, since)
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
+        for name in names:
+            rows, total = _on_service(url_of(name), name, lambda pool: dead_letters.list_letters(
+                pool, found, page=1, per_page=limit))
+            for letter in rows:
+                typer.echo(_letter_line(name, letter))
+            if total > len(rows):
+                _echo(f"{name}: {total - len(rows)} more not shown (--limit)")
+
+
+@dead_letters_cli.command("show")
+def dead_letters_show(
+    letter_id: Annotated[int, typer.Argument(metavar="ID", help="The letter's id in its service (see list)")],
+    service: ServicesOption = None,
+    database_url: DatabaseUrl = None,
+    var_dir: VarDir = VAR,
+    db_prefix: DbPrefix = "lessonstream_",
+) -> None:
+    """Everything kept of one letter, as JSON: where it came from, why it failed, its key and value."""
+    import orjson
+
+    from shared import dead_letters
+
+    [name] = _services(service, one=True)
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
+        try:
+            letter = _on_service(url_of(name), name, lambda pool: dead_letters.get_letter(pool, letter_id))
+        except dead_letters.DeadLetterNotFound as exc:
+            _echo(f"no dead letter {letter_id} in {name}")
+            raise typer.Exit(1) from exc
+    shown = letter.model_dump(mode="json", exclude={"message_key", "value"})
+    shown["message_key"] = letter.message_key.decode("utf-8", "replace") if letter.message_key is not None else None
+    shown["value"] = letter.value.decode("utf-8", "replace")
+    typer.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+
+
+@dead_letters_cli.command("replay")
+def dead_letters_replay(
+    letter_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="One letter (else the selection)")] = None,
+    service: ServicesOption = None,
+    source: SourceOption = None,
+    since: SinceOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many letters per service")] = 100,
+    force: Annotated[bool, typer.Option(help="Write one letter back again although it was replayed")] = False,
+    inbox_retention_days: RetentionOption = 30,
+    database_url: DatabaseUrl = None,
+    var_dir: VarDir = VAR,
+    db_prefix: DbPrefix = "lessonstream_",
+) -> None:
+    """Write letters back to their topics through the service's outbox (its relay publishes them),
+    once the cause is fixed: one letter by ID, or the pending ones the filters select. Prints
+    service, id and outcome per letter (replayed, covered, already_replayed, already_applied, expired)."""
+    from shared import dead_letters
+
+    by = f"cli:{os.environ.get('USER', 'operator')}"
+    if letter_id is not None:
+        if source is not None or since is not None:
+            raise typer.BadParameter("give an ID or filters, not both", param_hint="ID")
+        [name] = _services(service, one=True)
+        with _service_databases(database_url, var_dir, db_prefix) as url_of:
+            try:
+                outcome, _ = _on_service(url_of(name), name, lambda pool: dead_letters.replay(
+                    pool, letter_id, by=by, retention_days=inbox_retention_days, force=force))
+            except dead_letters.DeadLetterNotFound as exc:
+                _echo(f"no dead letter {letter_id} in {name}")
+                raise typer.Exit(1) from exc
+            except dead_letters.DeadLetterExpired as exc:
+                _echo(f"dead letter {letter_id} is older than the inbox retention: not replayed")
+                raise typer.Exit(1) from exc
+        typer.echo(f"{name}\t{letter_id}\t{outcome.value}")
+        return
+    names, found = _services(service), _letter_filter(source, since)
+    with _service_databases(database_url, var_dir, db_prefix) as url_of:
+        for name in names:
+            done = _on_service(url_of(name), name, lambda pool: dead_letters.replay_selection(
+                pool, found, by=by, retention_days=inbox_retention_days, limit=limit))
+            for item in done:
+                typer.echo(f"{name}\t{item.id}\t{item.outcome.value}")
 
 
 def main() -> None:

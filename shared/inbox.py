@@ -9,7 +9,9 @@ A message that does not parse, or whose handler still fails after
 ``consumer_max_attempts`` tries, is written to the dead-letter topic (through the
 outbox, so a broker outage cannot lose it) and the consumer moves on. A handler that
 finds an event unacceptable (a forgery its owner does not confirm) raises
-``RejectedEvent``: dead-lettered at once with the reason, never retried.
+``RejectedEvent``: dead-lettered at once with the reason, never retried. Every dead
+letter is also kept in the service's ``dead_letters`` table, in the same transaction
+(``shared.dead_letters``), from where it can be replayed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from uuid import UUID
 
 import asyncpg
 from faststream import BaseMiddleware
@@ -31,9 +32,9 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
 from pydantic import ValidationError
 
-from shared import metrics, outbox
+from shared import dead_letters, metrics
 from shared.db import Connection
-from shared.events import DeadLetter, Event, Topic
+from shared.events import Event, Topic
 from shared.logs import event_id_var
 from shared.retry import Backoff
 from shared.settings import ServiceSettings
@@ -216,7 +217,9 @@ def invalid_message_middleware(
                 sub = by_topic.get(record.topic)
                 if sub is None:
                     raise
-                await _dead_letter(pool_getter(), settings, sub, record, msg.body, f"invalid event: {exc}", 1, None)
+                await _dead_letter(
+                    pool_getter(), settings, sub, record, msg.body, f"invalid event: {exc}", 1, None, mark=False
+                )
                 metrics.EVENTS_CONSUMED.labels(settings.service_name, sub.topic.value, "dead_lettered").inc()
                 return None  # handled: the offset is committed and the consumer moves on
 
@@ -245,7 +248,7 @@ async def _handle_with_retries(
             return
         except RejectedEvent as exc:
             log.warning("rejected %s: %s", topic_label, exc.reason)
-            await _dead_letter(pool, settings, sub, record, raw, f"rejected: {exc.reason}", attempt, None)
+            await _dead_letter(pool, settings, sub, record, raw, f"rejected: {exc.reason}", attempt, event, mark=False)
             metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
             return
         except TRANSIENT_ERRORS as exc:
@@ -256,7 +259,7 @@ async def _handle_with_retries(
         except Exception as exc:
             if attempt == attempts:
                 log.exception("giving up on %s after %d attempts", sub.topic.value, attempt)
-                await _dead_letter(pool, settings, sub, record, raw, repr(exc), attempt, event.event_id)
+                await _dead_letter(pool, settings, sub, record, raw, repr(exc), attempt, event, mark=True)
                 metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
                 return
             delay = Backoff(first_s=settings.consumer_retry_base_s, max_s=CONSUMER_RETRY_MAX_S).delay(attempt)
@@ -276,29 +279,29 @@ async def _dead_letter(
     raw: bytes,
     error: str,
     attempts: int,
-    event_id: UUID | None,
+    event: Event | None,
+    *,
+    mark: bool,
 ) -> None:
-    key = record.key.decode("utf-8", "replace") if record.key else None
-    letter = DeadLetter(
-        source_topic=sub.topic.value,
-        partition=record.partition,
-        offset=record.offset,
-        consumer_group=sub.consumer,
-        message_key=key,
-        value=raw.decode("utf-8", "replace"),
-        error=error[:4000],
-        attempts=attempts,
-    )
     log.error("dead-lettering %s[%d]@%d: %s", sub.topic.value, record.partition, record.offset, error[:500])
     # If this raises (database down), the message is nacked and redelivered later.
     async with pool.acquire() as conn, conn.transaction():
-        if event_id is not None:
-            # Mark it handled, so a redelivery does not dead-letter it a second time.
-            await conn.execute(
-                "INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                sub.consumer, event_id, sub.topic.value,
-            )
-        await outbox.add(conn, letter)
+        # With ``mark``, the event is marked handled (origin: dead letter), so a redelivery
+        # does not dead-letter it a second time; a replay removes that marker.
+        await dead_letters.record(
+            conn,
+            consumer_group=sub.consumer,
+            source_topic=sub.topic.value,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=raw,
+            error=error,
+            attempts=attempts,
+            event_id=event.event_id if event is not None else None,
+            event_type=event.type if event is not None else None,
+            mark_inbox=mark,
+        )
     metrics.DEAD_LETTERS.labels(settings.service_name, sub.consumer, sub.topic.value).inc()
 
 

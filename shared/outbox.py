@@ -24,6 +24,9 @@ broker, or the in-memory one restarted): the relay creates the topics, queues ev
 retained row again, and only then creates the marker, so a crash in between queues them
 again rather than losing them. On a broker that keeps its topics (Apache Kafka) the marker
 stays, and a service restart publishes nothing twice.
+
+``add_raw`` queues a message given as bytes rather than as an ``Event``: a dead letter
+written back to its source topic (``shared.dead_letters``), key and value as they came.
 """
 
 from __future__ import annotations
@@ -79,6 +82,25 @@ async def add(conn: Connection, event: Event) -> None:
     docstring for why that makes per-key order the outbox's guarantee.
     """
     await conn.execute(_INSERT, *_row(event))
+
+
+_INSERT_RAW = """
+    INSERT INTO outbox (topic, key, raw_key, event_id, event_type, payload)
+    SELECT $1, $2, $3, $4, $5, $6 FROM (SELECT pg_advisory_xact_lock($7::int, hashtext($2))) AS key_lock
+"""
+
+
+async def add_raw(
+    conn: Connection, topic: str, key: bytes | None, value: bytes, *, event_id: UUID, event_type: str
+) -> None:
+    """Queue a message given as bytes (a dead letter written back to its topic), not as an
+    ``Event``: the key and value leave exactly as they came. Ordered and locked by the key
+    like ``add`` (its text form, so a replay waits for the key's other writers); a message
+    that had no key goes out with an empty one.
+    """
+    raw_key = key or b""
+    text_key = raw_key.decode("utf-8", "replace").replace("\x00", "\ufffd")
+    await conn.execute(_INSERT_RAW, topic, text_key, raw_key, event_id, event_type, value, _KEY_LOCK_SPACE)
 
 
 async def add_many(conn: Connection, events: list[Event]) -> None:
@@ -200,7 +222,8 @@ class OutboxRelay:
                     continue
                 await self._prune(conn)
                 rows = await conn.fetch(
-                    "SELECT id, topic, key, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+                    "SELECT id, topic, key, raw_key, payload FROM outbox WHERE published_at IS NULL "
+                    "ORDER BY id LIMIT $1",
                     BATCH_SIZE,
                 )
                 if not rows:
@@ -309,7 +332,8 @@ class OutboxRelay:
                     await producer.send(
                         self._settings.topic(row["topic"]),
                         value=row["payload"],
-                        key=row["key"].encode(),
+                        # A replayed message keeps its key's bytes (see ``add_raw``).
+                        key=row["raw_key"] if row["raw_key"] is not None else row["key"].encode(),
                     )
                 )
         except Exception as exc:

@@ -19,6 +19,7 @@ from services.certificates import domain, usecases
 from services.certificates.domain import Certificate
 from services.certificates.settings import CertificatesSettings
 from services.certificates.usecases import CertificatesState
+from shared import dead_letters_api
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ErrorMap, HttpError
 from shared.internal import PeerUnavailable
@@ -32,7 +33,9 @@ issuer_router = APIRouter(tags=["issuer"])
 internal_router = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
 admin_router = APIRouter(prefix="/api/admin/courses/{course_id}/certificates", tags=["admin"])
 revocation_router = APIRouter(prefix="/api/admin/certificates/{certificate_id}", tags=["admin"])
-ROUTERS = [router, public_router, issuer_router, admin_router, revocation_router, internal_router]
+# The service's dead letters: the admin routes every service has (shared.dead_letters_api).
+ROUTERS = [router, public_router, issuer_router, admin_router, revocation_router, internal_router,
+           dead_letters_api.router("certificates")]
 
 ERRORS: ErrorMap = {
     domain.NotEnrolled: HttpError(403, "not_enrolled"),

@@ -28,6 +28,7 @@ from services.enrollment.schemas import (
     StudentList,
 )
 from services.enrollment.usecases import EnrollmentState
+from shared import dead_letters_api
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ErrorMap, HttpError
 from shared.openapi import errors
@@ -296,7 +297,8 @@ async def internal_enrollment_event(event_id: UUID, _: InternalCaller, pool: DbP
     return JSONResponse(event.model_dump(mode="json"))
 
 
-ROUTERS = [admin, public, app_passwords, internal]
+# The service's dead letters: the admin routes every service has (shared.dead_letters_api).
+ROUTERS = [admin, public, app_passwords, internal, dead_letters_api.router("enrollment")]
 
 # How a client is asked for Basic credentials again (RFC 7617).
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Lessonstream", charset="UTF-8"'}

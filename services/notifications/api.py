@@ -27,6 +27,7 @@ from services.notifications.domain import (
     WebhookUrlNotAllowed,
 )
 from services.notifications.usecases import NotificationsState
+from shared import dead_letters_api
 from shared.auth import AdminUser
 from shared.errors import ErrorMap, HttpError
 from shared.openapi import errors
@@ -36,7 +37,8 @@ from shared.validation import MAX_BIGINT, MAX_PAGE, STORABLE
 router = APIRouter(prefix="/api/admin/notifications", tags=["notifications"])
 webhooks = APIRouter(prefix="/api/admin/webhooks", tags=["webhooks"])
 statements = APIRouter(prefix="/api/admin/xapi/deliveries", tags=["xapi"])
-ROUTERS = [router, webhooks, statements]
+# The service's dead letters: the admin routes every service has (shared.dead_letters_api).
+ROUTERS = [router, webhooks, statements, dead_letters_api.router("notifications")]
 
 # The one place the service's refusals become HTTP answers.
 ERRORS: ErrorMap = {

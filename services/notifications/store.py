@@ -23,9 +23,8 @@ from services.notifications.domain import (
     Outcome,
     PlannedMail,
 )
-from shared import outbox
+from shared import dead_letters
 from shared.db import Connection, Executor
-from shared.events import DeadLetter
 
 
 @dataclass(frozen=True)
@@ -154,18 +153,20 @@ async def record_failure(
             mail.id, mail.attempt, decision.status.value, detail[:2000], decision.retry_in_s or 0.0,
         )
         if updated and decision.dead_letter:
-            await outbox.add(
+            # Kept with the service's other dead letters (listed by the admin API). A replay of
+            # it publishes nothing: the event was applied (the mail queued) by its consumer.
+            await dead_letters.record(
                 conn,
-                DeadLetter(
-                    source_topic=mail.source.topic,
-                    partition=mail.source.partition,
-                    offset=mail.source.offset,
-                    consumer_group=mail.source.consumer_group,
-                    message_key=mail.source.key,
-                    value=orjson.dumps(mail.event).decode(),
-                    error=f"{mail.kind.value} mail to {mail.recipient} {decision.status.value}: {detail}"[:4000],
-                    attempts=mail.attempt,
-                ),
+                consumer_group=mail.source.consumer_group,
+                source_topic=mail.source.topic,
+                partition=mail.source.partition,
+                offset=mail.source.offset,
+                key=mail.source.key.encode() if mail.source.key is not None else None,
+                value=orjson.dumps(mail.event),
+                error=f"{mail.kind.value} mail to {mail.recipient} {decision.status.value}: {detail}",
+                attempts=mail.attempt,
+                event_id=mail.event_id,
+                event_type=str(mail.event.get("type")) if mail.event.get("type") else None,
             )
         return bool(updated)
 

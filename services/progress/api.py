@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from services.progress import domain
 from services.progress.domain import MAX_PLAYED_SEGMENTS, MAX_POSITION_SECONDS
 from services.progress.usecases import ProgressState, Tracker
+from shared import dead_letters_api
 from shared.auth import CurrentUser, InternalCaller, current_user
 from shared.errors import ErrorMap, HttpError
 from shared.http import BareRoute
@@ -255,4 +256,5 @@ async def video_session_event(event_id: UUID, _: InternalCaller, tracker: Tracke
     return json(event.model_dump(mode="json"))
 
 
-ROUTERS = [router, internal_router]
+# The service's dead letters: the admin routes every service has (shared.dead_letters_api).
+ROUTERS = [router, internal_router, dead_letters_api.router("progress")]

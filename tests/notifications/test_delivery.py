@@ -12,6 +12,7 @@ from asyncpg.exceptions import InternalClientError
 
 from services.notifications import store
 from services.notifications.domain import MailKind, message_id
+from shared import dead_letters
 from shared.events import DeadLetter, Topic
 from tests.helpers import TestEnv, TopicReader, eventually, produce_raw
 from tests.notifications.conftest import FROM_ADDRESS, Publisher, Service, ServiceFactory, wait_for
@@ -112,6 +113,14 @@ async def test_permanent_failure_is_recorded_not_retried_and_dead_lettered(
         [row] = await service.mail(event_id=event.event_id)
         assert row["status"] == "failed" and row["attempts"] == 1
         assert len(dead.messages) == 1
+
+        # Kept with the service's dead letters; a replay writes nothing (the event was applied).
+        pool = service.runtime.pool
+        [kept] = await pool.fetch("SELECT id, event_id, letter_id FROM dead_letters")
+        assert (kept["event_id"], kept["letter_id"]) == (event.event_id, letter.event_id)
+        outcome, _ = await dead_letters.replay(pool, kept["id"], by="test", retention_days=30)
+        assert outcome is dead_letters.ReplayOutcome.ALREADY_APPLIED
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'replay'") == 0
 
 
 async def test_temporary_failures_end_after_bounded_tries_in_the_dead_letter_topic(
