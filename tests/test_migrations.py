@@ -33,7 +33,7 @@ async def test_replicas_starting_at_once_apply_each_migration_once(db_url: str, 
         assert await conn.fetchval("SELECT count(*) FROM things") == 1
         recorded = await conn.fetch("SELECT component, version FROM schema_migrations ORDER BY component, version")
         assert [(r["component"], r["version"]) for r in recorded] == [
-            ("shared", 1), ("shared", 2), ("shared", 3), ("svc", 1), ("svc", 2)
+            ("shared", 1), ("shared", 2), ("shared", 3), ("shared", 4), ("svc", 1), ("svc", 2)
         ]
     finally:
         await conn.close()

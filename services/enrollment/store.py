@@ -22,7 +22,7 @@ from services.enrollment.domain import (
     SortOrder,
     StudentOrderBy,
 )
-from shared.db import Connection, Executor, fetch_one
+from shared.db import Connection, Executor, fetch_all, fetch_one
 from shared.erasure import ErasureRequest
 from shared.events import EnrollmentChanged, LearnerErased, RecertificationScheduled
 
@@ -646,6 +646,13 @@ async def get_erasure(conn: Executor, *, subject: str | None = None, event_id: U
                                event_id)
     return await fetch_one(conn, ErasureRequest, f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE subject = $1",
                            subject)
+
+
+async def incomplete_erasures(conn: Executor) -> list[ErasureRequest]:
+    return await fetch_all(
+        conn, ErasureRequest,
+        f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE completed_at IS NULL ORDER BY requested_at LIMIT 100",
+    )
 
 
 async def personal_data(conn: Connection, user_id: str) -> list[str]:

@@ -555,6 +555,8 @@ class EnrollmentState:
     # Clients of the other services' internal APIs, by name: their erasure receipts and
     # exports (``domain.ERASING_SERVICES``).
     peers: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    # Completes erasure requests every service has done (``complete_erasures``).
+    erasures: Periodic | None = None
 
     @classmethod
     def open(cls, pool: asyncpg.Pool, settings: EnrollmentSettings) -> EnrollmentState:
@@ -571,9 +573,18 @@ class EnrollmentState:
             "certificates": internal_client(settings, settings.certificates_internal_url),
             "notifications": internal_client(settings, settings.notifications_internal_url),
         }
-        return cls(job, basic, pruning, peers)
+        state = cls(job, basic, pruning, peers)
+
+        async def complete() -> int:
+            return await complete_erasures(pool, state)
+
+        state.erasures = Periodic(settings.erasure_check_interval_s, complete, "erasure completion", at_once=True)
+        state.erasures.start()
+        return state
 
     async def close(self) -> None:
+        if self.erasures is not None:
+            await self.erasures.stop()
         await self.pruning.stop()
         await self.recertification.stop()
         for client in self.peers.values():
@@ -724,12 +735,18 @@ async def _service_part(client: httpx.AsyncClient, name: str, event_id: UUID) ->
 
 
 async def erasure_status(pool: asyncpg.Pool, state: EnrollmentState, user_id: str) -> domain.ErasureStatus:
-    """Where the learner's erasure stands in every service (each asked at once). The first
-    time all are done, the request is marked complete and its published learner-erased row
-    leaves the outbox: nothing here holds the id any more."""
+    """Where the learner's erasure stands in every service (each asked at once)."""
     request = await store.get_erasure(pool, subject=erasure.subject_of(user_id))
     if request is None:
         raise domain.ErasureNotFound()
+    return await _erasure_status(pool, state, request)
+
+
+async def _erasure_status(
+    pool: asyncpg.Pool, state: EnrollmentState, request: erasure.ErasureRequest
+) -> domain.ErasureStatus:
+    """The first time every service is done, the request is marked complete and its
+    published learner-erased row leaves the outbox: nothing here holds the id any more."""
     own = await erasure.receipt(pool, request.event_id)
     parts = await asyncio.gather(*(
         _service_part(state.peers[name], name, request.event_id) for name in domain.ERASING_SERVICES
@@ -748,6 +765,16 @@ async def erasure_status(pool: asyncpg.Pool, state: EnrollmentState, user_id: st
         erasure_id=request.event_id, requested_at=request.requested_at, completed_at=completed_at,
         done=domain.erasure_done(services), services=services,
     )
+
+
+async def complete_erasures(pool: asyncpg.Pool, state: EnrollmentState) -> int:
+    """Look at every incomplete erasure request (none is asked about otherwise when nobody
+    reads its status) and complete those every service has done; returns how many."""
+    completed = 0
+    for request in await store.incomplete_erasures(pool):
+        status = await _erasure_status(pool, state, request)
+        completed += status.completed_at is not None
+    return completed
 
 
 async def own_export(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:

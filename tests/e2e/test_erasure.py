@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -24,7 +24,7 @@ import pytest
 from lessonstream import infra
 from shared.auth import issue_token
 from shared.db import with_database
-from shared.events import LearnerErased
+from shared.events import EnrollmentChanged, LearnerErased
 from shared.settings import ServiceSettings
 from tests.devstack import DevStack
 from tests.helpers import produce_raw
@@ -245,3 +245,19 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
         assert dbs.counts("erasures") == erasures == dict.fromkeys(DATABASES, 1)
         assert dbs.fetchval("enrollment", "SELECT count(*) FROM outbox WHERE topic = 'learner-erased'") == events == 0
         assert dbs.find(erin_data) == []
+
+    # An event about Erin produced before the erasure and delivered after it (late, or
+    # published again) brings nothing back: progress would otherwise store her name and
+    # address in its enrollment replica.
+    late = EnrollmentChanged(
+        user_id=erin_id, course_id=course_id, enrollment_id=10**9, status="active", revision=10**6,
+        enrolled_at=datetime.now(UTC), username=erin_id, display_name=erin_name, email=erin_email,
+        occurred_at=datetime.fromisoformat(status["requested_at"]) - timedelta(seconds=5),
+    )
+    asyncio.run(produce_raw(f"127.0.0.1:{stack.kafka_port}", "enrollment-changed",
+                            late.model_dump_json().encode(), late.key().encode()))
+    for db, consumer in (("progress", "progress-enrollments"), ("notifications", "notifications-enrollment-changed")):
+        wait_for(lambda db=db, consumer=consumer: dbs.fetchval(  # type: ignore[misc]
+            db, "SELECT count(*) FROM inbox WHERE consumer = $1 AND event_id = $2", consumer, late.event_id) == 1,
+            what=f"{db} to consume the late event")
+    assert dbs.find(erin_data) == []
