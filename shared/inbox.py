@@ -258,13 +258,15 @@ async def _handle_with_retries(
     state: object = None,
 ) -> None:
     service, topic_label = settings.service_name, sub.topic.value
-    if await _about_erased_learner(pool, sub, event):
-        log.info("%s %s names a learner erased since: no effect", topic_label, event.event_id)
-        metrics.EVENTS_CONSUMED.labels(service, topic_label, "erased").inc()
-        return
     attempts = settings.consumer_max_attempts
     for attempt in range(1, attempts + 1):
         try:
+            # At every attempt: a handler that failed because the erasure removed what it
+            # needed (it committed meanwhile) finds the learner erased on the next one.
+            if await _about_erased_learner(pool, sub, event):
+                log.info("%s %s names a learner erased since: no effect", topic_label, event.event_id)
+                metrics.EVENTS_CONSUMED.labels(service, topic_label, "erased").inc()
+                return
             ctx = EventContext(
                 pool, sub.consumer, event, partition=record.partition, offset=record.offset, state=state
             )
