@@ -16,6 +16,7 @@ from services.certificates.domain import (
     RegenerationProgress,
     WorkInFlight,
     certificate_number,
+    new_verification_code,
     status_list_for,
 )
 from shared import outbox
@@ -466,8 +467,8 @@ async def erase_learner(conn: Connection, user_id: str, pseudonym: str, now: dat
     """Revoke the learner's certificates (the status lists say so from their next signing,
     so a copy of a credential no longer verifies), delete every PDF and signed credential of
     theirs, and keep only an anonymous record under ``pseudonym``: the certificate numbers
-    and status-list entries stay taken, the revocation stays listed, and verifying a code
-    finds nothing (no file is left to show). Certificates are locked in id order."""
+    and status-list entries stay taken, the revocation stays listed, and the verification
+    code is replaced, so the learner's code finds nothing. Certificates are locked in id order."""
     ids = [row["certificate_id"] for row in await conn.fetch(
         "SELECT certificate_id FROM certificates WHERE user_id = $1 ORDER BY certificate_id FOR UPDATE", user_id)]
     revoked = 0
@@ -477,6 +478,13 @@ async def erase_learner(conn: Connection, user_id: str, pseudonym: str, now: dat
             await change_status(conn, certificate_id, revoked_at=now, reason="erased at the learner's request",
                                 changed_by="erasure", changed_at=now)
             revoked += 1
+        # A new code nobody knows: the learner's code (on their PDF, in their mails) no longer
+        # finds the record.
+        code = new_verification_code()
+        await conn.execute("UPDATE certificates SET verification_code = $2 WHERE certificate_id = $1",
+                           certificate_id, code)
+        await conn.execute("UPDATE certificate_identities SET verification_code = $2 WHERE certificate_id = $1",
+                           certificate_id, code)
 
     async def changed(sql: str, *args: object) -> int:
         return int((await conn.execute(sql, *args)).split()[-1])

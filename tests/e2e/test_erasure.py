@@ -147,6 +147,12 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
             assert added.status_code == 201, added.text
             lessons.append(added.json()["data"]["lesson"]["id"])
         assert client.post(f"/api/admin/courses/{course_id}/publish", headers=ADMIN).status_code == 200
+        # A webhook endpoint that never answers: its deliveries (with Erin's data) stay queued.
+        hook = client.post("/api/admin/webhooks", headers=ADMIN, json={
+            "url": "http://127.0.0.1:9/erasure-hook", "description": f"erasure test {tag}",
+            "event_types": ["course.completed", "certificate.issued", "enrollment.changed"]})
+        assert hook.status_code == 201, hook.text
+        hook_id = hook.json()["data"]["id"]
 
         # Two learners: Erin completes the course (certificate, mails), the other starts it.
         for who in (erin, kept):
@@ -174,6 +180,12 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
         wait_for(certified, what="the certificate known to enrollment and progress")
         wait_for(lambda: dbs.fetchval("notifications", "SELECT count(*) FROM outgoing_mail WHERE user_id = $1 "
                                       "AND status = 'sent'", erin_id) >= 2, what="both mails sent")
+        wait_for(lambda: dbs.fetchval("notifications", "SELECT count(*) FROM deliveries WHERE destination_id = $1 "
+                                      "AND strpos(body, $2) > 0", hook_id, erin_email) >= 3,
+                 what="the webhook deliveries about Erin")
+        certificate = client.get(f"/api/courses/{course_id}/certificate", headers=erin).json()["data"]
+        verification = certificate["verification_url"].replace(SETTINGS.public_base_url, stack.gateway)
+        assert httpx.get(verification, headers={"Accept": "application/json"}).status_code == 200
         before = analytics(client, course_id)
         assert before["completion"]["enrolled"] == 2 and before["completion"]["completed"] == 1
 
@@ -189,8 +201,16 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
         assert services["certificates"]["certificates"][0]["student_name"] == erin_name
         assert services["certificates"]["certificate_files"]
         assert len(services["notifications"]["outgoing_mail"]) == 2
+        assert len(services["notifications"]["deliveries"]) >= 3
         assert client.get(f"/api/admin/erasures/{erin_id}", headers=ADMIN).status_code == 404
         assert client.get(f"/api/admin/exports/{erin_id}", headers=erin).status_code == 403
+
+    # The same document with the CLI.
+    exported_by_cli = cli(stack, "export", erin_id)
+    assert exported_by_cli.returncode == 0, exported_by_cli.stderr
+    document = json.loads(exported_by_cli.stdout)
+    assert document["user_id"] == erin_id and set(document["services"]) == set(DATABASES)
+    assert document["services"]["certificates"]["certificates"][0]["student_email"] == erin_email
 
     # A forged learner-erased (no such request at enrollment) erases nobody: every consumer
     # dead-letters it as rejected and Erin's data is where it was.
@@ -225,6 +245,9 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
         assert status["services"]["progress"]["erased"]["lesson_progress"] == 2
         assert status["services"]["certificates"]["erased"]["revoked"] == 1
         assert status["services"]["notifications"]["erased"]["outgoing_mail"] == 2
+        assert status["services"]["notifications"]["erased"]["deliveries"] >= 3
+        # The certificate is revoked and gone: its code verifies nothing.
+        assert httpx.get(verification, headers={"Accept": "application/json"}).status_code == 404
 
         # Nothing in any table of any service names Erin; the other learner is untouched.
         assert dbs.find(erin_data) == []
@@ -261,3 +284,4 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
             db, "SELECT count(*) FROM inbox WHERE consumer = $1 AND event_id = $2", consumer, late.event_id) == 1,
             what=f"{db} to consume the late event")
     assert dbs.find(erin_data) == []
+    assert httpx.delete(f"{stack.gateway}/api/admin/webhooks/{hook_id}", headers=ADMIN).status_code == 204
