@@ -249,7 +249,7 @@ async def request_erasure(
     """Erase the learner from every service: enrollment deletes its data at once and tells
     the others (``learner-erased``); ``data`` shows where each service stands (see
     ``GET``). Asking again for the same learner changes nothing and answers the same request."""
-    requested = await usecases.erase_learner(pool, user_id)
+    requested = await usecases.erase_learner(pool, user_id, state.basic.memory)
     status = await usecases.erasure_status(pool, state, user_id)
     message = "Erasure requested" if requested.created else "Erasure was already requested"
     return Message(message=message, data=status)

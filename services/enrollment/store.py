@@ -667,6 +667,10 @@ async def personal_data(conn: Connection, user_id: str) -> list[str]:
     return [row["v"] for row in rows if row["v"]]
 
 
+async def app_password_ids(conn: Connection, user_id: str) -> list[int]:
+    return [row["id"] for row in await conn.fetch("SELECT id FROM app_passwords WHERE user_id = $1", user_id)]
+
+
 async def erase_learner(conn: Connection, user_id: str) -> dict[str, int]:
     """Delete the learner's enrollments (locked first, as the event handlers lock them),
     the events and notices kept for them, their application passwords and their per-user

@@ -691,7 +691,7 @@ class ErasureRequested:
     created: bool  # False: the learner's erasure had been requested before, nothing changed
 
 
-async def erase_learner(pool: asyncpg.Pool, user_id: str) -> ErasureRequested:
+async def erase_learner(pool: asyncpg.Pool, user_id: str, memory: CredentialMemory | None = None) -> ErasureRequested:
     """Record the erasure of ``user_id``, delete what this service holds on them, purge its
     outbox of them, and queue ``learner-erased``: one transaction, so the other services are
     told exactly when enrollment's data is gone. A learner asked for again gets the first
@@ -703,6 +703,7 @@ async def erase_learner(pool: asyncpg.Pool, user_id: str) -> ErasureRequested:
         if found is not None:
             return ErasureRequested(found, created=False)
         personal = await store.personal_data(conn, user_id)
+        passwords = await store.app_password_ids(conn, user_id)
         summary = await store.erase_learner(conn, user_id)
         # Before the event is queued: the purge must not take the event itself.
         summary["outbox"] = await erasure.purge_outbox(conn, user_id, personal)
@@ -710,6 +711,10 @@ async def erase_learner(pool: asyncpg.Pool, user_id: str) -> ErasureRequested:
         await store.insert_erasure(conn, event, subject, summary)
         await outbox.add(conn, event)
     log.info("erasure %s requested: enrollment erased %s", event.event_id, summary)
+    # Refused at once by this process; others look at the (deleted) row within APP_PASSWORD_CACHE_S.
+    if memory is not None:
+        for password_id in passwords:
+            memory.forget_password(password_id)
     return ErasureRequested(
         erasure.ErasureRequest(event_id=event.event_id, subject=subject, requested_at=event.requested_at),
         created=True,

@@ -9,6 +9,7 @@ every service holds first.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -168,6 +169,9 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
         password = client.post("/api/admin/app-passwords", headers=ADMIN, json={
             "user_id": erin_id, "name": erin_name, "email": erin_email, "roles": ["learner"], "label": "phone"})
         assert password.status_code == 201, password.text
+        basic = {"Authorization": "Basic " + base64.b64encode(
+            password.json()["data"]["credentials"].encode()).decode()}
+        assert client.get("/api/courses/my-courses", headers=basic).status_code == 200
 
         # Everything settled: the certificate issued and known to enrollment and progress,
         # both mails sent and logged.
@@ -285,3 +289,8 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
             what=f"{db} to consume the late event")
     assert dbs.find(erin_data) == []
     assert httpx.delete(f"{stack.gateway}/api/admin/webhooks/{hook_id}", headers=ADMIN).status_code == 204
+
+    # Her application password is gone: refused within APP_PASSWORD_CACHE_S (2 s here). (Each
+    # refusal is a failed sign-in counted under the id given, as for anyone unknown.)
+    wait_for(lambda: httpx.get(f"{stack.gateway}/api/courses/my-courses", headers=basic).status_code == 401,
+             timeout=15, what="the application password to be refused")
