@@ -32,6 +32,12 @@ dead_letters_cli = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dead_letters_cli, name="dead-letters")
+
+learner = typer.Typer(
+    help="A learner's personal data (GDPR): erase it from every service, or export it as one JSON document.",
+    no_args_is_help=True,
+)
+app.add_typer(learner, name="learner")
 T = TypeVar("T")
 
 VAR = infra.ROOT / "var"
@@ -539,6 +545,107 @@ def dead_letters_replay(
                 pool, found, by=by, retention_days=inbox_retention_days, limit=limit))
             for item in done:
                 typer.echo(f"{name}\t{item.id}\t{item.outcome.value}")
+
+# --- learners' personal data (GDPR), through the admin API -------------------------------------
+
+Gateway = Annotated[str, typer.Option(help="Gateway base URL")]
+AdminToken = Annotated[
+    str | None,
+    typer.Option(envvar="LESSONSTREAM_ADMIN_TOKEN",
+                 help="An admin's bearer token (else a development token is signed with JWT_SECRET)"),
+]
+
+
+def _admin_headers(admin_token: str | None) -> dict[str, str]:
+    if admin_token:
+        return {"Authorization": f"Bearer {admin_token}"}
+    from shared.auth import issue_token
+    from shared.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    if settings.jwt_jwks_url:
+        raise typer.BadParameter("JWT_JWKS_URL is set: pass an admin's token (--admin-token)")
+    token = issue_token(settings, user_id="lessonstream-cli", name="Lessonstream CLI", roles=["admin"],
+                        ttl_seconds=600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _admin_call(gateway: str, admin_token: str | None, method: str, path: str) -> dict[str, object]:
+    """One admin API call: the answer's JSON, or the refusal printed and exit status 1."""
+    import httpx
+
+    try:
+        with httpx.Client(base_url=gateway.rstrip("/"), headers=_admin_headers(admin_token), timeout=30) as client:
+            response = client.request(method, path)
+    except httpx.HTTPError as exc:
+        _echo(f"cannot reach the gateway at {gateway}: {exc!r}")
+        raise typer.Exit(1) from exc
+    if response.status_code >= 400:
+        _echo(f"{method} {path} failed with {response.status_code}: {response.text}")
+        raise typer.Exit(1)
+    found: dict[str, object] = response.json()
+    return found
+
+
+def _erasure_lines(status: dict[str, object]) -> list[str]:
+    services = status.get("services")
+    lines = [f"erasure {status.get('erasure_id')} requested at {status.get('requested_at')}"]
+    if isinstance(services, dict):
+        for name, part in services.items():
+            erased = part.get("erased") or {}
+            counts = ", ".join(f"{k} {v}" for k, v in erased.items() if v) or "nothing held"
+            detail = f" at {part.get('erased_at')} ({counts})" if part.get("status") == "done" else ""
+            lines.append(f"  {name:<14} {part.get('status')}{detail}")
+    return lines
+
+
+@learner.command("erase")
+def learner_erase(
+    user_id: Annotated[str, typer.Argument(metavar="USER_ID", help="The learner's id (their tokens' sub)")],
+    gateway: Gateway = "http://127.0.0.1:8080",
+    admin_token: AdminToken = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for every service to be done (0: do not wait)")] = 60,
+) -> None:
+    """Erase a learner from every service (POST /api/admin/erasures/USER_ID) and show each
+    service's status until all are done. Asking again for the same learner changes nothing.
+    Exit status 1 if a service is not done within --wait seconds (run it again to see)."""
+    from urllib.parse import quote
+
+    path = f"/api/admin/erasures/{quote(user_id, safe='')}"
+    answer = _admin_call(gateway, admin_token, "POST", path)
+    _echo(str(answer.get("message", "")))
+    status = answer["data"]
+    deadline = time.monotonic() + wait
+    while not (isinstance(status, dict) and status.get("done")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = _admin_call(gateway, admin_token, "GET", path)["data"]
+    assert isinstance(status, dict)
+    for line in _erasure_lines(status):
+        typer.echo(line)
+    if not status.get("done"):
+        _echo("not every service is done yet: run the command again to see where it stands")
+        raise typer.Exit(1)
+
+
+@learner.command("export")
+def learner_export(
+    user_id: Annotated[str, typer.Argument(metavar="USER_ID", help="The learner's id (their tokens' sub)")],
+    gateway: Gateway = "http://127.0.0.1:8080",
+    admin_token: AdminToken = None,
+    out: Annotated[Path | None, typer.Option(help="Write the document here (else to standard output)")] = None,
+) -> None:
+    """Everything every service holds on a learner, as one JSON document
+    (GET /api/admin/exports/USER_ID)."""
+    import json
+    from urllib.parse import quote
+
+    document = _admin_call(gateway, admin_token, "GET", f"/api/admin/exports/{quote(user_id, safe='')}")["data"]
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        _echo(f"wrote the export of {user_id} to {out}")
 
 
 def main() -> None:

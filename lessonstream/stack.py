@@ -118,6 +118,7 @@ class StackConfig:
             "ENROLLMENT_INTERNAL_URL": f"http://127.0.0.1:{self.port('enrollment')}",
             "PROGRESS_INTERNAL_URL": f"http://127.0.0.1:{self.port(progress)}",
             "CERTIFICATES_INTERNAL_URL": f"http://127.0.0.1:{self.port('certificates')}",
+            "NOTIFICATIONS_INTERNAL_URL": f"http://127.0.0.1:{self.port('notifications')}",
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp_port),
             "SMTP_TLS": "none",

@@ -32,6 +32,7 @@ class Topic(StrEnum):
     PROGRESS_RECALCULATED = "progress-recalculated"
     RECERTIFICATION_SCHEDULED = "recertification-scheduled"
     VIDEO_SESSIONS = "video-sessions"
+    LEARNER_ERASED = "learner-erased"
     DEAD_LETTER = "dead-letter"
 
 
@@ -49,6 +50,7 @@ TOPIC_PARTITIONS: dict[Topic, int] = {
     Topic.PROGRESS_RECALCULATED: 4,
     Topic.RECERTIFICATION_SCHEDULED: 12,
     Topic.VIDEO_SESSIONS: 12,
+    Topic.LEARNER_ERASED: 4,
     Topic.DEAD_LETTER: 1,
 }
 
@@ -322,6 +324,25 @@ class VideoSessionEnded(LearnerEvent):
     completed: bool = False  # the lesson was completed by watching during this session
 
 
+class LearnerErased(Event):
+    """An administrator asked for a learner's personal data to be erased (GDPR, right to
+    erasure). Published by enrollment, which has already erased its own data in the same
+    transaction; every other service erases or pseudonymises what it holds on ``user_id``
+    once enrollment confirms the request (``GET /internal/erasures/{event_id}``, which
+    answers the request's subject hash, never the id itself). Carries the id alone: no name
+    or address travels further. Keyed by the user id."""
+
+    topic: ClassVar[Topic] = Topic.LEARNER_ERASED
+    key_format: ClassVar[str] = "{user_id}"
+    type: Literal["learner-erased"] = "learner-erased"
+
+    user_id: str
+    requested_at: datetime
+
+    def key(self) -> str:
+        return self.user_id
+
+
 class DeadLetter(Event):
     """A message a consumer gave up on, with why; the consumer moved on."""
 
@@ -356,5 +377,6 @@ EVENT_TYPES: dict[Topic, type[Event]] = {
     Topic.PROGRESS_RECALCULATED: ProgressRecalculated,
     Topic.RECERTIFICATION_SCHEDULED: RecertificationScheduled,
     Topic.VIDEO_SESSIONS: VideoSessionEnded,
+    Topic.LEARNER_ERASED: LearnerErased,
     Topic.DEAD_LETTER: DeadLetter,
 }

@@ -226,6 +226,33 @@ def invalid_message_middleware(
     return InvalidMessages
 
 
+# Events about a learner whose erasure was requested after they were produced: dropped (see
+# ``_about_erased_learner``). The subject is the id's SHA-256 as ``shared.erasure`` keeps it.
+_ERASED_BEFORE = (
+    "SELECT true FROM erasures WHERE subject = encode(sha256(convert_to($1, 'UTF8')), 'hex') "
+    "AND requested_at >= $2 LIMIT 1"
+)
+
+
+async def _about_erased_learner(pool: asyncpg.Pool, sub: Subscription[Any], event: Event) -> bool:
+    """An event naming a learner (``user_id``) produced before that learner's erasure was
+    requested, delivered after this service erased them (late, or published again): applying
+    it would bring back what was erased, and a refusal would dead-letter it with the
+    person's data. It is marked applied and has no effect. A learner who comes back after
+    the erasure is a new start: events produced later are applied."""
+    user_id = getattr(event, "user_id", None)
+    if not isinstance(user_id, str) or event.type == "learner-erased":
+        return False
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(_ERASED_BEFORE, user_id, event.occurred_at):
+            return False
+        await conn.execute(
+            "INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            sub.consumer, event.event_id, sub.topic.value,
+        )
+    return True
+
+
 async def _handle_with_retries(
     pool: asyncpg.Pool,
     settings: ServiceSettings,
@@ -239,6 +266,12 @@ async def _handle_with_retries(
     attempts = settings.consumer_max_attempts
     for attempt in range(1, attempts + 1):
         try:
+            # At every attempt: a handler that failed because the erasure removed what it
+            # needed (it committed meanwhile) finds the learner erased on the next one.
+            if await _about_erased_learner(pool, sub, event):
+                log.info("%s %s names a learner erased since: no effect", topic_label, event.event_id)
+                metrics.EVENTS_CONSUMED.labels(service, topic_label, "erased").inc()
+                return
             ctx = EventContext(
                 pool, sub.consumer, event, partition=record.partition, offset=record.offset, state=state
             )

@@ -51,7 +51,7 @@ OUTBOX_REPUBLISHED = Counter(
 )
 EVENTS_CONSUMED = Counter(
     "lessonstream_events_consumed_total",
-    "Events handled by consumers, by outcome (applied, duplicate, dead_lettered, retried)",
+    "Events handled by consumers, by outcome (applied, duplicate, dead_lettered, retried, erased)",
     ["service", "topic", "outcome"],
 )
 EVENT_HANDLING = Histogram(

@@ -73,6 +73,7 @@ class ServiceSettings(BaseSettings):
     enrollment_internal_url: str = "http://127.0.0.1:8102"
     progress_internal_url: str = "http://127.0.0.1:8101"
     certificates_internal_url: str = "http://127.0.0.1:8103"
+    notifications_internal_url: str = "http://127.0.0.1:8105"
     # Shared secret for service-to-service calls on the internal API.
     internal_token: str = "lessonstream-internal-development-token"
 

@@ -73,10 +73,28 @@ async def progress(env: TestEnv) -> AsyncIterator[tuple[FastAPI, ServiceSettings
         yield build_progress(settings), settings
 
 
+def erasing_peer_stand_in() -> FastAPI:
+    """What enrollment asks progress, certificates and notifications about a learner's
+    erasure and export: nobody erased yet, nothing held."""
+    app = FastAPI()
+
+    @app.get("/internal/erasures/{event_id}")
+    async def erasure(event_id: str) -> JSONResponse:
+        return JSONResponse({"code": "erasure_not_found"}, status_code=404)
+
+    @app.get("/internal/learners/{user_id}/export")
+    async def export(user_id: str) -> JSONResponse:
+        return JSONResponse({})
+
+    return app
+
+
 @asynccontextmanager
 async def enrollment_service(env: TestEnv) -> AsyncIterator[tuple[FastAPI, ServiceSettings]]:
-    settings = env.settings(EnrollmentSettings, database="enrollment")
-    yield build_enrollment(settings), settings
+    async with served(erasing_peer_stand_in()) as url:
+        settings = env.settings(EnrollmentSettings, database="enrollment", progress_internal_url=url,
+                                certificates_internal_url=url, notifications_internal_url=url)
+        yield build_enrollment(settings), settings
 
 
 @asynccontextmanager

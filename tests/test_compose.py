@@ -182,7 +182,8 @@ def test_compose_file_names_no_path_that_does_not_exist() -> None:
 
 # Each topic's one writer (the service that owns its events); any consumer may dead-letter.
 OWNED_TOPICS: dict[str, set[Topic]] = {
-    "enrollment": {Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED, Topic.RECERTIFICATION_SCHEDULED},
+    "enrollment": {Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED, Topic.RECERTIFICATION_SCHEDULED,
+                   Topic.LEARNER_ERASED},
     "progress": {Topic.LESSON_COMPLETED, Topic.LESSON_REOPENED, Topic.COURSE_COMPLETED, Topic.PROGRESS_RECALCULATED,
                  Topic.VIDEO_SESSIONS},
     # The certificates API and its workers share one database, so one outbox and one principal.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import uuid
 from datetime import timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -46,6 +47,7 @@ ERRORS: ErrorMap = {
     domain.AlreadyInState: HttpError(409, "status_unchanged"),
     domain.StatusListNotFound: HttpError(404, "status_list_not_found"),
     domain.InvalidTemplate: HttpError(400, "invalid_template"),
+    domain.ErasureNotFound: HttpError(404, "erasure_not_found"),
     PeerUnavailable: HttpError(503, "progress_unavailable", "Course progress cannot be checked right now"),
 }
 
@@ -258,6 +260,20 @@ async def issued_certificate(
         "issued_event_id": str(cert.issued_event_id) if cert.issued_event_id else None,
         "status_changed_at": cert.status_changed_at.isoformat() if cert.status_changed_at else None,
     }
+
+
+# -- internal: erasure and export of a learner ----------------------------------------------------
+
+@internal_router.get("/erasures/{event_id}")
+async def erasure(event_id: uuid.UUID, _: InternalCaller, pool: DbPool) -> dict[str, Any]:
+    """This service's receipt of a learner's erasure (404 while it has not erased them)."""
+    return (await usecases.erasure_receipt(pool, event_id)).model_dump(mode="json")
+
+
+@internal_router.get("/learners/{user_id}/export")
+async def learner_export(user_id: str, _: InternalCaller, pool: DbPool) -> dict[str, Any]:
+    """Everything this service holds on the learner (its part of an export)."""
+    return await usecases.export_learner(pool, user_id)
 
 
 # -- admin: templates, regeneration, listing --------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.certificates import api
+from services.certificates import api, handlers
 from services.certificates.settings import CertificatesSettings
 from services.certificates.usecases import CertificatesState, load_signing_keys
 from shared.events import Topic
@@ -23,7 +23,10 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
     settings = settings or CertificatesSettings()
 
     async def open_state(runtime: Runtime[CertificatesState]) -> CertificatesState:
-        return CertificatesState(internal_client(settings, settings.progress_internal_url), load_signing_keys(settings))
+        return CertificatesState(
+            internal_client(settings, settings.progress_internal_url), load_signing_keys(settings),
+            internal_client(settings, settings.enrollment_internal_url),
+        )
 
     return create_app(
         ServiceSpec(
@@ -33,6 +36,8 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
             routers=api.ROUTERS,
             errors=api.ERRORS,
             publishes=[Topic.CERTIFICATE_REQUESTED, Topic.CERTIFICATE_REVOKED],
+            # Erasure requests: one process of its own, not the scaled-out workers.
+            subscriptions=handlers.api_subscriptions(settings),
             open_state=open_state,
         )
     )

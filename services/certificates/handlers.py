@@ -1,4 +1,5 @@
-"""Event entry points of the certificate workers: issue once, re-render on request.
+"""Event entry points of the certificate workers: issue once, re-render on request; and of
+the API process: erase a learner (``learner-erased``).
 
 All workers share one consumer group per topic, so the partitions are spread over them;
 within a process, ``concurrency`` group members consume different partitions at once and
@@ -10,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from services.certificates import usecases
-from services.certificates.settings import WorkerSettings
-from services.certificates.usecases import WorkerState
-from shared.events import CertificateRequested, CourseCompleted, Topic
+from services.certificates.settings import CertificatesSettings, WorkerSettings
+from services.certificates.usecases import CertificatesState, WorkerState
+from shared.events import CertificateRequested, CourseCompleted, LearnerErased, Topic
 from shared.inbox import EventContext, Subscription
 
 COMPLETIONS_GROUP = "certificates-worker"
 REQUESTS_GROUP = "certificates-worker-requests"
+ERASURES_GROUP = "certificates-erasures"
 
 
 async def on_course_completed(event: CourseCompleted, ctx: EventContext) -> None:
@@ -34,3 +36,12 @@ def subscriptions(settings: WorkerSettings) -> list[Subscription[Any]]:
         Subscription(Topic.CERTIFICATE_REQUESTED, CertificateRequested, on_certificate_requested,
                      REQUESTS_GROUP, concurrency=settings.consumer_count()),
     ]
+
+
+async def on_learner_erased(event: LearnerErased, ctx: EventContext) -> None:
+    await usecases.erase_learner(ctx.state(CertificatesState), event, ctx)
+
+
+def api_subscriptions(settings: CertificatesSettings) -> list[Subscription[Any]]:
+    """What the certificates API process consumes: erasure requests (the workers render only)."""
+    return [Subscription(Topic.LEARNER_ERASED, LearnerErased, on_learner_erased, ERASURES_GROUP)]

@@ -16,6 +16,7 @@ from services.certificates.domain import (
     RegenerationProgress,
     WorkInFlight,
     certificate_number,
+    new_verification_code,
     status_list_for,
 )
 from shared import outbox
@@ -432,3 +433,69 @@ async def save_status_list(conn: Executor, status_list: int, revision: int, cred
         status_list, revision, credential,
     )
 
+
+
+# -- erasure (GDPR) ------------------------------------------------------------------------------
+
+# Every table that names a learner, by its user column (for the export).
+LEARNER_TABLES = [("certificate_identities", "user_id"), ("certificates", "user_id"),
+                  ("certificate_requests", "user_id")]
+
+
+async def learner_personal_data(conn: Connection, user_id: str) -> list[str]:
+    """The names and addresses on the learner's certificates (to find them in the outbox)."""
+    rows = await conn.fetch(
+        "SELECT student_name AS v FROM certificates WHERE user_id = $1 "
+        "UNION SELECT student_email FROM certificates WHERE user_id = $1",
+        user_id,
+    )
+    return [row["v"] for row in rows if row["v"]]
+
+
+async def learner_certificate_files(conn: Executor, user_id: str) -> list[dict[str, Any]]:
+    """The learner's certificate files as the export lists them: which, not their bytes."""
+    rows = await conn.fetch(
+        "SELECT f.certificate_id, f.version, f.rendered_at, f.credential IS NOT NULL AS has_credential "
+        "FROM certificate_files f JOIN certificates c USING (certificate_id) WHERE c.user_id = $1 "
+        "ORDER BY f.certificate_id, f.version",
+        user_id,
+    )
+    return [{**dict(row), "rendered_at": row["rendered_at"].isoformat()} for row in rows]
+
+
+async def erase_learner(conn: Connection, user_id: str, pseudonym: str, now: datetime) -> dict[str, int]:
+    """Revoke the learner's certificates (the status lists say so from their next signing,
+    so a copy of a credential no longer verifies), delete every PDF and signed credential of
+    theirs, and keep only an anonymous record under ``pseudonym``: the certificate numbers
+    and status-list entries stay taken, the revocation stays listed, and the verification
+    code is replaced, so the learner's code finds nothing. Certificates are locked in id order."""
+    ids = [row["certificate_id"] for row in await conn.fetch(
+        "SELECT certificate_id FROM certificates WHERE user_id = $1 ORDER BY certificate_id FOR UPDATE", user_id)]
+    revoked = 0
+    for certificate_id in ids:
+        cert = await lock_certificate(conn, certificate_id)
+        if cert is not None and cert.revoked_at is None:
+            await change_status(conn, certificate_id, revoked_at=now, reason="erased at the learner's request",
+                                changed_by="erasure", changed_at=now)
+            revoked += 1
+        # A new code nobody knows: the learner's code (on their PDF, in their mails) no longer
+        # finds the record.
+        code = new_verification_code()
+        await conn.execute("UPDATE certificates SET verification_code = $2 WHERE certificate_id = $1",
+                           certificate_id, code)
+        await conn.execute("UPDATE certificate_identities SET verification_code = $2 WHERE certificate_id = $1",
+                           certificate_id, code)
+
+    async def changed(sql: str, *args: object) -> int:
+        return int((await conn.execute(sql, *args)).split()[-1])
+
+    return {
+        "revoked": revoked,
+        "certificate_files": await changed("DELETE FROM certificate_files WHERE certificate_id = ANY($1::text[])", ids),
+        "certificates": await changed(
+            "UPDATE certificates SET user_id = $2, student_name = '', student_email = '' WHERE user_id = $1",
+            user_id, pseudonym),
+        "certificate_identities": await changed(
+            "UPDATE certificate_identities SET user_id = $2 WHERE user_id = $1", user_id, pseudonym),
+        "certificate_requests": await changed("DELETE FROM certificate_requests WHERE user_id = $1", user_id),
+    }

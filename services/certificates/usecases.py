@@ -40,9 +40,15 @@ from services.certificates.rendering import (
     validate_template,
 )
 from services.certificates.settings import DEVELOPMENT_KEY_PREFIX, CertificatesSettings, WorkerSettings
-from shared import db, outbox
+from shared import db, erasure, outbox
 from shared.db import Executor
-from shared.events import CertificateIssued, CertificateRequested, CertificateRevoked, CourseCompleted
+from shared.events import (
+    CertificateIssued,
+    CertificateRequested,
+    CertificateRevoked,
+    CourseCompleted,
+    LearnerErased,
+)
 from shared.inbox import EventContext
 from shared.internal import confirm_completion, get_internal
 from shared.periodic import Periodic
@@ -63,9 +69,12 @@ class CertificatesState:
 
     progress: httpx.AsyncClient
     keys: list[credentials.SigningKey]
+    # Enrollment's internal API: it confirms erasure requests (learner-erased).
+    enrollment: httpx.AsyncClient
 
     async def close(self) -> None:
         await self.progress.aclose()
+        await self.enrollment.aclose()
 
 
 async def _ask_progress(client: httpx.AsyncClient, course_id: int, user_id: str) -> CompletionStatus | None:
@@ -553,3 +562,33 @@ async def rerender(state: WorkerState, event: CertificateRequested, ctx: EventCo
             credential=rendered.credential,
         )
     log.info("re-rendered %s as version %d", cert.certificate_id, version)
+
+
+# -- erasure and export (GDPR) -------------------------------------------------------------------
+
+
+async def _erase(conn: db.Connection, user_id: str, pseudonym: str) -> tuple[dict[str, int], list[str]]:
+    personal = await store.learner_personal_data(conn, user_id)
+    return await store.erase_learner(conn, user_id, pseudonym, datetime.now(UTC)), personal
+
+
+async def erase_learner(state: CertificatesState, event: LearnerErased, ctx: EventContext) -> None:
+    """Once enrollment confirms the request: the learner's certificates revoked, their PDFs
+    and credentials deleted, the records anonymous, the outbox purged of them. No
+    certificate-revoked event is published: it would carry the name and address again."""
+    await erasure.apply(ctx, state.enrollment, event, _erase)
+
+
+async def erasure_receipt(pool: asyncpg.Pool, event_id: uuid.UUID) -> erasure.ErasureReceipt:
+    found = await erasure.receipt(pool, event_id)
+    if found is None:
+        raise domain.ErasureNotFound()
+    return found
+
+
+async def export_learner(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:
+    """Every row of this service naming the learner; the files as a list (not their bytes)."""
+    async with pool.acquire() as conn:
+        found = await erasure.export_rows(conn, store.LEARNER_TABLES, user_id)
+        found["certificate_files"] = await store.learner_certificate_files(conn, user_id)
+    return found

@@ -31,6 +31,7 @@ from services.enrollment.usecases import EnrollmentState
 from shared import dead_letters_api
 from shared.auth import AdminUser, CurrentUser, InternalCaller
 from shared.errors import ErrorMap, HttpError
+from shared.internal import PeerUnavailable
 from shared.openapi import errors
 from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT, MAX_PAGE
@@ -53,6 +54,8 @@ admin = APIRouter(prefix="/api/admin/courses", tags=["catalog admin"])
 public = APIRouter(prefix="/api/courses", tags=["courses and enrollments"])
 internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
 app_passwords = APIRouter(prefix="/api/admin/app-passwords", tags=["application passwords"])
+erasures = APIRouter(prefix="/api/admin/erasures", tags=["erasure and export"])
+exports = APIRouter(prefix="/api/admin/exports", tags=["erasure and export"])
 
 
 # --- catalog admin ---------------------------------------------------------------------
@@ -237,6 +240,35 @@ async def revoke_app_password(password_id: AppPasswordId, user: AdminUser, pool:
     return Response(status_code=204)
 
 
+# --- erasure and export (GDPR; admin API) ------------------------------------------------
+
+
+@erasures.post("/{user_id}", status_code=202, responses=errors((403, "forbidden")))
+async def request_erasure(
+    user_id: LearnerId, user: AdminUser, pool: DbPool, state: State
+) -> Message[domain.ErasureStatus]:
+    """Erase the learner from every service: enrollment deletes its data at once and tells
+    the others (``learner-erased``); ``data`` shows where each service stands (see
+    ``GET``). Asking again for the same learner changes nothing and answers the same request."""
+    requested = await usecases.erase_learner(pool, user_id, state.basic.memory)
+    status = await usecases.erasure_status(pool, state, user_id)
+    message = "Erasure requested" if requested.created else "Erasure was already requested"
+    return Message(message=message, data=status)
+
+
+@erasures.get("/{user_id}", responses=errors((403, "forbidden"), (404, "erasure_not_found")))
+async def erasure_status(user_id: LearnerId, user: AdminUser, pool: DbPool, state: State) -> Data[domain.ErasureStatus]:
+    """The learner's erasure in every service: ``done``, ``pending`` or ``unavailable`` each."""
+    return Data(data=await usecases.erasure_status(pool, state, user_id))
+
+
+@exports.get("/{user_id}", responses=errors((403, "forbidden"), (503, "service_unavailable")))
+async def export_learner(user_id: LearnerId, user: AdminUser, pool: DbPool, state: State) -> Data[dict[str, Any]]:
+    """Everything every service holds on the learner, in one JSON document (``services``, by
+    service and table); 503 when a service cannot be asked (an export is whole or not given)."""
+    return Data(data=await usecases.export_learner(pool, state, user_id))
+
+
 # --- internal (read-your-writes for other services; never routed by the gateway) --------
 
 
@@ -297,8 +329,22 @@ async def internal_enrollment_event(event_id: UUID, _: InternalCaller, pool: DbP
     return JSONResponse(event.model_dump(mode="json"))
 
 
+@internal.get("/erasures/{event_id}")
+async def internal_erasure(event_id: UUID, _: InternalCaller, pool: DbPool) -> JSONResponse:
+    """For the other services, before they erase a learner: the request behind a
+    learner-erased event (its subject is the id's hash; 404 if there is no such request)."""
+    found = await usecases.erasure_request(pool, event_id)
+    return JSONResponse(found.model_dump(mode="json"))
+
+
+@internal.get("/learners/{user_id}/export")
+async def internal_export(user_id: str, _: InternalCaller, pool: DbPool) -> JSONResponse:
+    """What enrollment holds on the learner (its part of an export)."""
+    return JSONResponse(await usecases.own_export(pool, user_id))
+
+
 # The service's dead letters: the admin routes every service has (shared.dead_letters_api).
-ROUTERS = [admin, public, app_passwords, internal, dead_letters_api.router("enrollment")]
+ROUTERS = [admin, public, app_passwords, erasures, exports, internal, dead_letters_api.router("enrollment")]
 
 # How a client is asked for Basic credentials again (RFC 7617).
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Lessonstream", charset="UTF-8"'}
@@ -318,6 +364,8 @@ ERRORS: ErrorMap = {
     domain.NotEnrolled: HttpError(403, "not_enrolled"),
     domain.NoCurrentEnrollment: HttpError(404, "not_enrolled"),
     domain.RecertificationNotFound: HttpError(404, "recertification_not_found"),
+    domain.ErasureNotFound: HttpError(404, "erasure_not_found"),
+    PeerUnavailable: HttpError(503, "service_unavailable", "A service cannot be asked right now, try again"),
     domain.EnrollmentEventNotFound: HttpError(404, "enrollment_event_not_found"),
     domain.AppPasswordNotFound: HttpError(404, "app_password_not_found"),
     domain.InvalidAppPasswordUser: HttpError(400, "invalid_request"),

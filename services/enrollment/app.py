@@ -29,7 +29,9 @@ def build_app(settings: EnrollmentSettings | None = None) -> FastAPI:
             errors=api.ERRORS,
             subscriptions=handlers.subscriptions(settings),
             # What it publishes through its outbox, for the event documents (/asyncapi.json).
-            publishes=[Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED, Topic.RECERTIFICATION_SCHEDULED],
+            publishes=[
+                Topic.COURSE_CATALOG, Topic.ENROLLMENT_CHANGED, Topic.RECERTIFICATION_SCHEDULED, Topic.LEARNER_ERASED,
+            ],
             open_state=open_state,
             title="Lessonstream enrollment: course catalog and enrollments",
             # The gateway asks on every request with Basic credentials (heartbeats included).

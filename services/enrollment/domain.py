@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.domain import DomainError, User
 from shared.events import CatalogLesson, CourseCatalogEntry, EnrollmentChanged, RecertificationScheduled
@@ -162,6 +162,12 @@ class EnrollmentEventNotFound(DomainError):
     """Another service asking for an enrollment-changed event this service never published."""
 
     default_message = "No such enrollment event"
+
+
+class ErasureNotFound(DomainError):
+    """No erasure was requested for this learner (or, internally, under this event id)."""
+
+    default_message = "No erasure was requested for this learner"
 
 
 class RecertificationNotFound(DomainError):
@@ -591,3 +597,36 @@ def counted(window: AttemptWindow, now: datetime, limits: AttemptLimits) -> Atte
 
 def reaches_limit(window: AttemptWindow, limits: AttemptLimits) -> bool:
     return window.failures >= limits.limit(window.scope)
+
+
+# --- erasure (GDPR) ----------------------------------------------------------------------
+
+# The services that hold a learner's data besides enrollment, which erases its own at once.
+ERASING_SERVICES = ("progress", "certificates", "notifications")
+
+
+class ServiceErasure(BaseModel):
+    """One service's part of an erasure: ``done`` (with when and what it erased),
+    ``pending`` (it has not erased the learner yet) or ``unavailable`` (it could not be asked)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["done", "pending", "unavailable"]
+    erased_at: datetime | None = None
+    erased: dict[str, int] = Field(default_factory=dict)
+
+
+class ErasureStatus(BaseModel):
+    """An erasure request and where every service stands; ``done`` once all are."""
+
+    model_config = ConfigDict(frozen=True)
+
+    erasure_id: UUID
+    requested_at: datetime
+    completed_at: datetime | None
+    done: bool
+    services: dict[str, ServiceErasure]
+
+
+def erasure_done(services: dict[str, ServiceErasure]) -> bool:
+    return all(part.status == "done" for part in services.values())

@@ -34,3 +34,7 @@ class EnrollmentSettings(ServiceSettings):
     # (X-Forwarded-Proto); this allows plain HTTP (a TLS terminator in front of the gateway
     # that does not say so, or a closed network).
     allow_basic_over_http: bool = False
+
+    # How often incomplete erasure requests are looked at: once every service has erased
+    # the learner, the request is complete and its learner-erased row leaves the outbox.
+    erasure_check_interval_s: float = Field(10.0, gt=0)

@@ -22,8 +22,9 @@ from services.enrollment.domain import (
     SortOrder,
     StudentOrderBy,
 )
-from shared.db import Connection, fetch_one
-from shared.events import EnrollmentChanged, RecertificationScheduled
+from shared.db import Connection, Executor, fetch_all, fetch_one
+from shared.erasure import ErasureRequest
+from shared.events import EnrollmentChanged, LearnerErased, RecertificationScheduled
 
 _COURSE_COLUMNS = (
     "id, title, slug, description, status, requires_sequential_progress, certificate_enabled, "
@@ -625,3 +626,92 @@ async def uncount_attempts(conn: Connection, windows: list[AttemptWindow]) -> No
 async def prune_attempts(conn: Connection, before: datetime) -> int:
     deleted: str = await conn.execute("DELETE FROM auth_attempts WHERE window_start < $1", before)
     return int(deleted.split()[-1])
+
+
+# --- erasure (GDPR): the learner's enrollments, passwords and sign-in failures --------------
+
+
+async def lock_erasure_subject(conn: Connection, subject: str) -> None:
+    """Serialise requests for one learner: the second finds the first's record."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erasure:' || $1))", subject)
+
+
+_ERASURE_COLUMNS = "event_id, subject, requested_at, completed_at"
+
+
+async def get_erasure(conn: Executor, *, subject: str | None = None, event_id: UUID | None = None,
+                      ) -> ErasureRequest | None:
+    if event_id is not None:
+        return await fetch_one(conn, ErasureRequest, f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE event_id = $1",
+                               event_id)
+    return await fetch_one(conn, ErasureRequest, f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE subject = $1",
+                           subject)
+
+
+async def incomplete_erasures(conn: Executor) -> list[ErasureRequest]:
+    return await fetch_all(
+        conn, ErasureRequest,
+        f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE completed_at IS NULL ORDER BY requested_at LIMIT 100",
+    )
+
+
+async def personal_data(conn: Connection, user_id: str) -> list[str]:
+    """The learner's names and addresses as this service stored them (to find them in the outbox)."""
+    rows = await conn.fetch(
+        "SELECT username AS v FROM enrollments WHERE user_id = $1 UNION SELECT display_name FROM enrollments "
+        "WHERE user_id = $1 UNION SELECT email FROM enrollments WHERE user_id = $1 "
+        "UNION SELECT name FROM app_passwords WHERE user_id = $1 UNION SELECT email FROM app_passwords "
+        "WHERE user_id = $1",
+        user_id,
+    )
+    return [row["v"] for row in rows if row["v"]]
+
+
+async def app_password_ids(conn: Connection, user_id: str) -> list[int]:
+    return [row["id"] for row in await conn.fetch("SELECT id FROM app_passwords WHERE user_id = $1", user_id)]
+
+
+async def erase_learner(conn: Connection, user_id: str) -> dict[str, int]:
+    """Delete the learner's enrollments (locked first, as the event handlers lock them),
+    the events and notices kept for them, their application passwords and their per-user
+    sign-in failures. Returns the rows deleted, by table."""
+    ids = [row["id"] for row in await conn.fetch(
+        "SELECT id FROM enrollments WHERE user_id = $1 ORDER BY id FOR UPDATE", user_id)]
+
+    async def deleted(sql: str, *args: object) -> int:
+        return int((await conn.execute(sql, *args)).split()[-1])
+
+    return {
+        "recertification_notices": await deleted(
+            "DELETE FROM recertification_notices WHERE enrollment_id = ANY($1::bigint[])", ids),
+        "enrollment_events": await deleted(
+            "DELETE FROM enrollment_events WHERE enrollment_id = ANY($1::bigint[])", ids),
+        "enrollments": await deleted("DELETE FROM enrollments WHERE id = ANY($1::bigint[])", ids),
+        "app_passwords": await deleted("DELETE FROM app_passwords WHERE user_id = $1", user_id),
+        "auth_attempts": await deleted("DELETE FROM auth_attempts WHERE scope = 'user' AND key = $1", user_id),
+    }
+
+
+async def insert_erasure(conn: Connection, event: LearnerErased, subject: str, summary: dict[str, int]) -> None:
+    await conn.execute(
+        "INSERT INTO erasures (event_id, subject, requested_at, erased_at, summary) VALUES ($1, $2, $3, $3, $4)",
+        event.event_id, subject, event.requested_at, summary,
+    )
+
+
+async def complete_erasure(conn: Connection, event_id: UUID, now: datetime) -> bool:
+    """Every service has erased the learner: the request is complete, and the outbox row of
+    its learner-erased event (the last copy of the user id here) is deleted. Only a
+    published row: a consumer cannot have erased before it was published."""
+    done = await conn.fetchval(
+        "UPDATE erasures SET completed_at = $2 WHERE event_id = $1 AND completed_at IS NULL RETURNING true",
+        event_id, now,
+    )
+    if done:
+        await conn.execute("DELETE FROM outbox WHERE event_id = $1 AND published_at IS NOT NULL", event_id)
+    return bool(done)
+
+
+# What the export shows of each table holding the learner (user column), and what it leaves out.
+EXPORT_TABLES = [("enrollments", "user_id"), ("app_passwords", "user_id")]
+EXPORT_OMIT = ["password_hash"]

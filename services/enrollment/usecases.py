@@ -18,12 +18,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import httpx
 
 from services.enrollment import domain, store
 from services.enrollment.domain import AppPassword, Course, Enrollment
 from services.enrollment.passwords import CredentialMemory, Hasher, generate_password
 from services.enrollment.settings import EnrollmentSettings
-from shared import outbox
+from shared import erasure, outbox
 from shared.auth import User
 from shared.db import Connection
 from shared.events import (
@@ -31,13 +32,14 @@ from shared.events import (
     CertificateRevoked,
     CourseCompleted,
     EnrollmentChanged,
+    LearnerErased,
     LessonCompleted,
     LessonReopened,
     ProgressRecalculated,
     RecertificationScheduled,
     utcnow,
 )
-from shared.internal import CourseConfirmation
+from shared.internal import CourseConfirmation, PeerUnavailable, internal_client
 from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -550,6 +552,11 @@ class EnrollmentState:
     recertification: Periodic
     basic: BasicAuth
     pruning: Periodic
+    # Clients of the other services' internal APIs, by name: their erasure receipts and
+    # exports (``domain.ERASING_SERVICES``).
+    peers: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    # Completes erasure requests every service has done (``complete_erasures``).
+    erasures: Periodic | None = None
 
     @classmethod
     def open(cls, pool: asyncpg.Pool, settings: EnrollmentSettings) -> EnrollmentState:
@@ -561,11 +568,27 @@ class EnrollmentState:
         basic = BasicAuth.open(pool, settings)
         pruning = Periodic(3600, basic.prune, "sign-in failure pruning", at_once=True)
         pruning.start()
-        return cls(job, basic, pruning)
+        peers = {
+            "progress": internal_client(settings, settings.progress_internal_url),
+            "certificates": internal_client(settings, settings.certificates_internal_url),
+            "notifications": internal_client(settings, settings.notifications_internal_url),
+        }
+        state = cls(job, basic, pruning, peers)
+
+        async def complete() -> int:
+            return await complete_erasures(pool, state)
+
+        state.erasures = Periodic(settings.erasure_check_interval_s, complete, "erasure completion", at_once=True)
+        state.erasures.start()
+        return state
 
     async def close(self) -> None:
+        if self.erasures is not None:
+            await self.erasures.stop()
         await self.pruning.stop()
         await self.recertification.stop()
+        for client in self.peers.values():
+            await client.aclose()
 
 
 # --- progress and certificates, as events report them -----------------------------------
@@ -657,3 +680,123 @@ async def record_certificate_status(conn: Connection, event: CertificateRevoked)
         conn, enrollment.id, revoked_at=event.changed_at if revoked else None,
         reason=event.reason if revoked else None, changed_at=event.changed_at,
     )
+
+
+# --- erasure and export (GDPR) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErasureRequested:
+    request: erasure.ErasureRequest
+    created: bool  # False: the learner's erasure had been requested before, nothing changed
+
+
+async def erase_learner(pool: asyncpg.Pool, user_id: str, memory: CredentialMemory | None = None) -> ErasureRequested:
+    """Record the erasure of ``user_id``, delete what this service holds on them, purge its
+    outbox of them, and queue ``learner-erased``: one transaction, so the other services are
+    told exactly when enrollment's data is gone. A learner asked for again gets the first
+    request back and nothing changes (the record keeps the id's hash, never the id)."""
+    subject = erasure.subject_of(user_id)
+    async with pool.acquire() as conn, conn.transaction():
+        await store.lock_erasure_subject(conn, subject)
+        found = await store.get_erasure(conn, subject=subject)
+        if found is not None:
+            return ErasureRequested(found, created=False)
+        personal = await store.personal_data(conn, user_id)
+        passwords = await store.app_password_ids(conn, user_id)
+        summary = await store.erase_learner(conn, user_id)
+        # Before the event is queued: the purge must not take the event itself.
+        summary["outbox"] = await erasure.purge_outbox(conn, user_id, personal)
+        event = LearnerErased(user_id=user_id, requested_at=utcnow())
+        await store.insert_erasure(conn, event, subject, summary)
+        await outbox.add(conn, event)
+    log.info("erasure %s requested: enrollment erased %s", event.event_id, summary)
+    # Refused at once by this process; others look at the (deleted) row within APP_PASSWORD_CACHE_S.
+    if memory is not None:
+        for password_id in passwords:
+            memory.forget_password(password_id)
+    return ErasureRequested(
+        erasure.ErasureRequest(event_id=event.event_id, subject=subject, requested_at=event.requested_at),
+        created=True,
+    )
+
+
+async def erasure_request(pool: asyncpg.Pool, event_id: UUID) -> erasure.ErasureRequest:
+    """The request behind a learner-erased event, for a service confirming it."""
+    found = await store.get_erasure(pool, event_id=event_id)
+    if found is None:
+        raise domain.ErasureNotFound("No such erasure request")
+    return found
+
+
+async def _service_part(client: httpx.AsyncClient, name: str, event_id: UUID) -> domain.ServiceErasure:
+    try:
+        receipt = await erasure.erasure_receipt(client, name, event_id)
+    except PeerUnavailable:
+        return domain.ServiceErasure(status="unavailable")
+    if receipt is None:
+        return domain.ServiceErasure(status="pending")
+    return domain.ServiceErasure(status="done", erased_at=receipt.erased_at, erased=receipt.summary)
+
+
+async def erasure_status(pool: asyncpg.Pool, state: EnrollmentState, user_id: str) -> domain.ErasureStatus:
+    """Where the learner's erasure stands in every service (each asked at once)."""
+    request = await store.get_erasure(pool, subject=erasure.subject_of(user_id))
+    if request is None:
+        raise domain.ErasureNotFound()
+    return await _erasure_status(pool, state, request)
+
+
+async def _erasure_status(
+    pool: asyncpg.Pool, state: EnrollmentState, request: erasure.ErasureRequest
+) -> domain.ErasureStatus:
+    """The first time every service is done, the request is marked complete and its
+    published learner-erased row leaves the outbox: nothing here holds the id any more."""
+    own = await erasure.receipt(pool, request.event_id)
+    parts = await asyncio.gather(*(
+        _service_part(state.peers[name], name, request.event_id) for name in domain.ERASING_SERVICES
+    ))
+    services = {"enrollment": domain.ServiceErasure(
+        status="done", erased_at=own.erased_at if own else None, erased=own.summary if own else {},
+    )}
+    services.update(zip(domain.ERASING_SERVICES, parts, strict=True))
+    completed_at = request.completed_at
+    if completed_at is None and domain.erasure_done(services):
+        now = utcnow()
+        async with pool.acquire() as conn, conn.transaction():
+            if await store.complete_erasure(conn, request.event_id, now):
+                completed_at = now
+    return domain.ErasureStatus(
+        erasure_id=request.event_id, requested_at=request.requested_at, completed_at=completed_at,
+        done=domain.erasure_done(services), services=services,
+    )
+
+
+async def complete_erasures(pool: asyncpg.Pool, state: EnrollmentState) -> int:
+    """Look at every incomplete erasure request (none is asked about otherwise when nobody
+    reads its status) and complete those every service has done; returns how many."""
+    completed = 0
+    for request in await store.incomplete_erasures(pool):
+        status = await _erasure_status(pool, state, request)
+        completed += status.completed_at is not None
+    return completed
+
+
+async def own_export(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:
+    """What this service holds on the learner: every row naming them (no password hash)."""
+    async with pool.acquire() as conn:
+        return await erasure.export_rows(conn, store.EXPORT_TABLES, user_id, store.EXPORT_OMIT)
+
+
+async def export_learner(pool: asyncpg.Pool, state: EnrollmentState, user_id: str) -> dict[str, Any]:
+    """Everything every service holds on the learner, as one document (each service asked at
+    once); ``PeerUnavailable`` when one cannot be asked: an export is whole or not given."""
+    own, *others = await asyncio.gather(
+        own_export(pool, user_id),
+        *(erasure.learner_export(state.peers[name], name, user_id) for name in domain.ERASING_SERVICES),
+    )
+    return {
+        "user_id": user_id,
+        "generated_at": utcnow().isoformat(),
+        "services": {"enrollment": own, **dict(zip(domain.ERASING_SERVICES, others, strict=True))},
+    }

@@ -17,6 +17,7 @@ from services.notifications.domain import (
     DeliveryFilter,
     DeliveryNotFound,
     DeliveryStatus,
+    ErasureNotFound,
     EventType,
     MailFilter,
     MailKind,
@@ -28,7 +29,7 @@ from services.notifications.domain import (
 )
 from services.notifications.usecases import NotificationsState
 from shared import dead_letters_api
-from shared.auth import AdminUser
+from shared.auth import AdminUser, InternalCaller
 from shared.errors import ErrorMap, HttpError
 from shared.openapi import errors
 from shared.service import DbPool, state_of
@@ -37,12 +38,14 @@ from shared.validation import MAX_BIGINT, MAX_PAGE, STORABLE
 router = APIRouter(prefix="/api/admin/notifications", tags=["notifications"])
 webhooks = APIRouter(prefix="/api/admin/webhooks", tags=["webhooks"])
 statements = APIRouter(prefix="/api/admin/xapi/deliveries", tags=["xapi"])
+internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
 # The service's dead letters: the admin routes every service has (shared.dead_letters_api).
-ROUTERS = [router, webhooks, statements, dead_letters_api.router("notifications")]
+ROUTERS = [router, webhooks, statements, internal, dead_letters_api.router("notifications")]
 
 # The one place the service's refusals become HTTP answers.
 ERRORS: ErrorMap = {
     NotificationNotFound: HttpError(404, "notification_not_found"),
+    ErasureNotFound: HttpError(404, "erasure_not_found"),
     WebhookNotFound: HttpError(404, "webhook_not_found"),
     DeliveryNotFound: HttpError(404, "delivery_not_found"),
     WebhookUrlNotAllowed: HttpError(400, "webhook_url_not_allowed"),
@@ -357,3 +360,18 @@ async def replay_statement_delivery(
 ) -> dict[str, StatementDeliveryDetailOut]:
     delivery = await usecases.replay_statement_delivery(state_of(request, NotificationsState), pool, delivery_id)
     return {"data": StatementDeliveryDetailOut.model_validate(delivery)}
+
+
+# --- internal: erasure and export of a learner (enrollment asks) -----------------------------
+
+
+@internal.get("/erasures/{event_id}")
+async def erasure(event_id: UUID, _: InternalCaller, pool: DbPool) -> dict[str, Any]:
+    """This service's receipt of a learner's erasure (404 while it has not erased them)."""
+    return (await usecases.erasure_receipt(pool, event_id)).model_dump(mode="json")
+
+
+@internal.get("/learners/{user_id}/export")
+async def learner_export(user_id: str, _: InternalCaller, pool: DbPool) -> dict[str, Any]:
+    """Everything this service holds on the learner (its part of an export)."""
+    return await usecases.export_learner(pool, user_id)

@@ -236,6 +236,10 @@ class NotificationNotFound(DomainError):
         super().__init__("No such notification", mail_id=mail_id)
 
 
+class ErasureNotFound(DomainError):
+    default_message = "Notifications has not erased this learner (yet)"
+
+
 # --- Webhooks ---------------------------------------------------------------------------
 
 

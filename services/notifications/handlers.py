@@ -12,6 +12,7 @@ from typing import Any
 from services.notifications.settings import NotificationsSettings
 from services.notifications.usecases import (
     NotificationsState,
+    erase_learner,
     queue_enrollment_webhooks,
     queue_mail,
     queue_video_statements,
@@ -21,6 +22,7 @@ from shared.events import (
     CertificateRevoked,
     CourseCompleted,
     EnrollmentChanged,
+    LearnerErased,
     RecertificationScheduled,
     Topic,
     VideoSessionEnded,
@@ -34,6 +36,7 @@ REVOCATION_CONSUMER = "notifications-certificate-revoked"
 RECERTIFICATION_CONSUMER = "notifications-recertification-scheduled"
 ENROLLMENT_CONSUMER = "notifications-enrollment-changed"
 VIDEO_SESSIONS_CONSUMER = "notifications-video-sessions"
+ERASURE_CONSUMER = "notifications-learner-erased"
 
 
 async def on_course_completed(event: CourseCompleted, ctx: EventContext) -> None:
@@ -60,6 +63,10 @@ async def on_video_session_ended(event: VideoSessionEnded, ctx: EventContext) ->
     await queue_video_statements(ctx.state(NotificationsState), event, ctx)
 
 
+async def on_learner_erased(event: LearnerErased, ctx: EventContext) -> None:
+    await erase_learner(ctx.state(NotificationsState), event, ctx)
+
+
 def subscriptions(settings: NotificationsSettings) -> list[Subscription[Any]]:
     # Viewing sessions only become xAPI statements: without an LRS they are not read at all
     # (no load from every learner's sessions), and a group created when an LRS is set reads
@@ -77,5 +84,6 @@ def subscriptions(settings: NotificationsSettings) -> list[Subscription[Any]]:
             RECERTIFICATION_CONSUMER,
         ),
         Subscription(Topic.ENROLLMENT_CHANGED, EnrollmentChanged, on_enrollment_changed, ENROLLMENT_CONSUMER),
+        Subscription(Topic.LEARNER_ERASED, LearnerErased, on_learner_erased, ERASURE_CONSUMER),
         *xapi,
     ]

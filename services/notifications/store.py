@@ -626,3 +626,61 @@ async def get_delivery(db: Executor, kind: str, destination_id: int, delivery_id
         delivery_id,
     )
     return {**dict(row), "attempt_log": [dict(a) for a in attempts]}
+
+
+# --- erasure (GDPR) ----------------------------------------------------------------------
+
+# Every table that names a learner by id (for the export); deliveries name them in their body.
+LEARNER_TABLES = [("outgoing_mail", "user_id")]
+# Where the mailed events keep a learner's names and addresses.
+_PERSONAL_FIELDS = ["user_name", "user_email", "student_name", "student_email", "display_name", "username", "email"]
+
+
+async def learner_personal_data(conn: Connection, user_id: str) -> list[str]:
+    """The learner's names and addresses as the mail log holds them (recipients, and the
+    names in the mailed events): to find their deliveries and outbox rows."""
+    rows = await conn.fetch(
+        "SELECT recipient AS v FROM outgoing_mail WHERE user_id = $1 "
+        "UNION SELECT event ->> f FROM outgoing_mail, unnest($2::text[]) AS f WHERE user_id = $1",
+        user_id, _PERSONAL_FIELDS,
+    )
+    return [row["v"] for row in rows if row["v"]]
+
+
+def _delivery_match(needles: list[bytes], addresses: list[str]) -> tuple[str, list[Any]]:
+    """Deliveries (webhook payloads, xAPI statements) whose body names the learner: their id,
+    a name or an address as a JSON string, or an address anywhere (an xAPI ``mailto:``)."""
+    return (
+        "EXISTS (SELECT 1 FROM unnest($1::bytea[]) AS n (needle) "
+        "        WHERE position(n.needle IN convert_to(body, 'UTF8')) > 0) "
+        "OR EXISTS (SELECT 1 FROM unnest($2::text[]) AS a (address) WHERE strpos(body, a.address) > 0)",
+        [needles, addresses],
+    )
+
+
+async def learner_deliveries(conn: Executor, needles: list[bytes], addresses: list[str]) -> list[dict[str, Any]]:
+    where, args = _delivery_match(needles, addresses)
+    rows = await conn.fetch(
+        "SELECT id, destination_kind, destination_id, event_type, status, body, created_at, delivered_at "
+        f"FROM deliveries WHERE {where} ORDER BY id",
+        *args,
+    )
+    return [orjson.loads(orjson.dumps(dict(row))) for row in rows]
+
+
+async def erase_learner(conn: Connection, user_id: str, needles: list[bytes], addresses: list[str]) -> dict[str, int]:
+    """Delete the learner's mails with their attempts, and every delivery (webhook, xAPI)
+    whose body names them, with its attempts (cascade)."""
+    mail_ids = [row["id"] for row in await conn.fetch(
+        "SELECT id FROM outgoing_mail WHERE user_id = $1 OR recipient = ANY($2::text[]) ORDER BY id FOR UPDATE",
+        user_id, addresses)]
+    where, args = _delivery_match(needles, addresses)
+
+    async def deleted(sql: str, *params: object) -> int:
+        return int((await conn.execute(sql, *params)).split()[-1])
+
+    return {
+        "mail_attempts": await deleted("DELETE FROM mail_attempts WHERE mail_id = ANY($1::bigint[])", mail_ids),
+        "outgoing_mail": await deleted("DELETE FROM outgoing_mail WHERE id = ANY($1::bigint[])", mail_ids),
+        "deliveries": await deleted(f"DELETE FROM deliveries WHERE {where}", *args),
+    }

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -31,12 +32,14 @@ from services.notifications import domain, store, webhooks, xapi
 from services.notifications.deliveries import DeliveryLoop
 from services.notifications.sender import MailSender
 from services.notifications.settings import NotificationsSettings
+from shared import erasure
 from shared.auth import User
 from shared.db import Connection, Executor
 from shared.events import (
     CertificateIssued,
     CourseCompleted,
     EnrollmentChanged,
+    LearnerErased,
     RecertificationScheduled,
     VideoSessionEnded,
     utcnow,
@@ -396,3 +399,39 @@ async def replay_statement_delivery(state: NotificationsState, pool: asyncpg.Poo
         await store.replay_delivery(conn, domain.XAPI_KIND, 0, delivery_id, held=False)
     state.deliveries.wake()
     return await get_statement_delivery(pool, delivery_id)
+
+
+# --- erasure and export (GDPR) -------------------------------------------------------------
+
+
+def _addresses(personal: list[str]) -> list[str]:
+    return [value for value in personal if "@" in value]
+
+
+async def _erase(conn: Connection, user_id: str, pseudonym: str) -> tuple[dict[str, int], list[str]]:
+    personal = await store.learner_personal_data(conn, user_id)
+    needles = erasure.needles([user_id, *personal])
+    return await store.erase_learner(conn, user_id, needles, _addresses(personal)), personal
+
+
+async def erase_learner(state: NotificationsState, event: LearnerErased, ctx: EventContext) -> None:
+    """Once enrollment confirms the request: the learner's mails, their attempts and every
+    webhook or xAPI delivery naming them deleted, the outbox purged of them."""
+    await erasure.apply(ctx, state.owners.enrollment, event, _erase)
+
+
+async def erasure_receipt(pool: asyncpg.Pool, event_id: UUID) -> erasure.ErasureReceipt:
+    found = await erasure.receipt(pool, event_id)
+    if found is None:
+        raise domain.ErasureNotFound()
+    return found
+
+
+async def export_learner(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:
+    """The learner's mails and the deliveries naming them."""
+    async with pool.acquire() as conn:
+        found = await erasure.export_rows(conn, store.LEARNER_TABLES, user_id)
+        personal = await store.learner_personal_data(conn, user_id)
+        found["deliveries"] = await store.learner_deliveries(
+            conn, erasure.needles([user_id, *personal]), _addresses(personal))
+    return found

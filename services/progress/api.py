@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from services.progress import domain
+from services.progress import domain, usecases
 from services.progress.domain import MAX_PLAYED_SEGMENTS, MAX_POSITION_SECONDS
 from services.progress.usecases import ProgressState, Tracker
 from shared import dead_letters_api
@@ -22,7 +22,7 @@ from shared.errors import ErrorMap, HttpError
 from shared.http import BareRoute
 from shared.internal import PeerUnavailable
 from shared.openapi import errors
-from shared.service import state_of
+from shared.service import DbPool, state_of
 from shared.validation import MAX_BIGINT
 
 # Every refusal of the service (domain.py) and the owner out of reach, as the API answers them.
@@ -37,6 +37,7 @@ ERRORS: ErrorMap = {
     domain.LessonNotWatched: HttpError(403, "lesson_not_watched"),
     domain.NotAllowed: HttpError(403, "forbidden"),
     domain.CompletionNotFound: HttpError(404, "completion_not_found"),
+    domain.ErasureNotFound: HttpError(404, "erasure_not_found"),
     domain.VideoSessionNotFound: HttpError(404, "video_session_not_found"),
     PeerUnavailable: HttpError(503, "service_unavailable", "Enrollment data is unavailable, try again"),
 }
@@ -254,6 +255,18 @@ async def video_session_event(event_id: UUID, _: InternalCaller, tracker: Tracke
     """The stored video-session-ended event: consumers confirm an event with it before they act."""
     event = await tracker.video_session_event(event_id)
     return json(event.model_dump(mode="json"))
+
+
+@internal_router.get("/erasures/{event_id}")
+async def erasure(event_id: UUID, _: InternalCaller, pool: DbPool) -> Response:
+    """This service's receipt of a learner's erasure (404 while it has not erased them)."""
+    return json((await usecases.erasure_receipt(pool, event_id)).model_dump(mode="json"))
+
+
+@internal_router.get("/learners/{user_id}/export")
+async def learner_export(user_id: str, _: InternalCaller, pool: DbPool) -> Response:
+    """Everything this service holds on the learner (its part of an export)."""
+    return json(await usecases.export_learner(pool, user_id))
 
 
 # The service's dead letters: the admin routes every service has (shared.dead_letters_api).

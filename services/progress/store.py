@@ -899,3 +899,70 @@ async def video_session_by_event_id(conn: Executor, event_id: UUID) -> VideoSess
     """The video-session-ended event progress published with this id, if it published one."""
     event = await conn.fetchval("SELECT event FROM video_sessions WHERE event_id = $1", event_id)
     return VideoSessionEnded.model_validate(event) if event is not None else None
+
+
+# --- erasure (GDPR) --------------------------------------------------------------------------
+
+# Every table that names a learner, by its user column (for the export and the erasure).
+LEARNER_TABLES = [
+    ("lesson_progress", "user_id"), ("lesson_progress_history", "user_id"), ("enrollments", "user_id"),
+    ("course_completions", "user_id"), ("certificates", "user_id"), ("analytics_learners", "user_id"),
+    ("pending_confirmations", "user_id"), ("video_sessions_current", "user_id"), ("video_sessions", "user_id"),
+]
+
+
+async def learner_personal_data(conn: Connection, user_id: str) -> list[str]:
+    """The learner's names and addresses as this service stored them (to find them in the outbox)."""
+    rows = await conn.fetch(
+        "SELECT display_name AS v FROM enrollments WHERE user_id = $1 UNION SELECT email FROM enrollments "
+        "WHERE user_id = $1 UNION SELECT event ->> 'user_name' FROM course_completions WHERE user_id = $1 "
+        "UNION SELECT event ->> 'user_email' FROM course_completions WHERE user_id = $1 "
+        "UNION SELECT user_name FROM pending_confirmations WHERE user_id = $1 "
+        "UNION SELECT user_email FROM pending_confirmations WHERE user_id = $1",
+        user_id,
+    )
+    return [row["v"] for row in rows if row["v"]]
+
+
+async def pseudonymise_learner(conn: Connection, user_id: str, pseudonym: str) -> dict[str, int]:
+    """Give the learner's records the id ``pseudonym`` and drop their name and address, so
+    that every course figure (analytics included) stays what it was and nothing names them.
+
+    The order keeps the analytics exact: the learner's ``analytics_learners`` rows are copied
+    under the pseudonym first, so when the records are renamed their trigger takes each
+    record out of its cohort's buckets (old id) and puts it back into the same cohort (new
+    id): the deltas cancel out. The replica rows are renamed next (their trigger finds the
+    cohort unchanged), and the old learner rows go last. Rows are locked as completions lock
+    them (the replica row, then the learner rows, in course order). Pending confirmations
+    are dropped: they would publish a completion with the learner's name."""
+    async def changed(sql: str, *, renamed: bool = True) -> int:
+        args = (user_id, pseudonym) if renamed else (user_id,)
+        return int((await conn.execute(sql, *args)).split()[-1])
+
+    await conn.execute("SELECT 1 FROM enrollments WHERE user_id = $1 ORDER BY course_id FOR UPDATE", user_id)
+    await conn.execute("SELECT 1 FROM analytics_learners WHERE user_id = $1 ORDER BY course_id FOR UPDATE", user_id)
+    await changed(
+        "INSERT INTO analytics_learners (course_id, user_id, cohort_day, last_activity_at, last_lesson_id) "
+        "SELECT course_id, $2, cohort_day, last_activity_at, last_lesson_id FROM analytics_learners "
+        "WHERE user_id = $1 ORDER BY course_id"
+    )
+    summary = {
+        "lesson_progress": await changed("UPDATE lesson_progress SET user_id = $2 WHERE user_id = $1"),
+        "enrollments": await changed(
+            "UPDATE enrollments SET user_id = $2, display_name = '', email = '' WHERE user_id = $1"),
+        "analytics_learners": await changed("DELETE FROM analytics_learners WHERE user_id = $1", renamed=False),
+        "lesson_progress_history": await changed(
+            "UPDATE lesson_progress_history SET user_id = $2 WHERE user_id = $1"),
+        "course_completions": await changed(
+            "UPDATE course_completions SET user_id = $2, event = event || jsonb_build_object("
+            "'user_id', $2::text, 'user_name', '', 'user_email', '') WHERE user_id = $1"),
+        "certificates": await changed("UPDATE certificates SET user_id = $2 WHERE user_id = $1"),
+        "pending_confirmations": await changed(
+            "DELETE FROM pending_confirmations WHERE user_id = $1", renamed=False),
+        "video_sessions_current": await changed("UPDATE video_sessions_current SET user_id = $2 WHERE user_id = $1"),
+        "video_sessions": await changed(
+            "UPDATE video_sessions SET user_id = $2, event = CASE WHEN event IS NULL THEN NULL "
+            "ELSE event || jsonb_build_object('user_id', $2::text) END WHERE user_id = $1"),
+        "course_recalculations": await changed("UPDATE course_recalculations SET cursor = $2 WHERE cursor = $1"),
+    }
+    return summary

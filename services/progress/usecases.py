@@ -38,7 +38,7 @@ from services.progress.domain import (
 )
 from services.progress.heartbeats import Entry, HeartbeatBuffer
 from services.progress.replicas import ACTIVE, OWNER, Replicas, store_enrollment
-from shared import db, outbox
+from shared import db, erasure, outbox
 from shared.auth import User
 from shared.db import Connection
 from shared.domain import DomainError
@@ -48,12 +48,14 @@ from shared.events import (
     CourseCatalogEntry,
     CourseCompleted,
     EnrollmentChanged,
+    LearnerErased,
     LearnerProgress,
     LessonCompleted,
     LessonReopened,
     ProgressRecalculated,
     VideoSessionEnded,
 )
+from shared.inbox import EventContext
 from shared.internal import PeerUnavailable
 from shared.periodic import Periodic
 from shared.retry import Backoff
@@ -822,3 +824,30 @@ class ProgressState:
         await self.recalculations.stop()
         await self.analytics_folder.stop()
         await self.enrollment_client.aclose()
+
+
+# --- erasure and export (GDPR) ----------------------------------------------------------------
+
+
+async def _pseudonymise(conn: Connection, user_id: str, pseudonym: str) -> tuple[dict[str, int], list[str]]:
+    personal = await store.learner_personal_data(conn, user_id)
+    return await store.pseudonymise_learner(conn, user_id, pseudonym), personal
+
+
+async def erase_learner(state: ProgressState, event: LearnerErased, ctx: EventContext) -> None:
+    """Once enrollment confirms the request: the learner's records under a random pseudonym,
+    their name and address gone, the outbox purged of them (``shared.erasure.apply``)."""
+    await erasure.apply(ctx, state.enrollment_client, event, _pseudonymise)
+
+
+async def erasure_receipt(pool: asyncpg.Pool, event_id: UUID) -> erasure.ErasureReceipt:
+    found = await erasure.receipt(pool, event_id)
+    if found is None:
+        raise domain.ErasureNotFound()
+    return found
+
+
+async def export_learner(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:
+    """Every row of this service naming the learner."""
+    async with pool.acquire() as conn:
+        return await erasure.export_rows(conn, store.LEARNER_TABLES, user_id)

@@ -74,6 +74,8 @@ EXPECTED_OWNERS = {
     "/api/courses/10": "enrollment",
     "/api/admin/courses": "enrollment",
     "/api/admin/courses/10/lessons/3": "enrollment",
+    "/api/admin/erasures/abc": "enrollment",
+    "/api/admin/exports/abc": "enrollment",
     "/api/courses/10/certificate": "certificates",
     "/certificates/verify/abc": "certificates",
     "/certificates/abc.pdf": "certificates",

@@ -72,6 +72,10 @@ CASES: list[tuple[DomainError, dict[str, Any]]] = [
         "code": "not_enrolled", "message": "No current enrollment of this learner in this course",
         "data": {"status": 404},
     }),
+    (domain.ErasureNotFound(), {
+        "code": "erasure_not_found", "message": "No erasure was requested for this learner",
+        "data": {"status": 404},
+    }),
     (domain.RecertificationNotFound(), {
         "code": "recertification_not_found", "message": "No such recertification notice",
         "data": {"status": 404},
