@@ -19,47 +19,11 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 
-async def every(
-    interval_s: float,
-    work: Callable[[], Awaitable[object]],
-    what: str,
-    *,
-    at_once: bool = False,
-    idle_interval_s: float | None = None,
-    wake: asyncio.Event | None = None,
-) -> None:
-    """Run ``work`` every ``interval_s`` (first right away if ``at_once``) until cancelled. A
-    failure is logged and left to the next tick: what the work had not done stays to be done.
-    With ``idle_interval_s``, a round whose work returned nothing (0, None, False) waits
-    twice as long as the last, up to it; ``wake`` set cuts a wait short."""
-    wake = wake if wake is not None else asyncio.Event()
-    wait = interval_s
-    first = True
-    while True:
-        if not (first and at_once):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), wait)
-            if wake.is_set():
-                wait = interval_s
-        first = False
-        # Cleared before the work looks: a wake during the round runs another one.
-        wake.clear()
-        try:
-            did = await work()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("%s failed, retrying next tick: %r", what, exc)
-            wait = interval_s
-            continue
-        if idle_interval_s is None or did:
-            wait = interval_s
-        else:
-            wait = min(max(wait, interval_s) * 2, max(idle_interval_s, interval_s))
-
-
 class Periodic:
-    """``every`` as a task with a start, a stop and a wake."""
+    """Runs ``work`` every ``interval_s`` (first right away if ``at_once``) until stopped. A
+    failure is logged and left to the next tick: what the work had not done stays to be done.
+    With ``idle_interval_s``, a round whose work returned nothing (0, None, False) waits twice
+    as long as the last, up to it; ``wake()`` cuts a wait short."""
 
     def __init__(
         self,
@@ -77,14 +41,36 @@ class Periodic:
         self._at_once = at_once
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.wait_s = interval_s  # the wait before the next round (grows while idle)
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(
-                every(self.interval_s, self._work, self.what, at_once=self._at_once,
-                      idle_interval_s=self.idle_interval_s, wake=self._wake),
-                name=self.what,
-            )
+            self.wait_s = self.interval_s
+            self._task = asyncio.create_task(self._run(), name=self.what)
+
+    async def _run(self) -> None:
+        first = True
+        while True:
+            if not (first and self._at_once):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.wait_s)
+                if self._wake.is_set():
+                    self.wait_s = self.interval_s
+            first = False
+            # Cleared before the work looks: a wake during the round runs another one.
+            self._wake.clear()
+            try:
+                did = await self._work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s failed, retrying next tick: %r", self.what, exc)
+                self.wait_s = self.interval_s
+                continue
+            if self.idle_interval_s is None or did:
+                self.wait_s = self.interval_s
+            else:
+                self.wait_s = min(max(self.wait_s, self.interval_s) * 2, max(self.idle_interval_s, self.interval_s))
 
     def wake(self) -> None:
         """Run the work now (there may be some), and at ``interval_s`` again after it."""
