@@ -35,7 +35,6 @@ class Listener:
         self._wakes: dict[str, list[Callable[[], None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
-        self.connected = asyncio.Event()
         self.connections = 0  # how many times it has connected (tests watch it come back)
 
     def on(self, channel: str, wake: Callable[[], None]) -> None:
@@ -85,7 +84,6 @@ class Listener:
             for channel in self._wakes:
                 await conn.add_listener(channel, self._on_notify)
             self.connections += 1
-            self.connected.set()
             delays.reset()
             # Listening from now on: what was queued while no one listened is looked for now.
             self._wake_all()
@@ -96,6 +94,5 @@ class Listener:
                     raise ConnectionError("the listening connection closed")
                 await conn.fetchval("SELECT 1", timeout=10)
         finally:
-            self.connected.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
