@@ -187,6 +187,10 @@ def subscribe(
         auto_offset_reset="earliest",  # Tansu's end offsets are unreliable
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        # How often the idle fetcher task wakes on its own (aiokafka's default, 0.2 s, is five
+        # wake-ups a second per consumer); a fetch's answer wakes it at once regardless.
+        consumer_timeout_ms=settings.kafka_fetch_max_wait_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         max_workers=max(1, sub.concurrency),
         title=f"{sub.consumer}:{sub.topic.value}",

@@ -54,7 +54,7 @@ _RELAY_LOCK_KEY = 7_305_114_002
 # key's hash): a namespace of its own, apart from the single-key locks used elsewhere.
 _KEY_LOCK_SPACE = 73_051_140
 BATCH_SIZE = 500
-# Fallback poll for a notification lost while the listening connection was down.
+# How often a standby relay tries for the relay lock (a holder that died is replaced this fast).
 IDLE_POLL_S = 2.0
 RELAY_BACKOFF = Backoff(first_s=0.1, max_s=5.0)
 # How often the relay looks for its marker on the broker while the producer is unchanged.
@@ -227,8 +227,10 @@ class OutboxRelay:
                     BATCH_SIZE,
                 )
                 if not rows:
+                    # Woken at commit by the trigger; the poll is only a safety net (this
+                    # connection listens, and a new one looks first), hence rare.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                        await asyncio.wait_for(self._wake.wait(), self._settings.idle_poll_s)
                     continue
                 sent, error = await self._publish(rows)
                 if sent:

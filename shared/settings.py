@@ -42,6 +42,10 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
     kafka_request_timeout_ms: int = 5000
+    # How long the broker may hold a consumer's fetch when there is nothing to read. Each
+    # idle consumer fetches once per this interval, which is most of an idle stack's cost on
+    # the embedded broker (docs/operations.md, "Idle cost"); data still returns at once.
+    kafka_fetch_max_wait_ms: int = Field(1000, ge=10, le=30000)
     # Who this service is to the broker. In compose each service has its own SASL user, and
     # Kafka ACLs let it write only the topics it owns (docs/architecture.md, "Who may
     # produce what"); PLAINTEXT without a user is the development and test default.
@@ -57,6 +61,10 @@ class ServiceSettings(BaseSettings):
     # Published outbox rows are kept this long, to be sent again to a broker that lost
     # them. Never longer than the inbox retention: consumers must still recognise them.
     outbox_retention_hours: float = Field(168, gt=0)
+    # Background loops woken by a notification or by their own process when work is queued
+    # (progress's re-checks and recalculations) back off to polling this rarely while they
+    # find nothing: the bound on how late a missed wake-up leaves work (docs/operations.md).
+    idle_poll_s: float = Field(60.0, gt=0)
 
     jwt_secret: str = DEV_JWT_SECRET
     jwt_jwks_url: str | None = None

@@ -3,6 +3,8 @@ domain errors answered in the error shape through a service's own map."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
 import httpx
@@ -90,6 +92,45 @@ async def test_a_periodic_loop_survives_a_failing_tick_and_stops_when_asked() ->
     await loop.stop()  # returns once the loop's task has ended: nothing ticks after it
     assert not loop.running
     await loop.stop()  # stopping twice is harmless
+
+
+async def test_an_idle_periodic_loop_looks_ever_less_often_and_a_wake_runs_it_at_once() -> None:
+    """Rounds that find nothing double the wait up to the idle interval; a round with work,
+    or a wake, brings it back to the short interval."""
+    at: list[float] = []
+    work_left = 0
+
+    async def work() -> int:
+        nonlocal work_left
+        at.append(asyncio.get_running_loop().time())
+        done, work_left = work_left, 0
+        return done
+
+    loop = Periodic(0.02, work, "idle loop", at_once=True, idle_interval_s=0.32)
+    loop.start()
+    try:
+        async def idle_for_a_while() -> bool:
+            return len(at) >= 6
+
+        await eventually(idle_for_a_while, timeout=10, what="idle rounds")
+        waits = [b - a for a, b in itertools.pairwise(at)]
+        # 0.04, 0.08, 0.16, 0.32, 0.32: growing, capped (a loaded machine only adds to them).
+        assert waits[0] < waits[2] < waits[3]
+        assert waits[3] >= 0.3 and waits[4] >= 0.3
+        assert waits[4] < 0.6  # not doubled past the cap
+        # A wake runs it at once, and rounds that find work stay at the short interval.
+        woken_at = asyncio.get_running_loop().time()
+        seen = len(at)
+        work_left = 1
+        loop.wake()
+
+        async def ran_after_the_wake() -> bool:
+            return len(at) > seen
+
+        await eventually(ran_after_the_wake, timeout=5, what="the round the wake asked for")
+        assert at[seen] - woken_at < 0.25
+    finally:
+        await loop.stop()
 
 
 class NotEnrolled(DomainError):

@@ -16,6 +16,7 @@ from services.notifications.settings import NotificationsSettings
 from services.notifications.usecases import NotificationsState, Owners, max_event_age, record_queue_figures
 from services.notifications.webhooks import WebhookDestination
 from shared.internal import internal_client
+from shared.listener import Listener
 from shared.service import Runtime, ServiceSpec, create_app
 
 
@@ -30,6 +31,9 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
         if settings.xapi_enabled:
             kinds.append(XapiDestination(settings))
         deliveries = DeliveryLoop(settings, kinds)
+        listener = Listener(settings.database_url)
+        listener.on("mail_due", sender.wake)
+        listener.on("delivery_due", deliveries.wake)
         state = NotificationsState(
             sender=sender,
             owners=Owners(
@@ -42,9 +46,12 @@ def build_app(settings: NotificationsSettings | None = None) -> FastAPI:
             deliveries=deliveries,
             production=settings.env == "production",
             xapi_base_url=settings.public_base_url.rstrip("/") if settings.xapi_enabled else None,
+            listener=listener,
         )
         await sender.start(runtime.pool)
         await deliveries.start(runtime.pool)
+        # Started last: its first connect wakes both, which look for work queued meanwhile.
+        listener.start()
         return state
 
     return create_app(

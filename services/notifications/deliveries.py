@@ -45,10 +45,6 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
-# An idle worker that does not watch the clock wakes this often anyway (a safety net: the
-# watcher wakes the others whenever it finds work).
-UNWATCHED_IDLE_S = 30.0
-
 # A failed bookkeeping write (database down) is retried: about 8 s in all, as for mail.
 RECORD_RETRY = Backoff(first_s=0.25, max_s=5.0)
 RECORD_ATTEMPTS = 6
@@ -81,9 +77,9 @@ class DeliveryLoop:
         self._kinds = {k.kind: k for k in kinds}
         self._pool: asyncpg.Pool | None = None
         self._workers = WakeableWorkers("delivery")
-        # The one idle worker that polls the database for due deliveries (queued by another
-        # process, or a retry coming due); the other idle workers wait to be woken, so an
-        # idle process costs two small queries per poll interval, not two per worker.
+        # The one idle worker that watches the clock for due deliveries (a retry coming due,
+        # a lease running out); the other idle workers wait to be woken (by the watcher, a
+        # notification, or the safety poll), so one query per wake, not one per worker.
         self._watcher: asyncio.Event | None = None
 
     @property
@@ -102,7 +98,8 @@ class DeliveryLoop:
             await kind.close()
 
     def wake(self) -> None:
-        """Deliveries were queued in this process: workers look now rather than at the next poll."""
+        """Deliveries may be due (queued in this process, or a ``delivery_due`` notification
+        from any process's commit): workers look now rather than at the next safety poll."""
         self._workers.wake()
 
     @property
@@ -131,7 +128,8 @@ class DeliveryLoop:
                     self._watcher = wake
                     await self._idle(wake, await self._until_next_due())
                 else:
-                    await self._idle(wake, UNWATCHED_IDLE_S)
+                    # Woken by the watcher when it finds work, or by a notification.
+                    await self._idle(wake, poll)
                 continue
             if self._watcher is wake:
                 # Busy now: the others look for more work, and one of them watches the clock.

@@ -75,7 +75,8 @@ class MailSender:
             self._http = None
 
     def wake(self) -> None:
-        """New mail was queued in this process: workers look now rather than at the next poll."""
+        """Mail may be due (queued in this process, or a ``mail_due`` notification from any
+        process's commit): workers look now rather than at the next safety poll."""
         self._workers.wake()
 
     @property
@@ -123,6 +124,10 @@ class MailSender:
         return poll if due is None else min(max(due, 0.01), poll)
 
     async def _idle(self, wake: asyncio.Event, connection: SmtpConnection, timeout: float) -> None:
+        if connection.connected:
+            # Wake in time to close an unused connection, rather than keep it for a whole
+            # safety poll (the server may drop it meanwhile).
+            timeout = min(timeout, max(self._settings.smtp_idle_close_s - connection.idle_for(), 0) + 0.1)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout)
         if connection.connected and connection.idle_for() > self._settings.smtp_idle_close_s:

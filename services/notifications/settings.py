@@ -54,8 +54,10 @@ class NotificationsSettings(ServiceSettings):
     # How long a claimed mail belongs to the worker sending it; after that (the process
     # died mid-send) another worker takes it over. Must exceed one send's worst case.
     mail_lease_s: float = Field(120.0, gt=0)
-    # Fallback poll for mail queued by another replica or falling due for a retry.
-    mail_poll_interval_s: float = Field(1.0, gt=0)
+    # Safety poll: workers are woken at commit by a notification (``mail_due``) whenever mail
+    # is queued or retried by any process, and sleep until the next retry is due; this only
+    # bounds how long a missed notification can delay a mail.
+    mail_poll_interval_s: float = Field(60.0, gt=0)
 
     # --- Deliveries (webhooks, and any other destination kind) ------------------------------
     # Concurrent delivery workers per process (each one request at a time).
@@ -63,7 +65,8 @@ class NotificationsSettings(ServiceSettings):
     # How long a claimed delivery belongs to its worker; after that (the process died
     # mid-request) another worker delivers it again. Must exceed WEBHOOK_TIMEOUT_S.
     delivery_lease_s: float = Field(60.0, gt=0)
-    delivery_poll_interval_s: float = Field(1.0, gt=0)
+    # Safety poll, as for mail: workers are woken by ``delivery_due`` notifications.
+    delivery_poll_interval_s: float = Field(60.0, gt=0)
     # Seconds before each attempt of a delivery: the first (0: at once), then the waits after
     # each failure. After the last attempt fails, the delivery has failed. The default is the
     # Standard Webhooks schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.

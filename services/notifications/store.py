@@ -186,7 +186,8 @@ async def next_due_in(pool: asyncpg.Pool) -> float | None:
     """Seconds until the earliest pending mail or lease end (0 if overdue); None if nothing waits."""
     value = await pool.fetchval(
         """
-        SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(t) - now())))::float8 FROM (
+        -- GREATEST ignores NULL: without the CASE, an empty queue would read as due now.
+        SELECT CASE WHEN min(t) IS NOT NULL THEN GREATEST(0, EXTRACT(EPOCH FROM (min(t) - now())))::float8 END FROM (
             SELECT min(next_attempt_at) AS t FROM outgoing_mail WHERE status = 'pending'
             UNION ALL
             SELECT min(lease_until) FROM outgoing_mail WHERE status = 'sending'
@@ -543,7 +544,8 @@ async def deliveries_due_in(pool: asyncpg.Pool, kinds: list[str]) -> float | Non
     """Seconds until the earliest pending delivery or lease end (0 if overdue); None if nothing waits."""
     value = await pool.fetchval(
         """
-        SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(t) - now())))::float8 FROM (
+        -- GREATEST ignores NULL: without the CASE, an empty queue would read as due now.
+        SELECT CASE WHEN min(t) IS NOT NULL THEN GREATEST(0, EXTRACT(EPOCH FROM (min(t) - now())))::float8 END FROM (
             SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending' AND destination_kind = ANY ($1)
             UNION ALL
             SELECT min(lease_until) FROM deliveries WHERE status = 'sending' AND destination_kind = ANY ($1)

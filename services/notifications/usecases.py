@@ -53,6 +53,7 @@ from shared.internal import (
     confirm_revocation,
     confirm_video_session,
 )
+from shared.listener import Listener
 
 
 @dataclass
@@ -83,8 +84,13 @@ class NotificationsState:
     # Where statements' actors and activities live (the public base URL); None: no LRS is
     # configured and no statement is made.
     xapi_base_url: str | None = None
+    # Wakes the sender and the delivery loop when any process queues work (``mail_due``,
+    # ``delivery_due``: migration 003).
+    listener: Listener | None = None
 
     async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
         await self.deliveries.stop()
         await self.sender.stop()
         await self.owners.close()

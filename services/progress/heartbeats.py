@@ -174,10 +174,15 @@ class Entry(store.LessonRecord):
 
 class HeartbeatBuffer:
     def __init__(
-        self, pool: asyncpg.Pool, flush_interval_s: float, idle_evict_s: float = 300.0, session_idle_s: float = 120.0
+        self, pool: asyncpg.Pool, flush_interval_s: float, idle_evict_s: float = 300.0, session_idle_s: float = 120.0,
+        mark_interval_s: float = 0.0,
     ) -> None:
         self._pool = pool
         self.flush_interval_s = flush_interval_s
+        # With nothing buffered, the flushed-through mark is written at most this often (the
+        # session closer looks no more often than that); a stale mark only delays closing.
+        self.mark_interval_s = mark_interval_s
+        self._marked_at = float("-inf")  # monotonic time of the last mark written
         self.session_idle_s = session_idle_s
         self._idle_evict_s = idle_evict_s
         self.entries: dict[Key, Entry] = {}
@@ -292,7 +297,13 @@ class HeartbeatBuffer:
             through = datetime.now(UTC)
             dirty = [e for e in self.entries.values() if e.dirty]
             if not dirty:
-                await store.mark_flushed(self._pool, self.process_id, through)
+                # Nothing waits here, so the mark could say "now"; written only now and then:
+                # an idle process would otherwise write it twice a second. Leaving it older
+                # can only make the closer wait longer, never end a session early.
+                if time.monotonic() - self._marked_at >= self.mark_interval_s:
+                    marked_at = time.monotonic()
+                    await store.mark_flushed(self._pool, self.process_id, through)
+                    self._marked_at = marked_at
                 return 0
             # Same lock order in every flusher: by key.
             dirty.sort(key=lambda e: (e.user_id, e.lesson_id))
@@ -303,6 +314,7 @@ class HeartbeatBuffer:
             # The statement's analytics trigger locks learner rows, which completions lock
             # too: should PostgreSQL abort it as a deadlock, it rolled back whole.
             stored = await db.retrying(lambda: self._write(dirty, rows, through))
+            self._marked_at = time.monotonic()
             for entry, row, version in zip(dirty, rows, versions, strict=True):
                 entry.confirmed(row, version)
             # The records as they are now, merged with what other replicas wrote: entries

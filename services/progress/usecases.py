@@ -57,6 +57,7 @@ from shared.events import (
 )
 from shared.inbox import EventContext
 from shared.internal import PeerUnavailable
+from shared.listener import Listener
 from shared.periodic import Periodic
 from shared.retry import Backoff
 
@@ -808,9 +809,12 @@ class ProgressState:
     recalculations: Periodic  # progress recalculation after course changes (Recalculator.run_due)
     watching: Periodic | None = None  # automatic completions after flushes (Tracker.complete_watched)
     sessions: Periodic | None = None  # viewing sessions ended and published (SessionCloser.close_idle)
+    listener: Listener | None = None  # wakes the re-checks and recalculations (migration 012)
 
     async def close(self) -> None:
         """Flush the heartbeats first: their last flush needs the pool, still open."""
+        if self.listener is not None:
+            await self.listener.stop()
         await self.heartbeats.stop()
         if self.watching is not None:
             await self.watching.stop()

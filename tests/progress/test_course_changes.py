@@ -20,7 +20,7 @@ from services.enrollment.settings import EnrollmentSettings
 from services.progress import store
 from services.progress.app import build_app as build_progress
 from services.progress.settings import ProgressSettings
-from services.progress.usecases import Recalculator
+from services.progress.usecases import ProgressState, Recalculator
 from shared.bus import ensure_topics
 from shared.events import CourseCompleted, ProgressRecalculated, Topic
 from shared.service import Runtime
@@ -270,8 +270,12 @@ async def test_learners_who_now_have_everything_required_complete_once(test_env:
 
 
 async def test_an_interrupted_recalculation_resumes_from_its_cursor(test_env: TestEnv) -> None:
-    # The processes' own loops wait a minute: the test plays two processes by hand.
+    # The process's own loop is stopped (a notification would wake it at once when the job
+    # is recorded): the test plays two processes by hand.
     async with live_stack(test_env, replicas=1, recalculation_interval_s=60, recalculation_batch_size=2) as live:
+        state = live.progress_apps[0].state.runtime.state
+        assert isinstance(state, ProgressState)
+        await state.recalculations.stop()
         course_id, (a,) = await live.course("Resumed Course", [True])
         users = [f"r{n}" for n in range(5)]
         for user in users:

@@ -10,6 +10,7 @@ import pytest
 
 from services.progress import store as progress_store
 from services.progress.app import build_app
+from services.progress.heartbeats import HeartbeatBuffer
 from tests.helpers import app_client, eventually
 from tests.progress.conftest import Stack, course, enrollment
 
@@ -299,3 +300,27 @@ async def test_heartbeats_are_counted_but_not_access_logged_unless_they_fail(sta
     assert lines == ["POST /api/progress 400", "GET /api/progress 200"]
     after = REGISTRY.get_sample_value("lessonstream_http_request_duration_seconds_count", labels)
     assert after == before + 1
+
+
+async def test_an_idle_buffer_writes_its_flushed_through_mark_only_now_and_then(stack: Stack) -> None:
+    """With nothing buffered a flush writes the mark at most once per ``mark_interval_s`` (an
+    idle process wrote it twice a second); a flush that writes heartbeats always moves it."""
+    await setup_course(stack)
+    buffer = HeartbeatBuffer(stack.runtime.pool, 60.0, mark_interval_s=60.0)  # flushed by hand here
+    pool = stack.runtime.pool
+
+    async def mark() -> Any:
+        return await pool.fetchval("SELECT flushed_through FROM heartbeat_flushers WHERE process_id = $1",
+                                   buffer.process_id)
+
+    await buffer.flush()
+    first = await mark()
+    assert first is not None
+    for _ in range(3):
+        await buffer.flush()
+    assert await mark() == first, "an idle flush within the interval writes nothing"
+
+    await buffer.heartbeat("u1", 42, 101, None, 12.0, None)
+    assert await buffer.flush() == 1
+    assert await mark() > first, "a flush with heartbeats records how far it has flushed"
+    await progress_store.forget_flusher(pool, buffer.process_id)

@@ -18,12 +18,15 @@ FOLDED = Counter("lessonstream_analytics_deltas_folded_total", "Analytics deltas
 
 
 class AnalyticsFolder:
-    def __init__(self, pool: asyncpg.Pool, interval_s: float, batch: int = 20_000) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, interval_s: float, batch: int = 20_000, *, idle_interval_s: float | None = None
+    ) -> None:
         self._pool = pool
         self.interval_s = interval_s
         self.batch = batch
-        # A failed fold leaves its deltas pending; reports stay exact.
-        self._loop = Periodic(interval_s, self.fold, "analytics fold")
+        # A failed fold leaves its deltas pending; reports stay exact. While there is nothing
+        # to fold it looks ever less often, up to idle_interval_s: reports do not wait for it.
+        self._loop = Periodic(interval_s, self.fold, "analytics fold", idle_interval_s=idle_interval_s)
 
     async def fold(self) -> int:
         """Fold everything pending now, a batch per transaction; how many deltas it folded."""
