@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -84,6 +85,22 @@ async def purge_outbox(conn: Connection, user_id: str, personal: Iterable[str] =
         "DELETE FROM outbox WHERE key = $1 OR left(key, length($1) + 1) = $1 || ':' "
         "OR EXISTS (SELECT 1 FROM unnest($2::bytea[]) AS n (needle) WHERE position(n.needle IN payload) > 0)",
         user_id, needles([user_id, *personal]),
+    )
+    return int(status.split()[-1])
+
+
+async def purge_dead_letters(conn: Connection, user_id: str, personal: Iterable[str] = ()) -> int:
+    """Delete the dead letters (``shared.dead_letters``) that carry the learner: keyed by
+    them, whose message holds their id, a name or an address as a JSON string, or whose
+    error names one of these as a word of its own (a letter of another learner whose id
+    merely contains this one stays). Returns how many."""
+    values = sorted({v for v in (user_id, *personal) if v})
+    status = await conn.execute(
+        "DELETE FROM dead_letters WHERE message_key = convert_to($1, 'UTF8') "
+        "OR position(convert_to($1 || ':', 'UTF8') IN message_key) = 1 "
+        "OR EXISTS (SELECT 1 FROM unnest($2::bytea[]) AS n (needle) WHERE position(n.needle IN value) > 0) "
+        "OR EXISTS (SELECT 1 FROM unnest($3::text[]) AS w (word) WHERE error ~ w.word)",
+        user_id, needles(values), [rf"(^|[^\w@.:-]){re.escape(v)}($|[^\w@.:-])" for v in values],
     )
     return int(status.split()[-1])
 
@@ -176,4 +193,5 @@ async def apply(ctx: EventContext, enrollment: httpx.AsyncClient, event: Learner
     async with ctx.transaction() as conn:
         summary, personal = await erase(conn, event.user_id, new_pseudonym())
         summary["outbox"] = await purge_outbox(conn, event.user_id, personal)
+        summary["dead_letters"] = await purge_dead_letters(conn, event.user_id, personal)
         await record_receipt(conn, event.event_id, request.subject, request.requested_at, summary)

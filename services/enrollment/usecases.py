@@ -707,6 +707,7 @@ async def erase_learner(pool: asyncpg.Pool, user_id: str, memory: CredentialMemo
         summary = await store.erase_learner(conn, user_id)
         # Before the event is queued: the purge must not take the event itself.
         summary["outbox"] = await erasure.purge_outbox(conn, user_id, personal)
+        summary["dead_letters"] = await erasure.purge_dead_letters(conn, user_id, personal)
         event = LearnerErased(user_id=user_id, requested_at=utcnow())
         await store.insert_erasure(conn, event, subject, summary)
         await outbox.add(conn, event)
