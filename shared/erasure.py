@@ -25,6 +25,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db import Connection, Executor
+from shared.domain import DomainError
 from shared.events import LearnerErased
 from shared.inbox import EventContext, RejectedEvent
 from shared.internal import INTERNAL_PREFIX, PeerUnavailable, get_internal
@@ -112,6 +113,20 @@ async def record_receipt(conn: Connection, event_id: UUID, subject: str, request
         "ON CONFLICT (event_id) DO NOTHING",
         event_id, subject, requested_at, summary,
     )
+
+
+class ReceiptNotFound(DomainError):
+    """The service has no receipt under this event id: it has not erased that learner (yet)."""
+
+    default_message = "This service has not erased this learner (yet)"
+
+
+async def require_receipt(conn: Executor, event_id: UUID) -> ErasureReceipt:
+    """The service's receipt of the erasure ``event_id``, as its internal API answers it."""
+    found = await receipt(conn, event_id)
+    if found is None:
+        raise ReceiptNotFound()
+    return found
 
 
 async def receipt(conn: Executor, event_id: UUID) -> ErasureReceipt | None:

@@ -22,6 +22,7 @@ from services.certificates.settings import CertificatesSettings
 from services.certificates.usecases import CertificatesState
 from shared import dead_letters_api
 from shared.auth import AdminUser, CurrentUser, InternalCaller
+from shared.erasure import ReceiptNotFound, require_receipt
 from shared.errors import ErrorMap, HttpError
 from shared.internal import PeerUnavailable
 from shared.openapi import content, errors
@@ -47,7 +48,7 @@ ERRORS: ErrorMap = {
     domain.AlreadyInState: HttpError(409, "status_unchanged"),
     domain.StatusListNotFound: HttpError(404, "status_list_not_found"),
     domain.InvalidTemplate: HttpError(400, "invalid_template"),
-    domain.ErasureNotFound: HttpError(404, "erasure_not_found"),
+    ReceiptNotFound: HttpError(404, "erasure_not_found"),
     PeerUnavailable: HttpError(503, "progress_unavailable", "Course progress cannot be checked right now"),
 }
 
@@ -267,7 +268,7 @@ async def issued_certificate(
 @internal_router.get("/erasures/{event_id}")
 async def erasure(event_id: uuid.UUID, _: InternalCaller, pool: DbPool) -> dict[str, Any]:
     """This service's receipt of a learner's erasure (404 while it has not erased them)."""
-    return (await usecases.erasure_receipt(pool, event_id)).model_dump(mode="json")
+    return (await require_receipt(pool, event_id)).model_dump(mode="json")
 
 
 @internal_router.get("/learners/{user_id}/export")

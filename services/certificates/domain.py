@@ -245,7 +245,3 @@ class RegenerationNotFound(DomainError):
 
 class InvalidTemplate(DomainError):
     """A course template that does not compile or render (``error`` in the data)."""
-
-
-class ErasureNotFound(DomainError):
-    default_message = "The certificates service has not erased this learner (yet)"

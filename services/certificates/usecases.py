@@ -579,13 +579,6 @@ async def erase_learner(state: CertificatesState, event: LearnerErased, ctx: Eve
     await erasure.apply(ctx, state.enrollment, event, _erase)
 
 
-async def erasure_receipt(pool: asyncpg.Pool, event_id: uuid.UUID) -> erasure.ErasureReceipt:
-    found = await erasure.receipt(pool, event_id)
-    if found is None:
-        raise domain.ErasureNotFound()
-    return found
-
-
 async def export_learner(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:
     """Every row of this service naming the learner; the files as a list (not their bytes)."""
     async with pool.acquire() as conn:

@@ -17,7 +17,6 @@ from services.notifications.domain import (
     DeliveryFilter,
     DeliveryNotFound,
     DeliveryStatus,
-    ErasureNotFound,
     EventType,
     MailFilter,
     MailKind,
@@ -30,6 +29,7 @@ from services.notifications.domain import (
 from services.notifications.usecases import NotificationsState
 from shared import dead_letters_api
 from shared.auth import AdminUser, InternalCaller
+from shared.erasure import ReceiptNotFound, require_receipt
 from shared.errors import ErrorMap, HttpError
 from shared.openapi import errors
 from shared.service import DbPool, state_of
@@ -45,7 +45,7 @@ ROUTERS = [router, webhooks, statements, internal, dead_letters_api.router("noti
 # The one place the service's refusals become HTTP answers.
 ERRORS: ErrorMap = {
     NotificationNotFound: HttpError(404, "notification_not_found"),
-    ErasureNotFound: HttpError(404, "erasure_not_found"),
+    ReceiptNotFound: HttpError(404, "erasure_not_found"),
     WebhookNotFound: HttpError(404, "webhook_not_found"),
     DeliveryNotFound: HttpError(404, "delivery_not_found"),
     WebhookUrlNotAllowed: HttpError(400, "webhook_url_not_allowed"),
@@ -368,7 +368,7 @@ async def replay_statement_delivery(
 @internal.get("/erasures/{event_id}")
 async def erasure(event_id: UUID, _: InternalCaller, pool: DbPool) -> dict[str, Any]:
     """This service's receipt of a learner's erasure (404 while it has not erased them)."""
-    return (await usecases.erasure_receipt(pool, event_id)).model_dump(mode="json")
+    return (await require_receipt(pool, event_id)).model_dump(mode="json")
 
 
 @internal.get("/learners/{user_id}/export")

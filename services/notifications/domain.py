@@ -236,10 +236,6 @@ class NotificationNotFound(DomainError):
         super().__init__("No such notification", mail_id=mail_id)
 
 
-class ErasureNotFound(DomainError):
-    default_message = "Notifications has not erased this learner (yet)"
-
-
 # --- Webhooks ---------------------------------------------------------------------------
 
 

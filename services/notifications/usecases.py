@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 import httpx
@@ -424,13 +423,6 @@ async def erase_learner(state: NotificationsState, event: LearnerErased, ctx: Ev
     """Once enrollment confirms the request: the learner's mails, their attempts and every
     webhook or xAPI delivery naming them deleted, the outbox purged of them."""
     await erasure.apply(ctx, state.owners.enrollment, event, _erase)
-
-
-async def erasure_receipt(pool: asyncpg.Pool, event_id: UUID) -> erasure.ErasureReceipt:
-    found = await erasure.receipt(pool, event_id)
-    if found is None:
-        raise domain.ErasureNotFound()
-    return found
 
 
 async def export_learner(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from services.progress.domain import MAX_PLAYED_SEGMENTS, MAX_POSITION_SECONDS
 from services.progress.usecases import ProgressState, Tracker
 from shared import dead_letters_api
 from shared.auth import CurrentUser, InternalCaller, current_user
+from shared.erasure import ReceiptNotFound, require_receipt
 from shared.errors import ErrorMap, HttpError
 from shared.http import BareRoute
 from shared.internal import PeerUnavailable
@@ -37,7 +38,7 @@ ERRORS: ErrorMap = {
     domain.LessonNotWatched: HttpError(403, "lesson_not_watched"),
     domain.NotAllowed: HttpError(403, "forbidden"),
     domain.CompletionNotFound: HttpError(404, "completion_not_found"),
-    domain.ErasureNotFound: HttpError(404, "erasure_not_found"),
+    ReceiptNotFound: HttpError(404, "erasure_not_found"),
     domain.VideoSessionNotFound: HttpError(404, "video_session_not_found"),
     PeerUnavailable: HttpError(503, "service_unavailable", "Enrollment data is unavailable, try again"),
 }
@@ -260,7 +261,7 @@ async def video_session_event(event_id: UUID, _: InternalCaller, tracker: Tracke
 @internal_router.get("/erasures/{event_id}")
 async def erasure(event_id: UUID, _: InternalCaller, pool: DbPool) -> Response:
     """This service's receipt of a learner's erasure (404 while it has not erased them)."""
-    return json((await usecases.erasure_receipt(pool, event_id)).model_dump(mode="json"))
+    return json((await require_receipt(pool, event_id)).model_dump(mode="json"))
 
 
 @internal_router.get("/learners/{user_id}/export")

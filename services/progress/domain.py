@@ -525,10 +525,6 @@ class CompletionNotFound(DomainError):
     default_message = "Progress published no course completion with this id"
 
 
-class ErasureNotFound(DomainError):
-    default_message = "Progress has not erased this learner (yet)"
-
-
 class VideoSessionNotFound(DomainError):
     default_message = "Progress published no video session with this id"
 

@@ -844,13 +844,6 @@ async def erase_learner(state: ProgressState, event: LearnerErased, ctx: EventCo
     await erasure.apply(ctx, state.enrollment_client, event, _pseudonymise)
 
 
-async def erasure_receipt(pool: asyncpg.Pool, event_id: UUID) -> erasure.ErasureReceipt:
-    found = await erasure.receipt(pool, event_id)
-    if found is None:
-        raise domain.ErasureNotFound()
-    return found
-
-
 async def export_learner(pool: asyncpg.Pool, user_id: str) -> dict[str, Any]:
     """Every row of this service naming the learner."""
     async with pool.acquire() as conn:
