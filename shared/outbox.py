@@ -212,6 +212,9 @@ class OutboxRelay:
             relay_id: UUID = await conn.fetchval("SELECT relay_id FROM outbox_relay")
             self._checked_generation = -1  # a new holder looks at the broker first
             await conn.add_listener("outbox", self._on_notify)
+            # A closed connection hears no notification: without this, a database restart
+            # would leave the relay waiting out its safety poll before it reconnects.
+            conn.add_termination_listener(lambda _: self._wake.set())
             delays = Delays(RELAY_BACKOFF)
             while not self._stopping:
                 self._wake.clear()
