@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -159,11 +158,7 @@ def processes_json(var_dir: Path) -> dict[int, str]:
 
 
 def start_stack(postgres_url: str, var_dir: Path, db_prefix: str) -> subprocess.Popen[bytes]:
-    shape = StackConfig(var_dir, "", "", 0)
-    count = len(shape.instances())
-    base = infra.free_port()
-    while any(infra.port_open("127.0.0.1", base + i) for i in range(count)) or base + count > 32000:
-        base = infra.free_port()
+    base = infra.free_port_block(len(StackConfig(var_dir, "", "", 0).instances()))
     cmd = [
         sys.executable, "-m", "lessonstream.cli", "dev",
         "--gateway-port", str(infra.free_port()), "--kafka-port", str(infra.free_port()),
@@ -243,13 +238,7 @@ def main() -> None:
         sampler = Sampler(process.pid, postgres_url, db_prefix)
         report(sampler, asyncio.run(measure(sampler, args.seconds, var_dir)))
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        infra.stop_runner(process)
         asyncio.run(drop_databases(postgres_url, db_prefix))
 
 

@@ -43,6 +43,29 @@ def free_port() -> int:
     raise RuntimeError("no free port found")
 
 
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports (a runner's service ports)."""
+    for _ in range(200):
+        base = free_port()
+        if base + count < _PICK_TO and not any(port_open("127.0.0.1", base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+def stop_runner(process: subprocess.Popen[Any], grace_s: float = 60.0) -> None:
+    """Stop a ``lessonstream dev`` runner as Ctrl-C does (it stops its processes in order);
+    killed if it is still there after ``grace_s``: its children get SIGTERM from the kernel
+    (``die_with_parent``)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,14 +44,6 @@ class DevStack:
         return f"http://127.0.0.1:{self.ports[name]}"
 
 
-def _free_block(count: int) -> int:
-    for _ in range(200):
-        base = infra.free_port()
-        if base + count < 32000 and not any(infra.port_open("127.0.0.1", base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free block of ports")
-
-
 _CONTRACT_SITE: Path | None = None
 
 
@@ -87,7 +78,7 @@ def running_dev_stack(
                         certificate_workers=certificate_workers)
     instances = [name for name, _ in shape.instances()]
     if ports is None:
-        ports = (infra.free_port(), infra.free_port(), infra.free_port(), _free_block(len(instances)))
+        ports = (infra.free_port(), infra.free_port(), infra.free_port(), infra.free_port_block(len(instances)))
     gateway, kafka, smtp, base = ports
     output = var_dir / "dev-output.log"
     db_prefix = f"t{RUN_ID}_{var_dir.name}_"
@@ -122,10 +113,4 @@ def running_dev_stack(
             {name: base + i for i, name in enumerate(instances)}, process, output, kafka, db_prefix,
         )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
-                process.wait(10)
+        infra.stop_runner(process)
