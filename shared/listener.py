@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from shared.periodic import cancel
 from shared.retry import Backoff, Delays
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,7 @@ class Listener:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     def _wake_all(self) -> None:
         for wakes in self._wakes.values():

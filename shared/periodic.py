@@ -83,7 +83,12 @@ class Periodic:
     async def stop(self) -> None:
         """Cancels the loop; a tick in progress is cancelled with it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background loop and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
