@@ -9,15 +9,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lessonstream import infra
 from lessonstream.stack import StackConfig
 from tests.conftest import RUN_ID
+
+
+def published_course(
+    client: httpx.Client, headers: dict[str, str], title: str, lessons: Sequence[tuple[str, bool]],
+) -> tuple[int, list[int]]:
+    """A course with certificates and video lessons of 600 s (``(title, required)``),
+    published through the gateway's admin API; its id and its lessons' ids."""
+    created = client.post("/api/admin/courses", headers=headers, json={"title": title, "certificate_enabled": True})
+    assert created.status_code == 201, created.text
+    course_id: int = created.json()["data"]["id"]
+    lesson_ids = []
+    for name, required in lessons:
+        added = client.post(f"/api/admin/courses/{course_id}/lessons", headers=headers, json={
+            "title": name, "is_required": required, "duration_seconds": 600, "kind": "video"})
+        assert added.status_code == 201, added.text
+        lesson_ids.append(added.json()["data"]["lesson"]["id"])
+    assert client.post(f"/api/admin/courses/{course_id}/publish", headers=headers).status_code == 200
+    return course_id, lesson_ids
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.devstack import DevStack
+from tests.devstack import DevStack, published_course
 from tests.e2e.test_end_to_end import SETTINGS, auth, mails_to, wait_for
 
 pytestmark = pytest.mark.xdist_group("e2e")
@@ -31,16 +31,7 @@ def test_a_reset_learner_completes_again_and_gets_a_second_certificate(stack: De
     learner = auth("learner-9", "Inès Okafor", learner_email)
     title = "Annual Safety Training"
     with httpx.Client(base_url=stack.gateway, timeout=15) as client:
-        created = client.post("/api/admin/courses", headers=admin, json={"title": title, "certificate_enabled": True})
-        assert created.status_code == 201, created.text
-        course_id = created.json()["data"]["id"]
-        lessons = []
-        for name in ("Hazards", "Procedures"):
-            added = client.post(f"/api/admin/courses/{course_id}/lessons", headers=admin, json={
-                "title": name, "is_required": True, "duration_seconds": 600, "kind": "video"})
-            assert added.status_code == 201, added.text
-            lessons.append(added.json()["data"]["lesson"]["id"])
-        assert client.post(f"/api/admin/courses/{course_id}/publish", headers=admin).status_code == 200
+        course_id, lessons = published_course(client, admin, title, [("Hazards", True), ("Procedures", True)])
         assert client.post(f"/api/courses/{course_id}/enroll", headers=learner).status_code == 200
 
         def progress() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from lessonstream import infra
 from services.certificates import credentials
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
-from tests.devstack import DevStack
+from tests.devstack import DevStack, published_course
 from tests.reference_verifier import verify_with_reference
 
 pytestmark = pytest.mark.xdist_group("e2e")
@@ -71,19 +71,8 @@ def test_a_learner_enrolls_completes_gets_a_certificate_and_the_emails(stack: De
     learner = auth("learner-7", "Zoë Ångström-李", learner_email)
     with httpx.Client(base_url=stack.gateway, timeout=15) as client:
         # The catalog: two required lessons and an optional one.
-        created = client.post("/api/admin/courses", headers=admin, json={
-            "title": "Introduction to Web Development", "certificate_enabled": True,
-        })
-        assert created.status_code == 201, created.text
-        course_id = created.json()["data"]["id"]
-        lessons = []
-        for title, required in (("HTML", True), ("CSS", True), ("Extras", False)):
-            added = client.post(f"/api/admin/courses/{course_id}/lessons", headers=admin, json={
-                "title": title, "is_required": required, "duration_seconds": 600, "kind": "video",
-            })
-            assert added.status_code == 201, added.text
-            lessons.append(added.json()["data"]["lesson"]["id"])
-        assert client.post(f"/api/admin/courses/{course_id}/publish", headers=admin).status_code == 200
+        course_id, lessons = published_course(client, admin, "Introduction to Web Development",
+                                              [("HTML", True), ("CSS", True), ("Extras", False)])
 
         # Enroll through the Fluent alias, then record progress at once (read-your-writes).
         enrolled = client.post(f"{FLUENT}/courses/{course_id}/enroll", headers=learner)

@@ -27,7 +27,7 @@ from shared.auth import issue_token
 from shared.db import with_database
 from shared.events import EnrollmentChanged, LearnerErased
 from shared.settings import ServiceSettings
-from tests.devstack import DevStack
+from tests.devstack import DevStack, published_course
 from tests.helpers import produce_raw
 
 pytestmark = pytest.mark.xdist_group("e2e")
@@ -137,17 +137,7 @@ def test_an_erased_learner_is_gone_from_every_service_and_the_course_figures_sta
     erin_data = [*forms(erin_id), *forms(erin_name), *forms(erin_email)]
 
     with httpx.Client(base_url=stack.gateway, timeout=20) as client:
-        created = client.post("/api/admin/courses", headers=ADMIN,
-                              json={"title": f"Erasure course {tag}", "certificate_enabled": True})
-        assert created.status_code == 201, created.text
-        course_id = created.json()["data"]["id"]
-        lessons = []
-        for title in ("One", "Two"):
-            added = client.post(f"/api/admin/courses/{course_id}/lessons", headers=ADMIN, json={
-                "title": title, "is_required": True, "duration_seconds": 600, "kind": "video"})
-            assert added.status_code == 201, added.text
-            lessons.append(added.json()["data"]["lesson"]["id"])
-        assert client.post(f"/api/admin/courses/{course_id}/publish", headers=ADMIN).status_code == 200
+        course_id, lessons = published_course(client, ADMIN, f"Erasure course {tag}", [("One", True), ("Two", True)])
         # A webhook endpoint that never answers: its deliveries (with Erin's data) stay queued.
         hook = client.post("/api/admin/webhooks", headers=ADMIN, json={
             "url": "http://127.0.0.1:9/erasure-hook", "description": f"erasure test {tag}",
