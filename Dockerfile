@@ -36,4 +36,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
 # exec: uvicorn replaces the shell and receives the container's SIGTERM itself. Keep-alive:
 # longer than the gateway keeps an idle connection (gateway/Caddyfile).
-CMD ["sh", "-c", "exec uvicorn --factory \"services.${SERVICE}.app:build_app\" --host 0.0.0.0 --port 8000 --no-access-log --timeout-keep-alive 75"]
+CMD ["sh", "-c", "exec python -m shared.serve --factory \"services.${SERVICE}.app:build_app\" --host 0.0.0.0 --port 8000 --no-access-log --timeout-keep-alive 75"]

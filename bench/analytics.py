@@ -280,7 +280,7 @@ async def bench_endpoint(url: str, repeat: int) -> None:
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
            "ENROLLMENT_INTERNAL_URL": "http://127.0.0.1:1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "--factory", "services.progress.app:build_app", "--host", "127.0.0.1",
+        sys.executable, "-m", "shared.serve", "--factory", "services.progress.app:build_app", "--host", "127.0.0.1",
         "--port", str(port), "--log-level", "warning", "--no-access-log",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )

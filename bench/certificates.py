@@ -99,7 +99,7 @@ def raw_rate(n: int) -> float:
 
 def start_worker(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "services.certificates.worker:build_app",
+        [sys.executable, "-m", "shared.serve", "--factory", "services.certificates.worker:build_app",
          "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -327,7 +327,8 @@ async def progress_services(url: str, ports: list[int], args: argparse.Namespace
     try:
         for port in ports:
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "uvicorn", "--factory", "services.progress.app:build_app", "--host", "127.0.0.1",
+                sys.executable, "-m", "shared.serve", "--factory", "services.progress.app:build_app",
+                "--host", "127.0.0.1",
                 "--port", str(port), "--log-level", "warning", "--no-access-log", "--workers", str(args.workers),
                 cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent,

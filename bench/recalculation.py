@@ -72,7 +72,7 @@ async def fresh_database(url: str) -> None:
 @contextlib.asynccontextmanager
 async def service(app: str, port: int, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "shared.serve", "--factory", app, "--host", "127.0.0.1", "--port", str(port),
         "--log-level", "warning", "--no-access-log",
         cwd=ROOT, env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         preexec_fn=die_with_parent,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from lessonstream import infra
-from lessonstream.stack import PROCESSES, SERVICES, Stack, StackConfig
+from lessonstream.stack import PROCESSES, SERVICES, Stack, StackConfig, Wakeups
 
 if TYPE_CHECKING:
     import asyncpg
@@ -121,9 +121,13 @@ def dev(
               "--email ada@example.com --role learner")
         _echo("Demo course:  .venv/bin/lessonstream seed-demo")
         _echo(f"Logs in {var_dir / 'logs'}; press Ctrl-C to stop.")
-        while not stop_requested:
-            stack.supervise()
-            time.sleep(0.2)
+        wakeups = Wakeups()
+        try:
+            while not stop_requested:
+                stack.supervise()
+                wakeups.sleep(stack.until_due())
+        finally:
+            wakeups.close()
     except KeyboardInterrupt:
         pass  # Ctrl-C: stop everything below, in reverse order
     finally:

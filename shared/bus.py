@@ -43,7 +43,8 @@ def create_broker(settings: ServiceSettings, middlewares: Sequence[Any] = ()) ->
         client_id=settings.service_name,
         acks="all",
         enable_idempotence=False,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
+        # The broker's clients are its consumers (the outbox relay has its own producer).
+        request_timeout_ms=settings.kafka_consumer_request_timeout_ms,
         logger=logging.getLogger(f"faststream.{settings.service_name}"),
     )
 

@@ -39,13 +39,15 @@ class ServiceSettings(BaseSettings):
     # Prepended to every topic name and consumer group: lets several stacks (or
     # test runs) share one broker without seeing each other's messages.
     topic_prefix: str = Field("", validation_alias=AliasChoices("KAFKA_TOPIC_PREFIX", "topic_prefix"))
-    kafka_session_timeout_ms: int = 6000
-    kafka_heartbeat_interval_ms: int = 1000
-    kafka_request_timeout_ms: int = 5000
-    # How long the broker may hold a consumer's fetch when there is nothing to read. Each
-    # idle consumer fetches once per this interval, which is most of an idle stack's cost on
-    # the embedded broker (docs/operations.md, "Idle cost"); data still returns at once.
-    kafka_fetch_max_wait_ms: int = Field(1000, ge=10, le=30000)
+    # Kafka's (and aiokafka's) defaults: a member that stops heartbeating leaves its group
+    # after 10 s, and its partitions go to the others. Each idle consumer's heartbeats and
+    # empty fetches are most of an idle stack's cost (docs/operations.md, "Idle cost").
+    kafka_session_timeout_ms: int = Field(10000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(3000, ge=100)
+    kafka_request_timeout_ms: int = Field(5000, ge=100)
+    # How long the broker may hold a consumer's fetch when there is nothing to read: data
+    # still returns at once (measured on the embedded broker: 4 ms with a 10 s wait).
+    kafka_fetch_max_wait_ms: int = Field(5000, ge=10, le=30000)
     # Who this service is to the broker. In compose each service has its own SASL user, and
     # Kafka ACLs let it write only the topics it owns (docs/architecture.md, "Who may
     # produce what"); PLAINTEXT without a user is the development and test default.
@@ -107,6 +109,23 @@ class ServiceSettings(BaseSettings):
         if self.jwt_issuer == APP_PASSWORD_ISSUER:
             raise ValueError(f"JWT_ISSUER must not be {APP_PASSWORD_ISSUER!r}: that issuer is application passwords'")
         return self
+
+    @model_validator(mode="after")
+    def _heartbeats_within_session(self) -> Self:
+        # Kafka's rule: a member that heartbeats less than three times a session timeout is
+        # taken for dead by the first late heartbeat.
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ValueError("KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of KAFKA_SESSION_TIMEOUT_MS")
+        return self
+
+    @property
+    def kafka_consumer_request_timeout_ms(self) -> int:
+        """A consumer's requests may be held by the broker on purpose: a fetch for up to
+        ``kafka_fetch_max_wait_ms``, a JoinGroup until the group's members have joined (up to
+        the rebalance timeout, which aiokafka sets to the session timeout). Its timeout must
+        outlast both, or a wait the broker was asked for reads as a dead broker (seen: with a
+        session timeout above the request timeout, groups never finished joining)."""
+        return max(self.kafka_session_timeout_ms, self.kafka_fetch_max_wait_ms) + self.kafka_request_timeout_ms
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Self:

@@ -52,6 +52,28 @@ def test_a_child_that_keeps_exiting_is_restarted_with_a_growing_backoff(tmp_path
     assert steady_pid is not None and not any("steady" in m for m in messages)
 
 
+def test_the_supervisor_sleeps_until_a_child_exits_or_a_restart_is_due(tmp_path: Path) -> None:
+    """The runner's loop (``lessonstream dev``) does not poll: it wakes when a child exits
+    (SIGCHLD), and otherwise when the next restart is due, at most once a second."""
+    messages: list[str] = []
+    supervised = Stack(StackConfig(tmp_path, "", "127.0.0.1:1", 0), log=messages.append)
+    wakeups = stack.Wakeups()
+    try:
+        supervised._add(Child("short", lambda: python("import time; time.sleep(0.3)", tmp_path, "short"), False))
+        assert supervised.until_due() == stack.SUPERVISE_MAX_WAIT_S  # nothing due: the longest sleep
+        started = time.monotonic()
+        wakeups.sleep(30)  # cut short by the child's exit
+        assert time.monotonic() - started < 5
+        infra.wait_until(lambda: not supervised.child("short").alive, 5, what="the child reaped")
+        supervised.supervise()
+        assert any("short exited (status 0)" in m for m in messages), messages
+        # Its restart is due in FIRST_BACKOFF_S: the sleep is that long, not a second.
+        assert supervised.until_due() <= stack.FIRST_BACKOFF_S
+    finally:
+        wakeups.close()
+        supervised.stop()
+
+
 def test_a_restarted_broker_restarts_every_broker_client(tmp_path: Path) -> None:
     port = infra.free_port()
     messages: list[str] = []

@@ -51,7 +51,11 @@ def build_app(settings: ProgressSettings | None = None) -> FastAPI:
         listener.on("completion_recheck_due", rechecks.wake)
         listener.on("recalculation_due", recalculations.wake)
         listener.start()
-        watching = Periodic(settings.heartbeat_flush_interval_s, tracker.complete_watched, "automatic completion")
+        # Runs when a flush found records whose coverage may have reached a threshold; backs off
+        # while there are none (and while none are left to retry).
+        watching = Periodic(settings.heartbeat_flush_interval_s, tracker.complete_watched_round, "automatic completion",
+                            idle_interval_s=settings.idle_poll_s)
+        buffer.on_watch_candidates = watching.wake
         watching.start()
         closer = SessionCloser(runtime.pool, settings.video_session_idle_s, settings.video_session_flusher_expiry_s)
         sessions = Periodic(settings.video_session_check_interval_s, closer.close_idle, "video sessions")

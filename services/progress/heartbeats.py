@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -189,8 +190,11 @@ class HeartbeatBuffer:
         # Each flush records, under this id, the moment its process has flushed through: the
         # session closer never ends a session a heartbeat still waiting here would extend.
         self.process_id = uuid4()
-        # A failed flush keeps its changes for the next tick.
-        self.flushing = Periodic(flush_interval_s, self._tick, "heartbeat flush")
+        # A failed flush keeps its changes for the next tick. With nothing buffered the loop
+        # backs off to the mark interval (it still writes the mark that often); the first
+        # heartbeat after that wakes it (``heartbeat``).
+        self.flushing = Periodic(flush_interval_s, self._tick, "heartbeat flush",
+                                 idle_interval_s=max(mark_interval_s, flush_interval_s))
         self._flush_lock = asyncio.Lock()
         self.flushed_rows = 0
         self.flushes = 0
@@ -198,6 +202,8 @@ class HeartbeatBuffer:
         # have reached a threshold (here or through another replica's flush); the tracker
         # takes them (usecases.Tracker.complete_watched).
         self.watch_candidates: dict[Key, store.ProgressRow] = {}
+        # Called when a flush adds candidates (the tracker's loop waits for them).
+        self.on_watch_candidates: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------ request side
     async def entry(self, user_id: str, course_id: int, lesson_id: int) -> Entry:
@@ -250,6 +256,9 @@ class HeartbeatBuffer:
             entry.watched_pending = domain.watched_union(entry.watched_pending, watched)
             entry.dirty = True
         entry.touched = time.monotonic()
+        if entry.dirty and self.flushing.wait_s > self.flushing.interval_s:
+            # The flush loop is backed off: from now on it runs every flush interval.
+            self.flushing.wake()
         return entry
 
     def take_pending(self, user_id: str, lesson_id: int) -> store.FlushRow | None:
@@ -285,9 +294,10 @@ class HeartbeatBuffer:
             await self.flush()
             await store.forget_flusher(self._pool, self.process_id)
 
-    async def _tick(self) -> None:
-        await self.flush()
+    async def _tick(self) -> int:
+        flushed = await self.flush()
         self._evict_idle()
+        return flushed
 
     async def flush(self) -> int:
         async with self._flush_lock:
@@ -327,6 +337,8 @@ class HeartbeatBuffer:
                     found.refresh(record)
                 if not record.completed and record.watched:
                     self.watch_candidates[(record.user_id, record.lesson_id)] = record
+            if self.watch_candidates:
+                self.on_watch_candidates()
             # A row the statement did not write belongs to an attempt that ended (FLUSH_SQL):
             # its entry goes, and the next heartbeat starts from the current attempt's record.
             for entry in dirty:

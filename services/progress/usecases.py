@@ -371,6 +371,12 @@ class Tracker:
             completed += int(done.newly)
         return completed
 
+    async def complete_watched_round(self) -> bool:
+        """One round of the loop that runs ``complete_watched`` after flushes: true while a
+        failed try is left to retry (the loop keeps its interval), else it may back off."""
+        await self.complete_watched()
+        return bool(self.buffer.watch_candidates)
+
     async def _decide(
         self,
         conn: Connection,
@@ -807,7 +813,7 @@ class ProgressState:
     tracker: Tracker
     rechecks: Periodic  # the re-check of deferred completions (Tracker.recheck_pending)
     recalculations: Periodic  # progress recalculation after course changes (Recalculator.run_due)
-    watching: Periodic | None = None  # automatic completions after flushes (Tracker.complete_watched)
+    watching: Periodic | None = None  # automatic completions after flushes (Tracker.complete_watched_round)
     sessions: Periodic | None = None  # viewing sessions ended and published (SessionCloser.close_idle)
     listener: Listener | None = None  # wakes the re-checks and recalculations (migration 012)
 

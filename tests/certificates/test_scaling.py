@@ -31,7 +31,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """A worker process as deployed: uvicorn with the worker's factory (or a test's own)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", factory,
+        [sys.executable, "-m", "shared.serve", "--factory", factory,
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )

@@ -324,3 +324,31 @@ async def test_an_idle_buffer_writes_its_flushed_through_mark_only_now_and_then(
     assert await buffer.flush() == 1
     assert await mark() > first, "a flush with heartbeats records how far it has flushed"
     await progress_store.forget_flusher(pool, buffer.process_id)
+
+
+async def test_an_idle_flush_loop_backs_off_and_the_next_heartbeat_wakes_it(stack: Stack) -> None:
+    """With nothing buffered the flush loop waits up to the mark interval (10 s here), not
+    every flush interval; the first heartbeat after that is flushed at once, not at the end
+    of the wait."""
+    await setup_course(stack)
+    buffer = stack.runtime.state.heartbeats
+    flushing = buffer.flushing
+    assert buffer.mark_interval_s >= 8 > flushing.interval_s
+
+    async def backed_off() -> bool:
+        return bool(flushing.wait_s >= 8)
+
+    await eventually(backed_off, timeout=30, what="the idle flush loop backing off")
+    sent = asyncio.get_running_loop().time()
+    answer = await stack.client.post("/api/progress", headers=stack.token("u1"), json={
+        "course_id": 42, "lesson_id": 101, "video_progress": 12, "last_position": 12,
+    })
+    assert answer.status_code == 200
+
+    async def flushed() -> bool:
+        row = await db_row(stack, "u1", 101)
+        return row is not None and row["last_position"] == 12
+
+    await eventually(flushed, timeout=10, what="the heartbeat flushed")
+    assert asyncio.get_running_loop().time() - sent < 3, "flushed at the end of the back-off, not at once"
+    assert flushing.wait_s == flushing.interval_s
