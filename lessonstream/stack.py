@@ -145,14 +145,18 @@ class StackConfig:
     def prometheus_targets(self) -> list[dict[str, object]]:
         """Every service process as a Prometheus ``file_sd_configs`` entry: one target per
         process (each is its own exporter), labelled with its kind and instance name."""
-        return [
+        services: list[dict[str, object]] = [
             {"targets": [f"127.0.0.1:{self.port(name)}"], "labels": {"process": spec.name, "process_instance": name}}
             for name, spec in self.instances()
         ]
+        gateway: dict[str, object] = {"targets": [f"127.0.0.1:{self.port(GATEWAY_METRICS)}"],
+                   "labels": {"process": "gateway", "process_instance": "gateway"}}
+        return [*services, gateway]
 
     def gateway_env(self) -> dict[str, str]:
         return {
             "GATEWAY_PORT": str(self.gateway_port),
+            "GATEWAY_METRICS_PORT": str(self.port(GATEWAY_METRICS)),
             "PROGRESS_UPSTREAM": self.upstreams("progress"),
             "ENROLLMENT_UPSTREAM": self.upstreams("enrollment"),
             "CERTIFICATES_UPSTREAM": self.upstreams("certificates"),

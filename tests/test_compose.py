@@ -305,6 +305,14 @@ def test_prometheus_scrapes_every_service_process_with_its_rules() -> None:
             assert sd["type"] == "A"
             scraped.update({name: sd["port"] for name in sd["names"]})
     assert scraped == {spec.name: 8000 for spec in PROCESSES}
+    # The gateway's own figures: its metrics listener, on the Caddyfile's default port (not published).
+    [gateway_job] = [job for job in PROMETHEUS_CONFIG["scrape_configs"] if job["job_name"] == "gateway"]
+    [static] = gateway_job["static_configs"]
+    caddyfile = (ROOT / "gateway" / "Caddyfile").read_text()
+    port = re.search(r"\{\$GATEWAY_METRICS_PORT:(\d+)\}", caddyfile)
+    assert port and static["targets"] == [f"gateway:{port.group(1)}"]
+    assert "GATEWAY_METRICS_PORT" not in SERVICES["gateway"]["environment"]  # the default, as scraped
+    assert re.search(r"^:\{\$GATEWAY_METRICS_PORT:\d+\} \{\n\tmetrics\n\}", caddyfile, re.M)
     assert "--port 8000" in DOCKERFILE  # where every service image listens
     worker = SERVICES["certificates-worker"]["command"]
     assert worker[worker.index("--port") + 1] == "8000"

@@ -4,7 +4,8 @@ Scrapes each process of the shared end-to-end stack (``lessonstream dev``: every
 two progress replicas, a certificate worker) on its own port, as Prometheus does (one
 exporter per process), and checks every metric name of every dashboard expression and
 alert rule (``deploy/``) against what was scraped: a metric renamed in the code or in a
-dashboard breaks this test. Also: each consumer process reports the lag of each of its
+dashboard breaks this test. The gateway is scraped too (Caddy's metrics listener), and
+counts what it answered itself. Also: each consumer process reports the lag of each of its
 consumer groups, and the outbox figures of its database, read at that scrape."""
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import httpx
 import pytest
 
 from lessonstream.stack import PROCESSES
+from shared.auth import issue_token
+from shared.settings import ServiceSettings
 from tests.devstack import DevStack
 from tests.promql import PROMETHEUS_OWN, exposed_names, used_metric_names
 
@@ -34,8 +37,10 @@ def subscriptions_of(kind: str) -> set[tuple[str, str]]:
 def test_every_metric_of_the_dashboards_and_alerts_is_scraped(e2e_stack: DevStack) -> None:
     """Scraped as a Prometheus would, from the targets the runner writes for it."""
     targets = json.loads((e2e_stack.var_dir / "run" / "prometheus-targets.json").read_text())
-    assert sorted(t["labels"]["process_instance"] for t in targets) == sorted(e2e_stack.ports)
-    assert {t["labels"]["process"] for t in targets} == {p.name for p in PROCESSES}
+    assert sorted(t["labels"]["process_instance"] for t in targets) == sorted([*e2e_stack.ports, "gateway"])
+    assert {t["labels"]["process"] for t in targets} == {p.name for p in PROCESSES} | {"gateway"}
+    with httpx.Client(timeout=15) as client:  # the gateway has answered something of its own
+        assert client.get(f"{e2e_stack.gateway}/ready/enrollment").status_code == 200
     scraped: dict[str, str] = {}
     with httpx.Client(timeout=15) as client:
         for target in targets:
@@ -48,6 +53,34 @@ def test_every_metric_of_the_dashboards_and_alerts_is_scraped(e2e_stack: DevStac
     missing = {name: sorted(where) for name, where in used_metric_names().items()
                if name not in exposed and name not in PROMETHEUS_OWN}
     assert not missing, f"used by dashboards or alerts but exposed by no process: {missing}"
+
+
+def test_the_gateway_counts_what_it_answered_itself(e2e_stack: DevStack) -> None:
+    """A body over the gateway's limit is cut off by the gateway, which answers 413 itself
+    (the service never saw a whole request): only the gateway's figures can show it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    targets = json.loads((e2e_stack.var_dir / "run" / "prometheus-targets.json").read_text())
+    [gateway] = [t["targets"][0] for t in targets if t["labels"]["process"] == "gateway"]
+
+    def refused() -> float:
+        text = httpx.get(f"http://{gateway}/metrics", timeout=15).text
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   if family.name == "caddy_http_request_duration_seconds"
+                   for sample in family.samples
+                   if sample.name.endswith("_count") and sample.labels.get("server") == "gateway"
+                   # Counted once per handler passed: the body limit, as the dashboards count.
+                   and sample.labels.get("handler") == "request_body" and sample.labels.get("code") == "413")
+
+    before = refused()
+    # Signed in, so the service reads the body and the gateway's limit bites.
+    token = issue_token(ServiceSettings(), user_id="1")
+    answer = httpx.post(f"{e2e_stack.gateway}/api/progress", content=b"x" * (2 * 1024 * 1024),
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                        timeout=15)
+    assert answer.status_code == 413
+    assert answer.json()["code"] == "payload_too_large"
+    assert refused() == before + 1
 
 
 def test_each_process_reports_its_groups_lag_and_its_outbox(e2e_stack: DevStack) -> None:
