@@ -52,6 +52,10 @@ class ServiceSpec(Generic[S]):
     migrations: Path
     routers: list[APIRouter] = field(default_factory=list)
     subscriptions: list[Subscription[Any]] = field(default_factory=list)
+    # Consumer groups of the service's other processes whose lag this one reports too: the
+    # certificates API reports its workers' groups, so their backlog stays on the dashboards
+    # (and in the alerts) while every worker is stopped, hung or not started yet.
+    also_watched: list[Watched] = field(default_factory=list)
     publishes: list[Topic] = field(default_factory=list)  # documented in /asyncapi.json
     # The service's own live objects (clients, buffers, background loops) as one typed
     # value: opened once the pool and the relay are up and before any subscriber starts,
@@ -94,7 +98,9 @@ class Runtime(Generic[S]):
             registry=REGISTRY, app_name=spec.name, metrics_prefix="lessonstream_faststream"
         )
         self.broker: KafkaBroker = bus.create_broker(spec.settings, middlewares=[faststream_metrics, invalid])
-        self.lag = LagMonitor(spec.settings, [Watched(sub.consumer, sub.topic) for sub in spec.subscriptions])
+        self.lag = LagMonitor(
+            spec.settings, [*(Watched(sub.consumer, sub.topic) for sub in spec.subscriptions), *spec.also_watched]
+        )
         self.relay = OutboxRelay(spec.settings)
         self.broker_started = False
         self._broker_task: asyncio.Task[None] | None = None

@@ -38,6 +38,7 @@ def build_app(settings: CertificatesSettings | None = None) -> FastAPI:
             publishes=[Topic.CERTIFICATE_REQUESTED, Topic.CERTIFICATE_REVOKED],
             # Erasure requests: one process of its own, not the scaled-out workers.
             subscriptions=handlers.api_subscriptions(settings),
+            also_watched=handlers.worker_groups(),
             open_state=open_state,
         )
     )

@@ -15,6 +15,7 @@ from services.certificates.settings import CertificatesSettings, WorkerSettings
 from services.certificates.usecases import CertificatesState, WorkerState
 from shared.events import CertificateRequested, CourseCompleted, LearnerErased, Topic
 from shared.inbox import EventContext, Subscription
+from shared.lag import Watched
 
 COMPLETIONS_GROUP = "certificates-worker"
 REQUESTS_GROUP = "certificates-worker-requests"
@@ -40,6 +41,11 @@ def subscriptions(settings: WorkerSettings) -> list[Subscription[Any]]:
 
 async def on_learner_erased(event: LearnerErased, ctx: EventContext) -> None:
     await usecases.erase_learner(ctx.state(CertificatesState), event, ctx)
+
+
+def worker_groups() -> list[Watched]:
+    """The workers' consumer groups, whose lag the API process reports as well."""
+    return [Watched(COMPLETIONS_GROUP, Topic.COURSE_COMPLETED), Watched(REQUESTS_GROUP, Topic.CERTIFICATE_REQUESTED)]
 
 
 def api_subscriptions(settings: CertificatesSettings) -> list[Subscription[Any]]:

@@ -27,11 +27,13 @@ pytestmark = pytest.mark.xdist_group("e2e")
 
 
 def subscriptions_of(kind: str) -> set[tuple[str, str]]:
-    """(group, topic) of every subscription of a process kind, from its composition root."""
+    """(group, topic) of every subscription of a process kind, and of the other processes'
+    groups it reports too, from its composition root."""
     spec = next(p for p in PROCESSES if p.name == kind)
     module_name, function = spec.factory.split(":")
-    app = getattr(importlib.import_module(module_name), function)()
-    return {(sub.consumer, sub.topic.value) for sub in app.state.runtime.spec.subscriptions}
+    service = getattr(importlib.import_module(module_name), function)().state.runtime.spec
+    return ({(sub.consumer, sub.topic.value) for sub in service.subscriptions}
+            | {(w.group, w.topic.value) for w in service.also_watched})
 
 
 def test_every_metric_of_the_dashboards_and_alerts_is_scraped(e2e_stack: DevStack) -> None:

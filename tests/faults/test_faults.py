@@ -12,6 +12,7 @@ last: it replaces the stack.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import uuid
@@ -114,6 +115,45 @@ def test_a_certificate_worker_killed_mid_burst_loses_and_repeats_nothing(faults:
     assert numbers == len(learners), "every certificate has a number of its own"
     settle_and_count(faults, learners, course, "worker kill -9 mid-burst", converge_s=converge,
                      restart_s=restarted)
+
+
+def completions_lag(lms: Lms) -> float | None:
+    """The certificate workers' lag on course-completed, as the certificates API process
+    reports it at a scrape (read from the broker), or None when that scrape had none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{lms.stack.url('certificates')}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "lessonstream_consumer_lag_messages" and sample.labels["group"] == "certificates-worker"
+                    and sample.labels["topic"] == Topic.COURSE_COMPLETED.value):
+                return sample.value
+    return None
+
+
+def test_paused_certificate_workers_show_their_backlog_as_lag_and_clear_it(faults: FaultEnv) -> None:
+    """Both workers stopped (SIGSTOP: they neither consume nor leave the group): the backlog is
+    reported as lag by the certificates API process, from the broker, while no worker can
+    answer a scrape; it falls to 0 once they run again, every certificate issued once."""
+    lms = faults.lms
+    course, learners = lms.cohort("lg", 20)
+    assert completions_lag(lms) == 0
+    workers = ["certificates-worker-1", "certificates-worker-2"]
+    pids = [lms.kill(worker, signal.SIGSTOP) for worker in workers]
+    try:
+        acknowledged = lms.complete_course(learners, course)
+        assert len(acknowledged) == len(learners)
+        peak = wait_for(lambda: (lag := completions_lag(lms)) is not None and lag >= len(learners) and lag,
+                        60, "the paused workers' backlog in the lag")
+        assert sum(lms.certificates(course).values()) == 0, "nothing is issued while the workers are stopped"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    lms.wait_converged(learners, course, 120, "certificates and emails after the workers resumed")
+    wait_for(lambda: completions_lag(lms) == 0, 60, "the lag back to 0")
+    settle_and_count(faults, learners, course, "workers SIGSTOP (lag)", lag_peak=peak,
+                     converge_s=round(time.monotonic() - resumed, 1))
 
 
 def test_a_paused_broker_delays_completions_and_loses_none(faults: FaultEnv) -> None:
