@@ -178,7 +178,13 @@ async def verify_certificate(
     if found is None and version is not None:
         raise domain.CertificateNotFound("No credential has this code and version")
     if found is None:
-        return Verification(cert, domain.CredentialState.VALID, "", None)
+        # Issued before credentials existed: no proof to check, but revocation and expiry are
+        # the certificate's own and apply to it all the same.
+        verdict = domain.credential_state(
+            proof_valid=True, revoked=cert.revoked_at is not None, valid_until=cert.valid_until,
+            version=1, current_version=1, now=datetime.now(UTC),
+        )
+        return Verification(cert, verdict, "", None)
     did = credentials.did_web(settings.public_base_url)
     keys = {credentials.verification_method_id(did, key): key.public_key for key in state.keys}
     # Canonicalisation is CPU work: off the event loop.

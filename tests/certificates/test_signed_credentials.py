@@ -192,6 +192,32 @@ async def test_an_admin_revokes_and_reinstates_through_the_signed_status_list(te
         ]
 
 
+async def test_a_certificate_without_a_credential_is_still_told_revoked(test_env: TestEnv) -> None:
+    """A certificate issued before credentials existed has no proof to check; revoking it
+    must still show on its verification, as for one with a credential."""
+    async with certificate_stack(test_env) as stack:
+        await stack.publish_completion(completion("cred-old"))
+        data = await wait_for_certificate(stack, "cred-old")
+        code, certificate_id = str(data["verification_code"]), str(data["certificate_id"])
+        await stack.db.execute("UPDATE certificate_files SET credential = NULL WHERE certificate_id = $1",
+                                 certificate_id)
+        assert (await stack.api.get(f"/certificates/{code}/credential")).status_code == 404
+
+        async def verdict() -> Any:
+            answer = await stack.api.get(f"/certificates/verify/{code}", headers={"Accept": "application/json"})
+            assert answer.status_code == 200
+            return answer.json()["data"]
+
+        assert (await verdict())["status"] == "valid"
+        admin = stack.token("admin-1", roles=["admin"])
+        revoked = await stack.api.post(f"/api/admin/certificates/{certificate_id}/revoke", headers=admin,
+                                       json={"reason": "Issued in error"})
+        assert revoked.status_code == 200, revoked.text
+        told = await verdict()
+        assert told["status"] == "revoked" and told["valid"] is False
+        assert told["revocation_reason"] == "Issued in error"
+
+
 async def test_regeneration_issues_a_new_credential_and_supersedes_the_old_one(test_env: TestEnv) -> None:
     async with certificate_stack(test_env) as stack:
         await stack.publish_completion(completion("cred-4"))
