@@ -314,6 +314,24 @@ async def _replay_locked(
     return outcome
 
 
+async def prune_settled(pool: asyncpg.Pool, retention_days: int, batch: int = 10_000) -> int:
+    """Delete settled dead letters (replayed, or found applied) dead-lettered longer ago than
+    the retention, in batches; returns how many. A pending letter is kept whatever its age:
+    it is work not done, which only a replay ends."""
+    total = 0
+    while True:
+        status = await pool.execute(
+            "DELETE FROM dead_letters WHERE id = ANY(ARRAY("
+            "SELECT id FROM dead_letters WHERE status <> 'pending' "
+            "AND created_at < now() - make_interval(days => $1) ORDER BY created_at, id LIMIT $2))",
+            retention_days, batch,
+        )
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total
+
+
 async def _mark(conn: Connection, letter_id: int, status: DeadLetterStatus, by: str, *, published: bool) -> None:
     await conn.execute(
         "UPDATE dead_letters SET status = $2, replayed_by = $3, "

@@ -24,7 +24,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
-from shared import bus, db, metrics, openapi, outbox
+from shared import bus, db, dead_letters, metrics, openapi, outbox
 from shared.auth import TokenVerifier
 from shared.errors import ErrorMap, error_response, install_error_handlers
 from shared.events import EVENT_TYPES, Topic
@@ -104,7 +104,7 @@ class Runtime(Generic[S]):
         self.relay = OutboxRelay(spec.settings)
         self.broker_started = False
         self._broker_task: asyncio.Task[None] | None = None
-        self._pruning = Periodic(3600, self._prune_inbox, "inbox pruning", at_once=True)
+        self._pruning = Periodic(3600, self._prune, "inbox and dead-letter pruning", at_once=True)
         for sub in spec.subscriptions:
             subscribe(self.broker, spec.settings, lambda: self.pool, sub, lambda: self._state)
         for topic in spec.publishes:
@@ -164,10 +164,13 @@ class Runtime(Generic[S]):
                     after_failure=stop_half_started)
         self.broker_started = True
 
-    async def _prune_inbox(self) -> None:
+    async def _prune(self) -> None:
         deleted = await prune(self.pool, self.settings.inbox_retention_days)
         if deleted:
             log.info("pruned %d applied-event markers", deleted)
+        settled = await dead_letters.prune_settled(self.pool, self.settings.dead_letter_retention_days)
+        if settled:
+            log.info("pruned %d settled dead letters", settled)
 
     async def read_figures(self) -> None:
         """The figures read at scrape: this database's outbox, the lag of this process's

@@ -60,6 +60,9 @@ class ServiceSettings(BaseSettings):
 
     # Applied-event markers older than this are pruned: far beyond any redelivery window.
     inbox_retention_days: int = Field(30, ge=1)
+    # Dead letters already replayed (or found applied) are deleted this long after they were
+    # dead-lettered; pending ones stay until replayed (docs/operations.md, "Dead letters").
+    dead_letter_retention_days: int = Field(90, ge=1)
     # Published outbox rows are kept this long, to be sent again to a broker that lost
     # them. Never longer than the inbox retention: consumers must still recognise them.
     outbox_retention_hours: float = Field(168, gt=0)

@@ -359,3 +359,26 @@ def test_a_message_that_did_not_parse_may_still_name_its_event() -> None:
     assert identify(b'{"event_id": 7, "type": "x\\u0000y"}') == (None, "x\ufffdy")
     for value in (b"\xff{", b"[1]", b"null", b'{"type": 3}'):
         assert identify(value) == (None, None), value
+
+
+async def test_settled_dead_letters_are_pruned_after_the_retention_and_pending_ones_kept(test_env: TestEnv) -> None:
+    async with running(test_env, Receiver()) as (runtime, _):
+        pool = runtime.pool
+
+        async def keep(age_days: int, status: str) -> int:
+            return int(await pool.fetchval(
+                "INSERT INTO dead_letters (consumer_group, source_topic, partition, \"offset\", value, error, "
+                "attempts, letter_id, created_at, status) VALUES ('receiver', 'lesson-completed', 0, 0, "
+                "'\\x7b7d', 'x', 1, gen_random_uuid(), now() - make_interval(days => $1), $2) RETURNING id",
+                age_days, status,
+            ))
+
+        old_pending = await keep(400, "pending")
+        old_replayed = await keep(91, "replayed")
+        old_applied = await keep(120, "applied")
+        recent_replayed = await keep(10, "replayed")
+        assert await dead_letters.prune_settled(pool, 90, batch=1) == 2
+        left = {row["id"] for row in await pool.fetch("SELECT id FROM dead_letters")}
+        assert {old_pending, recent_replayed} <= left
+        assert not {old_replayed, old_applied} & left
+        assert await dead_letters.prune_settled(pool, 90) == 0
