@@ -46,8 +46,10 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(3000, ge=100)
     kafka_request_timeout_ms: int = Field(5000, ge=100)
     # How long the broker may hold a consumer's fetch when there is nothing to read: data
-    # still returns at once (measured on the embedded broker: 4 ms with a 10 s wait).
-    kafka_fetch_max_wait_ms: int = Field(5000, ge=10, le=30000)
+    # still returns at once (measured on the embedded broker: about 2 ms with a 10 s wait, as
+    # with 1 s), except the first record of a partition on Tansu, which waits out the fetch
+    # (docs/operations.md, "Idle cost").
+    kafka_fetch_max_wait_ms: int = Field(10000, ge=10, le=30000)
     # Who this service is to the broker. In compose each service has its own SASL user, and
     # Kafka ACLs let it write only the topics it owns (docs/architecture.md, "Who may
     # produce what"); PLAINTEXT without a user is the development and test default.
