@@ -41,6 +41,18 @@ async def fetch_all(conn: Executor, model: Callable[..., M], sql: str, *args: ob
     """Every row ``sql`` returns, each as ``model``."""
     return [model(**dict(row)) for row in await conn.fetch(sql, *args)]
 
+
+async def delete_in_batches(conn: Executor, sql: str, *args: object, batch: int) -> int:
+    """Run a DELETE of at most ``batch`` rows (its last parameter, after ``args``) until it
+    deletes fewer; returns how many in all. Short statements hold their locks briefly and
+    leave the table usable between them, however much there is to delete."""
+    total = 0
+    while True:
+        deleted = int((await conn.execute(sql, *args, batch)).split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total
+
 log = logging.getLogger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"

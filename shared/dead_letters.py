@@ -36,7 +36,7 @@ import orjson
 from pydantic import BaseModel
 
 from shared import outbox
-from shared.db import Connection, Executor, fetch_all, fetch_one
+from shared.db import Connection, Executor, delete_in_batches, fetch_all, fetch_one
 from shared.events import DeadLetter
 
 MAX_ERROR = 4000
@@ -318,18 +318,13 @@ async def prune_settled(pool: asyncpg.Pool, retention_days: int, batch: int = 10
     """Delete settled dead letters (replayed, or found applied) dead-lettered longer ago than
     the retention, in batches; returns how many. A pending letter is kept whatever its age:
     it is work not done, which only a replay ends."""
-    total = 0
-    while True:
-        status = await pool.execute(
-            "DELETE FROM dead_letters WHERE id = ANY(ARRAY("
-            "SELECT id FROM dead_letters WHERE status <> 'pending' "
-            "AND created_at < now() - make_interval(days => $1) ORDER BY created_at, id LIMIT $2))",
-            retention_days, batch,
-        )
-        deleted = int(status.split()[-1])
-        total += deleted
-        if deleted < batch:
-            return total
+    return await delete_in_batches(
+        pool,
+        "DELETE FROM dead_letters WHERE id = ANY(ARRAY("
+        "SELECT id FROM dead_letters WHERE status <> 'pending' "
+        "AND created_at < now() - make_interval(days => $1) ORDER BY created_at, id LIMIT $2))",
+        retention_days, batch=batch,
+    )
 
 
 async def _mark(conn: Connection, letter_id: int, status: DeadLetterStatus, by: str, *, published: bool) -> None:

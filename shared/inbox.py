@@ -33,7 +33,7 @@ from faststream.middlewares import AckPolicy
 from pydantic import ValidationError
 
 from shared import dead_letters, metrics
-from shared.db import Connection
+from shared.db import Connection, delete_in_batches
 from shared.events import Event, Topic
 from shared.logs import event_id_var
 from shared.retry import Backoff
@@ -344,14 +344,9 @@ async def _dead_letter(
 
 async def prune(pool: asyncpg.Pool, retention_days: int, batch: int = 10_000) -> int:
     """Delete applied-event markers older than the retention, in batches; returns how many."""
-    total = 0
-    while True:
-        status = await pool.execute(
-            "DELETE FROM inbox WHERE ctid = ANY(ARRAY("
-            "SELECT ctid FROM inbox WHERE applied_at < now() - make_interval(days => $1) LIMIT $2))",
-            retention_days, batch,
-        )
-        deleted = int(status.split()[-1])
-        total += deleted
-        if deleted < batch:
-            return total
+    return await delete_in_batches(
+        pool,
+        "DELETE FROM inbox WHERE ctid = ANY(ARRAY("
+        "SELECT ctid FROM inbox WHERE applied_at < now() - make_interval(days => $1) LIMIT $2))",
+        retention_days, batch=batch,
+    )

@@ -42,7 +42,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from shared import bus, metrics
-from shared.db import Connection
+from shared.db import Connection, delete_in_batches
 from shared.events import Event
 from shared.retry import Backoff, Delays
 from shared.settings import ServiceSettings
@@ -310,15 +310,12 @@ class OutboxRelay:
         if now - self._pruned_at < PRUNE_EVERY_S:
             return
         self._pruned_at = now
-        hours = self._settings.outbox_retention_hours
-        while True:
-            status = await conn.execute(
-                "DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM outbox "
-                "WHERE published_at < now() - make_interval(secs => $1) LIMIT $2))",
-                hours * 3600, PRUNE_BATCH,
-            )
-            if int(status.split()[-1]) < PRUNE_BATCH:
-                return
+        await delete_in_batches(
+            conn,
+            "DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM outbox "
+            "WHERE published_at < now() - make_interval(secs => $1) LIMIT $2))",
+            self._settings.outbox_retention_hours * 3600, batch=PRUNE_BATCH,
+        )
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
