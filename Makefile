@@ -6,7 +6,8 @@ PYTEST_ARGS ?=
 
 # Libraries WeasyPrint loads at run time (PDF certificates); harfbuzz-subset makes font
 # subsetting about 30 times faster.
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
+# Chromium: the real browser the browser tests drive through Playwright (tests/browser.py).
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 chromium
 # Node runs the reference eddsa-rdfc-2022 verifier the credential tests check our signer against.
 # Checked by command, not by package: NodeSource's nodejs package ships npm and conflicts with Debian's.
 # promtool (Debian's prometheus package) checks the Prometheus configuration and unit-tests the alert rules.

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from lessonstream import infra
+from tests.browser import browser, page  # noqa: F401  (fixtures of the browser tests)
 from tests.devstack import DevStack, running_dev_stack
 
 # Modules that must run first, in this order; a stable sort keeps every other order.

@@ -1,0 +1,64 @@
+"""A real browser for the tests: Playwright driving the system's Chromium (``make
+system-deps`` installs Debian's ``chromium``), never a downloaded one. Where no Chromium
+can be found the browser tests are skipped with a message saying so.
+
+Screenshots go under ``var/screenshots/`` of the project, for people to look at."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from lessonstream.infra import ROOT
+
+SCREENSHOTS = ROOT / "var" / "screenshots"
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def chromium_path() -> str | None:
+    """``CHROMIUM`` if set, else the first Chromium on the PATH."""
+    given = os.environ.get("CHROMIUM", "")
+    if given:
+        return given
+    for name in CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium found (run `make system-deps`, or set CHROMIUM to its path): browser tests skipped")
+    with sync_playwright() as playwright:
+        # No sandbox: the tests run as root in CI containers, where Chromium's sandbox cannot start.
+        launched = playwright.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """Write a full-page screenshot as ``var/screenshots/<name>.png``."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
