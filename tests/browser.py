@@ -33,7 +33,10 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# One Playwright (and one Chromium) per test, not per session: Playwright's sync API runs
+# an event loop on the test's thread while it is open, which would stop every later test
+# of the same process from running its own (asyncio.run, pytest-asyncio).
+@pytest.fixture
 def browser() -> Iterator[Browser]:
     path = chromium_path()
     if path is None:
