@@ -76,6 +76,12 @@ class Periodic:
         """Run the work now (there may be some), and at ``interval_s`` again after it."""
         self._wake.set()
 
+    def wake_if_idle(self) -> None:
+        """``wake`` a loop that has backed off (its next round later than ``interval_s``);
+        one at its interval runs soon enough, and keeps gathering work between rounds."""
+        if self.wait_s > self.interval_s:
+            self._wake.set()
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()

@@ -184,3 +184,50 @@ async def test_domain_errors_are_answered_through_the_services_map() -> None:
         # A refusal no service mapped is a bug: a 500 in the error shape, nothing leaked.
         unmapped = await client.get("/unmapped")
         assert unmapped.status_code == 500 and unmapped.json()["code"] == "internal_error"
+
+
+async def test_wake_if_idle_wakes_only_a_loop_that_has_backed_off() -> None:
+    rounds: list[float] = []
+
+    async def nothing() -> int:
+        rounds.append(asyncio.get_running_loop().time())
+        return 0
+
+    idle = Periodic(0.05, nothing, "idle loop", at_once=True, idle_interval_s=30)
+    idle.start()
+    try:
+        async def backed_off() -> bool:
+            return idle.wait_s >= 1
+
+        await eventually(backed_off, timeout=10, what="the loop backing off")
+        seen = len(rounds)
+        woken_at = asyncio.get_running_loop().time()
+        idle.wake_if_idle()
+
+        async def ran() -> bool:
+            return len(rounds) > seen
+
+        await eventually(ran, timeout=5, what="the woken round")
+        assert rounds[seen] - woken_at < 0.5  # not at the end of its wait
+    finally:
+        await idle.stop()
+
+    busy_rounds = 0
+
+    async def something() -> int:
+        nonlocal busy_rounds
+        busy_rounds += 1
+        return 1
+
+    busy = Periodic(5.0, something, "busy loop", at_once=True, idle_interval_s=30)
+    busy.start()
+    try:
+        async def first_round() -> bool:
+            return busy_rounds == 1
+
+        await eventually(first_round, timeout=5, what="the first round")
+        busy.wake_if_idle()  # at its interval: left to its next round
+        await asyncio.sleep(0.3)
+        assert busy_rounds == 1
+    finally:
+        await busy.stop()

@@ -256,9 +256,9 @@ class HeartbeatBuffer:
             entry.watched_pending = domain.watched_union(entry.watched_pending, watched)
             entry.dirty = True
         entry.touched = time.monotonic()
-        if entry.dirty and self.flushing.wait_s > self.flushing.interval_s:
-            # The flush loop is backed off: from now on it runs every flush interval.
-            self.flushing.wake()
+        if entry.dirty:
+            # A backed-off flush loop flushes at once, then every flush interval again.
+            self.flushing.wake_if_idle()
         return entry
 
     def take_pending(self, user_id: str, lesson_id: int) -> store.FlushRow | None:
