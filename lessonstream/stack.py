@@ -149,8 +149,10 @@ class StackConfig:
             {"targets": [f"127.0.0.1:{self.port(name)}"], "labels": {"process": spec.name, "process_instance": name}}
             for name, spec in self.instances()
         ]
-        gateway: dict[str, object] = {"targets": [f"127.0.0.1:{self.port(GATEWAY_METRICS)}"],
-                   "labels": {"process": "gateway", "process_instance": "gateway"}}
+        gateway: dict[str, object] = {
+            "targets": [f"127.0.0.1:{self.port(GATEWAY_METRICS)}"],
+            "labels": {"process": "gateway", "process_instance": "gateway"},
+        }
         return [*services, gateway]
 
     def gateway_env(self) -> dict[str, str]:

@@ -5,9 +5,9 @@ Read at scrape (``/metrics``) rather than by a loop, so an idle process pays not
 scrapes. From the broker, not from the consumer: the group's committed offsets and the log
 ends are the broker's, so the figure is right whichever member holds a partition, and also
 while the consumer is stopped or has left the group, which is when lag matters. Every
-process of a group therefore reports the whole group's lag, and a process may report groups it
-is not in (``ServiceSpec.also_watched``: the certificates API reports its workers'). A partition nothing has been
-committed on counts from its first offset. Where the broker cannot say (a request fails),
+process of a group therefore reports the whole group's lag, and a process may report groups
+it is not in (``ServiceSpec.also_watched``: the certificates API reports its workers'). A
+partition nothing has been committed on counts from its first offset. Where the broker cannot say (a request fails),
 no figure is given, and ``lessonstream_event_age_seconds`` still tells the lag in time.
 
 The log end is the high watermark a fetch answers, not ListOffsets: Tansu answers

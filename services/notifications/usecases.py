@@ -84,7 +84,7 @@ class NotificationsState:
     # configured and no statement is made.
     xapi_base_url: str | None = None
     # Wakes the sender and the delivery loop when any process queues work (``mail_due``,
-    # ``delivery_due``: migration 003).
+    # ``delivery_due``: migration 004).
     listener: Listener | None = None
 
     async def close(self) -> None:
