@@ -68,6 +68,14 @@ def exposed_names(text: str) -> set[str]:
     return names
 
 
+def sample_sum(text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples called ``name`` in a ``/metrics`` answer whose labels include
+    ``labels``; None when there is none."""
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+    return sum(values) if values else None
+
+
 def dashboards() -> dict[str, dict[str, Any]]:
     return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
 

@@ -21,7 +21,7 @@ from lessonstream.stack import PROCESSES
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
 from tests.devstack import DevStack
-from tests.promql import PROMETHEUS_OWN, exposed_names, used_metric_names
+from tests.promql import PROMETHEUS_OWN, exposed_names, sample_sum, used_metric_names
 
 pytestmark = pytest.mark.xdist_group("e2e")
 
@@ -60,19 +60,14 @@ def test_every_metric_of_the_dashboards_and_alerts_is_scraped(e2e_stack: DevStac
 def test_the_gateway_counts_what_it_answered_itself(e2e_stack: DevStack) -> None:
     """A body over the gateway's limit is cut off by the gateway, which answers 413 itself
     (the service never saw a whole request): only the gateway's figures can show it."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     targets = json.loads((e2e_stack.var_dir / "run" / "prometheus-targets.json").read_text())
     [gateway] = [t["targets"][0] for t in targets if t["labels"]["process"] == "gateway"]
 
     def refused() -> float:
         text = httpx.get(f"http://{gateway}/metrics", timeout=15).text
-        return sum(sample.value for family in text_string_to_metric_families(text)
-                   if family.name == "caddy_http_request_duration_seconds"
-                   for sample in family.samples
-                   if sample.name.endswith("_count") and sample.labels.get("server") == "gateway"
-                   # Counted once per handler passed: the body limit, as the dashboards count.
-                   and sample.labels.get("handler") == "request_body" and sample.labels.get("code") == "413")
+        # Counted once per handler passed: at the body limit, as the dashboards count.
+        return sample_sum(text, "caddy_http_request_duration_seconds_count", server="gateway",
+                          handler="request_body", code="413") or 0.0
 
     before = refused()
     # Signed in, so the service reads the body and the gateway's limit bites.

@@ -27,6 +27,7 @@ from shared.events import CourseCompleted, DeadLetter, Topic
 from tests.faults.conftest import FaultEnv
 from tests.faults.support import Course, Learner, Lms, until, wait_for
 from tests.helpers import produce_raw
+from tests.promql import sample_sum
 
 # One stack serves the module: under xdist its cases stay together on one worker.
 pytestmark = pytest.mark.xdist_group("faults")
@@ -53,12 +54,8 @@ def settle_and_count(faults: FaultEnv, learners: list[Learner], course: Course, 
 def heartbeats_served(lms: Lms, replica: str) -> float:
     """POST /api/progress requests a replica has answered, from its own metrics."""
     text = httpx.get(f"{lms.stack.url(replica)}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith("lessonstream_http_request_duration_seconds_count{")
-                and 'method="POST"' in line and 'route="/api/progress"' in line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sample_sum(text, "lessonstream_http_request_duration_seconds_count", method="POST",
+                      route="/api/progress") or 0.0
 
 
 def test_the_gateway_spreads_learners_over_progress_replicas_and_keeps_each_on_one(faults: FaultEnv) -> None:
@@ -120,15 +117,9 @@ def test_a_certificate_worker_killed_mid_burst_loses_and_repeats_nothing(faults:
 def completions_lag(lms: Lms) -> float | None:
     """The certificate workers' lag on course-completed, as the certificates API process
     reports it at a scrape (read from the broker), or None when that scrape had none."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = httpx.get(f"{lms.stack.url('certificates')}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (sample.name == "lessonstream_consumer_lag_messages" and sample.labels["group"] == "certificates-worker"
-                    and sample.labels["topic"] == Topic.COURSE_COMPLETED.value):
-                return sample.value
-    return None
+    return sample_sum(text, "lessonstream_consumer_lag_messages", group="certificates-worker",
+                      topic=Topic.COURSE_COMPLETED.value)
 
 
 def test_paused_certificate_workers_show_their_backlog_as_lag_and_clear_it(faults: FaultEnv) -> None:
