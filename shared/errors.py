@@ -137,6 +137,16 @@ def _raised_in_asyncpg(exc: BaseException) -> bool:
     return False
 
 
+def _session_ended_between_steps(exc: BaseException) -> bool:
+    """A session the server ended (``pg_terminate_backend``, a restart) between two steps
+    of one query: the FATAL error arrives while asyncpg's protocol is idle after the
+    prepare, leaves it waiting for a sync that never comes, and the execute step then
+    fails with "cannot switch to state N; another operation (2) is in progress" instead of
+    ``ConnectionDoesNotExistError`` (asyncpg issue 1069). The connection is gone: the pool
+    terminates it on release, and the next request gets a new one."""
+    return str(exc).startswith("cannot switch to state")
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means "the database cannot be reached or used right now".
 
@@ -153,6 +163,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
         # Plain InterfaceError is also "another operation is in progress" (a bug); only
         # "connection is closed" / "pool is closing" mean the database went away.
         return "clos" in str(exc)
+    if type(exc) is asyncpg_base.InternalClientError:
+        return _session_ended_between_steps(exc)
     if isinstance(exc, OSError | TimeoutError):  # TimeoutError is asyncio's too
         return _raised_in_asyncpg(exc)
     return False
@@ -281,6 +293,7 @@ def install_error_handlers(app: FastAPI, errors: ErrorMap | None = None) -> None
     # its outermost middleware and then re-raises to the server as a crash.
     @app.exception_handler(asyncpg.PostgresError)
     @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg_base.InternalClientError)
     @app.exception_handler(OSError)
     @app.exception_handler(ValueError)
     @app.exception_handler(OverflowError)

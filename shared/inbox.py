@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from shared import dead_letters, metrics
 from shared.db import Connection, delete_in_batches
+from shared.errors import is_database_unavailable
 from shared.events import Event, Topic
 from shared.logs import event_id_var
 from shared.retry import Backoff
@@ -79,6 +80,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
 )
 TRANSIENT_PAUSE_S = 1.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An infrastructure fault (above, or any way the database can be unavailable)."""
+    return isinstance(exc, TRANSIENT_ERRORS) or is_database_unavailable(exc)
+
+
 # A failing handler is retried in place, the partition waiting: never longer than this.
 CONSUMER_RETRY_MAX_S = 30.0
 
@@ -288,12 +296,12 @@ async def _handle_with_retries(
             await _dead_letter(pool, settings, sub, record, raw, f"rejected: {exc.reason}", attempt, event, mark=False)
             metrics.EVENTS_CONSUMED.labels(service, topic_label, "dead_lettered").inc()
             return
-        except TRANSIENT_ERRORS as exc:
-            log.warning("handling %s hit a transient fault: %r; redelivering", topic_label, exc)
-            metrics.EVENTS_CONSUMED.labels(service, topic_label, "retried").inc()
-            await asyncio.sleep(TRANSIENT_PAUSE_S)
-            raise  # nacked: the same message comes back, nothing is committed past it
         except Exception as exc:
+            if is_transient(exc):
+                log.warning("handling %s hit a transient fault: %r; redelivering", topic_label, exc)
+                metrics.EVENTS_CONSUMED.labels(service, topic_label, "retried").inc()
+                await asyncio.sleep(TRANSIENT_PAUSE_S)
+                raise  # nacked: the same message comes back, nothing is committed past it
             if attempt == attempts:
                 log.exception("giving up on %s after %d attempts", sub.topic.value, attempt)
                 await _dead_letter(pool, settings, sub, record, raw, repr(exc), attempt, event, mark=True)

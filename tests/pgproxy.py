@@ -4,7 +4,10 @@ It listens on TCP or on a Unix socket (as ``/dir/.s.PGSQL.<port>``, where libpq 
 asyncpg look for it) and forwards bytes to the real server. ``cut()`` resets every open
 connection and stops listening, so that new connections are refused (TCP) or find no
 socket file (Unix: ``FileNotFoundError``); ``starting()`` answers every new connection
-as a server still starting up does (``57P03``); ``restore()`` forwards again.
+as a server still starting up does (``57P03``); ``restore()`` forwards again;
+``end_session_after_prepare(sql)`` ends the next session that prepares ``sql`` the way an
+administrator's ``pg_terminate_backend`` can land: right after the server described the
+statement, before it is executed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class PgProxy:
         self.unix_dir = unix_dir
         self.port = infra.free_port()
         self.mode = "forward"
+        self.sessions_ended = 0
+        self._end_after_prepare: bytes | None = None
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -69,6 +74,13 @@ class PgProxy:
         self.mode = "starting"
         if self._server is None:
             await self.start()
+
+    def end_session_after_prepare(self, sql: str) -> None:
+        """The server's answer to the next Parse of ``sql`` (ParseComplete, the parameter
+        and row descriptions) is followed, in the same write, by FATAL ``57P01``
+        "terminating connection due to administrator command", and that connection is
+        closed. One session only; the others, and later ones, are forwarded."""
+        self._end_after_prepare = sql.encode()
 
     async def cut(self) -> None:
         """Stop listening (refused, or no socket file) and reset every open connection."""
@@ -107,7 +119,11 @@ class PgProxy:
                 return
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
             self._open.add(up_writer)
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            parsed = asyncio.Event()  # this session sent the Parse of the statement to end it after
+            await asyncio.gather(
+                self._pump(reader, up_writer, parsed, answers=False),
+                self._pump(up_reader, writer, parsed, answers=True),
+            )
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -125,10 +141,22 @@ class PgProxy:
         writer.write(_error_response("57P03", "the database system is starting up"))
         await writer.drain()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parsed: asyncio.Event, *, answers: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                sql = self._end_after_prepare
+                if not answers and sql is not None and data.startswith(b"P") and sql in data:
+                    self._end_after_prepare = None
+                    parsed.set()
+                # The answer to that Parse (asyncpg sends Parse, Describe, Flush) is one
+                # chunk that starts with ParseComplete.
+                if answers and parsed.is_set() and data.startswith(b"1\0\0\0\x04"):
+                    self.sessions_ended += 1
+                    writer.write(data + _error_response("57P01", "terminating connection due to administrator command"))
+                    await writer.drain()
+                    return
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from asyncpg.exceptions import _base as asyncpg_base
 from fastapi import FastAPI, Request
 
 from services.enrollment.app import build_app
@@ -24,6 +25,7 @@ from services.enrollment.settings import EnrollmentSettings
 from services.progress.heartbeats import HeartbeatBuffer
 from shared.auth import issue_token
 from shared.errors import is_database_unavailable, is_unstorable_input
+from shared.inbox import is_transient
 from shared.service import runtime_of
 from tests.helpers import TestEnv, app_client, eventually, served
 from tests.pgproxy import PgProxy
@@ -165,6 +167,45 @@ async def test_admin_shutdown_and_timeouts_are_503(test_env: TestEnv) -> None:
             for conn in held:
                 await pool.release(conn)
         assert (await client.get("/probe/acquire-timeout")).status_code == 200
+
+
+@pytest.mark.parametrize("proxied", [False], ids=["tcp"], indirect=True)
+async def test_a_session_ended_between_prepare_and_execute_is_503(
+    proxied: tuple[PgProxy, EnrollmentSettings],
+) -> None:
+    """asyncpg reports this one as InternalClientError, not as a lost connection."""
+    proxy, settings = proxied
+    app = build_app(settings)
+    add_probe_routes(app)
+    async with app_client(app, issue_token(settings, user_id="learner-1")) as client:
+        assert (await my_courses(client)).status_code == 200  # the pool's connections are set up
+
+        with logged("shared.errors") as records:
+            proxy.end_session_after_prepare("SELECT pg_sleep($1)")
+            assert_unavailable(await client.get("/probe/sleep", params={"seconds": 0}))
+        assert proxy.sessions_ended == 1
+        assert "InternalClientError('cannot switch to state" in " ".join(r.getMessage() for r in records)
+
+        # The pool dropped the broken connection: the same statement runs on a new one.
+        assert (await client.get("/probe/sleep", params={"seconds": 0})).status_code == 200
+
+
+@pytest.mark.parametrize("proxied", [False], ids=["tcp"], indirect=True)
+async def test_an_event_handler_meeting_a_session_ended_between_steps_is_redelivered(
+    test_env: TestEnv, proxied: tuple[PgProxy, EnrollmentSettings],
+) -> None:
+    """The consumers treat it as the database going away (nacked, redelivered), not as a
+    failing handler that ends in the dead-letter topic."""
+    proxy, _ = proxied
+    conn = await asyncpg.connect(proxy.url(test_env.postgres_url))
+    try:
+        proxy.end_session_after_prepare("SELECT 1 + $1::int")
+        with pytest.raises(asyncpg_base.InternalClientError) as caught:
+            await conn.fetchval("SELECT 1 + $1::int", 1)
+    finally:
+        conn.terminate()
+    assert is_transient(caught.value)
+    assert not is_transient(asyncpg_base.InternalClientError("got result for unknown protocol state 0"))
 
 
 async def test_our_own_os_and_timeout_errors_stay_500(test_env: TestEnv) -> None:

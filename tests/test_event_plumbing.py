@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from shared import outbox
+from shared.errors import is_database_unavailable
 from shared.events import DeadLetter, LessonCompleted, Topic
 from shared.inbox import EventContext, Subscription
 from shared.service import Runtime, ServiceSpec
@@ -313,8 +314,10 @@ async def test_a_database_restart_delays_events_but_loses_and_repeats_none(
         async def write_after_restart(i: int) -> bool:
             try:
                 await record_completion(sender.pool, "after", i)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-                return False  # a pooled connection from before the restart: the pool replaces it
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    return False  # a pooled connection from before the restart: the pool replaces it
+                raise
             return True
 
         for i in range(10):
@@ -323,8 +326,10 @@ async def test_a_database_restart_delays_events_but_loses_and_repeats_none(
         async def all_applied() -> bool:
             try:
                 return len(await applied_rows(consumer)) == 20
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-                return False
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    return False
+                raise
 
         await eventually(all_applied, timeout=90, what="all 20 events applied after the restart")
         assert set((await applied_rows(consumer)).values()) == {1}
