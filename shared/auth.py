@@ -252,6 +252,11 @@ async def current_user(request: Request) -> User:
     return await _verifier(request).verify(token.strip())
 
 
+async def user_of_token(request: Request, token: str) -> User:
+    """The user of a bearer token that came without the Authorization header."""
+    return await _verifier(request).verify(token.strip())
+
+
 CurrentUser = Annotated[User, Depends(current_user)]
 
 

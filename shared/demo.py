@@ -5,6 +5,7 @@ progress, and the reference web app's development sign-in lists them (enrollment
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -12,7 +13,7 @@ class DemoPerson:
     user_id: str
     name: str
     email: str
-    role: str  # "learner", "instructor" or "admin"
+    role: Literal["learner", "instructor", "admin"]
 
 
 DEMO_INSTRUCTOR = DemoPerson("demo-instructor", "Margaret Hamilton", "margaret@example.com", "instructor")

@@ -18,15 +18,20 @@ from services.enrollment.schemas import (
     CourseOut,
     CourseUpdate,
     Data,
+    DevPerson,
+    DevToken,
+    DevTokenRequest,
     EnrollmentOut,
     LessonCreate,
     LessonOrder,
     LessonUpdate,
+    ManagedCourseList,
     Message,
     MyCourseList,
     PageMeta,
     StudentList,
 )
+from services.enrollment.settings import EnrollmentSettings
 from services.enrollment.usecases import EnrollmentState
 from shared import dead_letters_api
 from shared.auth import AdminUser, CurrentUser, InternalCaller
@@ -50,12 +55,21 @@ def _state(request: Request) -> EnrollmentState:
 
 State = Annotated[EnrollmentState, Depends(_state)]
 
+
+def _settings(request: Request) -> EnrollmentSettings:
+    settings: EnrollmentSettings = request.app.state.settings
+    return settings
+
+
+Settings = Annotated[EnrollmentSettings, Depends(_settings)]
+
 admin = APIRouter(prefix="/api/admin/courses", tags=["catalog admin"])
 public = APIRouter(prefix="/api/courses", tags=["courses and enrollments"])
 internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
 app_passwords = APIRouter(prefix="/api/admin/app-passwords", tags=["application passwords"])
 erasures = APIRouter(prefix="/api/admin/erasures", tags=["erasure and export"])
 exports = APIRouter(prefix="/api/admin/exports", tags=["erasure and export"])
+dev = APIRouter(prefix="/api/dev", tags=["development sign-in"])
 
 
 # --- catalog admin ---------------------------------------------------------------------
@@ -65,6 +79,16 @@ exports = APIRouter(prefix="/api/admin/exports", tags=["erasure and export"])
 async def create_course(body: CourseCreate, user: AdminUser, pool: DbPool) -> Message[CourseOut]:
     course = await usecases.create_course(pool, body.model_dump())
     return Message(message="Course created", data=CourseOut.of(course))
+
+
+@admin.get("")
+async def managed_courses(
+    user: CurrentUser, pool: DbPool, page: Page = 1, per_page: PerPage = domain.DEFAULT_PER_PAGE
+) -> ManagedCourseList:
+    """The courses the caller manages, newest first: every course for an administrator,
+    the courses listing them as instructor for anyone else, with their learner counts."""
+    total, size, rows = await usecases.managed_courses(pool, user, page=page, per_page=per_page)
+    return ManagedCourseList(data=rows, meta=PageMeta(total=total, per_page=size, current_page=page))
 
 
 @admin.get("/{course_id}", responses=errors((403, "forbidden"), (404, "course_not_found")))
@@ -240,6 +264,30 @@ async def revoke_app_password(password_id: AppPasswordId, user: AdminUser, pool:
     return Response(status_code=204)
 
 
+# --- development sign-in (the reference web app at /app/) --------------------------------
+
+_DEV_REFUSED = errors((403, "dev_tokens_disabled"))
+
+
+@dev.get("/people", responses=_DEV_REFUSED)
+async def dev_people(settings: Settings) -> Data[list[DevPerson]]:
+    """The demo people of ``lessonstream seed-demo``, for a development sign-in page.
+    Refused (403) in production and wherever tokens come from an identity provider."""
+    people = usecases.dev_people(settings)
+    return Data(data=[DevPerson(user_id=p.user_id, name=p.name, email=p.email, role=p.role) for p in people])
+
+
+@dev.post("/token", responses=_DEV_REFUSED)
+async def dev_token(body: DevTokenRequest, settings: Settings) -> Data[DevToken]:
+    """A development bearer token for anyone, without credentials: development and test
+    stacks only. Refused (403) in production and wherever tokens come from an identity
+    provider, where the host platform hands the web app its token."""
+    token, expires = usecases.dev_token(
+        settings, user_id=body.user_id, name=body.name, email=body.email, role=body.role
+    )
+    return Data(data=DevToken(token=token, expires_at=expires))
+
+
 # --- erasure and export (GDPR; admin API) ------------------------------------------------
 
 
@@ -344,7 +392,7 @@ async def internal_export(user_id: str, _: InternalCaller, pool: DbPool) -> JSON
 
 
 # The service's dead letters: the admin routes every service has (shared.dead_letters_api).
-ROUTERS = [admin, public, app_passwords, erasures, exports, internal, dead_letters_api.router("enrollment")]
+ROUTERS = [admin, public, app_passwords, erasures, exports, dev, internal, dead_letters_api.router("enrollment")]
 
 # How a client is asked for Basic credentials again (RFC 7617).
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Lessonstream", charset="UTF-8"'}
@@ -372,4 +420,5 @@ ERRORS: ErrorMap = {
     domain.InvalidCredentials: HttpError(401, "unauthorized", headers=_BASIC_CHALLENGE),
     domain.TooManyAttempts: HttpError(429, "too_many_attempts"),  # Retry-After from its retry_after
     domain.BasicOverPlainHttp: HttpError(403, "https_required"),
+    domain.DevTokensDisabled: HttpError(403, "dev_tokens_disabled"),
 }

@@ -204,6 +204,10 @@ class BasicOverPlainHttp(DomainError):
     default_message = "HTTP Basic credentials are accepted over HTTPS only"
 
 
+class DevTokensDisabled(DomainError):
+    default_message = "Development tokens are not issued here: sign in through the platform's identity provider"
+
+
 # --- who may do what -------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from services.enrollment.domain import AppPassword, Course, CourseFields, CourseStatus, Enrollment, LessonKind
-from services.enrollment.store import MyCourseRow, StudentRow
+from services.enrollment.store import ManagedCourseRow, MyCourseRow, StudentRow
 from shared.validation import STORABLE, BigId
 
 T = TypeVar("T")
@@ -172,6 +172,11 @@ class StudentList(BaseModel):
     meta: PageMeta
 
 
+class ManagedCourseList(BaseModel):
+    data: list[ManagedCourseRow]
+    meta: PageMeta
+
+
 class MyCourseList(BaseModel):
     data: list[MyCourseRow]
     meta: PageMeta
@@ -208,3 +213,26 @@ class AppPasswordOut(AppPassword):
 class AppPasswordCreated(AppPasswordOut):
     password: str = Field(description="Shown once: only its hash is kept")
     credentials: str = Field(description="USER:PASSWORD, as `curl -u` takes it")
+
+
+class DevTokenRequest(BaseModel):
+    """Who the development token is for (any id; the demo people are listed at ``/api/dev/people``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), STORABLE] = ""
+    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320), STORABLE] = ""
+    role: Role = "learner"
+
+
+class DevToken(BaseModel):
+    token: str = Field(description="A bearer token (HS256, the development secret)")
+    expires_at: int = Field(description="Unix seconds")
+
+
+class DevPerson(BaseModel):
+    user_id: str
+    name: str
+    email: str
+    role: Role

@@ -471,6 +471,40 @@ _STUDENT_SORT: dict[StudentOrderBy, str] = {
 _SORT_ORDER: dict[SortOrder, str] = {"asc": "ASC", "desc": "DESC"}
 
 
+class ManagedCourseRow(BaseModel):
+    id: int
+    title: str
+    slug: str
+    status: str
+    instructor_ids: list[str]
+    total_lessons: int
+    learners: int  # enrolled now (active or completed)
+    completed: int
+    created_at: datetime
+    updated_at: datetime
+
+
+async def list_managed_courses(
+    pool: asyncpg.Pool, instructor_id: str | None, limit: int, offset: int
+) -> tuple[int, list[ManagedCourseRow]]:
+    """Every course (``instructor_id`` None: an admin's view) or the ones listing that
+    instructor, newest first, with their learner counts."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        total: int = await conn.fetchval(
+            "SELECT count(*) FROM courses WHERE $1::text IS NULL OR $1 = ANY(instructor_ids)", instructor_id
+        )
+        rows = await conn.fetch(
+            "SELECT c.id, c.title, c.slug, c.status, c.instructor_ids, c.created_at, c.updated_at, "
+            "(SELECT count(*) FROM lessons l WHERE l.course_id = c.id AND l.archived_at IS NULL) AS total_lessons, "
+            "(SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.status <> 'unenrolled') AS learners, "
+            "(SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.status = 'completed') AS completed "
+            "FROM courses c WHERE $1::text IS NULL OR $1 = ANY(c.instructor_ids) "
+            "ORDER BY c.created_at DESC, c.id DESC LIMIT $2 OFFSET $3",
+            instructor_id, limit, offset,
+        )
+    return total, [ManagedCourseRow(**dict(r)) for r in rows]
+
+
 async def list_students(
     pool: asyncpg.Pool, course_id: int, orderby: StudentOrderBy, order: SortOrder, limit: int, offset: int
 ) -> tuple[int, list[StudentRow]]:

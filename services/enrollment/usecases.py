@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,8 +26,9 @@ from services.enrollment.domain import AppPassword, Course, Enrollment
 from services.enrollment.passwords import CredentialMemory, Hasher, generate_password
 from services.enrollment.settings import EnrollmentSettings
 from shared import erasure, outbox
-from shared.auth import User
+from shared.auth import User, issue_token
 from shared.db import Connection
+from shared.demo import DEMO_PEOPLE, DemoPerson
 from shared.events import (
     CertificateIssued,
     CertificateRevoked,
@@ -277,6 +279,18 @@ async def students(
     return total, size, rows
 
 
+async def managed_courses(
+    pool: asyncpg.Pool, user: User, *, page: int, per_page: int
+) -> tuple[int, int, list[store.ManagedCourseRow]]:
+    """The courses the user manages (``domain.can_manage``): every one for an admin, the
+    ones listing them for anyone else (none for a plain learner)."""
+    size = domain.page_size(per_page)
+    total, rows = await store.list_managed_courses(
+        pool, None if user.is_admin else user.id, size, (page - 1) * size
+    )
+    return total, size, rows
+
+
 async def my_courses(
     pool: asyncpg.Pool, user: User, status: domain.MyCoursesStatus, *, page: int, per_page: int
 ) -> tuple[int, int, list[store.MyCourseRow]]:
@@ -422,6 +436,31 @@ async def create_app_password(
             password_hash=password_hash, now=utcnow(),
         )
     return CreatedAppPassword(stored, password)
+
+
+# --- development sign-in (the reference web app) -----------------------------------------
+
+DEV_TOKEN_TTL_S = 12 * 3600
+
+
+def dev_people(settings: EnrollmentSettings) -> tuple[DemoPerson, ...]:
+    """The demo people a development sign-in offers (``lessonstream seed-demo`` makes their data)."""
+    _ensure_dev_tokens(settings)
+    return DEMO_PEOPLE
+
+
+def dev_token(settings: EnrollmentSettings, *, user_id: str, name: str, email: str, role: str) -> tuple[str, int]:
+    """A development token for anyone, signed with the development secret, and its expiry
+    (unix seconds). Never where real identities are: production, or tokens from a JWKS."""
+    _ensure_dev_tokens(settings)
+    expires = int(time.time()) + DEV_TOKEN_TTL_S
+    token = issue_token(settings, user_id=user_id, name=name, email=email, roles=[role], ttl_seconds=DEV_TOKEN_TTL_S)
+    return token, expires
+
+
+def _ensure_dev_tokens(settings: EnrollmentSettings) -> None:
+    if settings.env == "production" or settings.jwt_jwks_url:
+        raise domain.DevTokensDisabled()
 
 
 async def app_passwords(pool: asyncpg.Pool, user_id: str | None) -> list[AppPassword]:

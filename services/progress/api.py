@@ -17,9 +17,9 @@ from services.progress import domain, usecases
 from services.progress.domain import MAX_PLAYED_SEGMENTS, MAX_POSITION_SECONDS
 from services.progress.usecases import ProgressState, Tracker
 from shared import dead_letters_api
-from shared.auth import CurrentUser, InternalCaller, current_user
+from shared.auth import CurrentUser, InternalCaller, current_user, user_of_token
 from shared.erasure import ReceiptNotFound, require_receipt
-from shared.errors import ErrorMap, HttpError
+from shared.errors import ErrorMap, HttpError, unauthorized
 from shared.http import BareRoute
 from shared.internal import PeerUnavailable
 from shared.openapi import errors
@@ -43,6 +43,7 @@ ERRORS: ErrorMap = {
     PeerUnavailable: HttpError(503, "service_unavailable", "Enrollment data is unavailable, try again"),
 }
 
+MAX_ACCESS_TOKEN_CHARS = 8192  # a token in the body (sendBeacon); header tokens are bounded by the header limit
 Position = Annotated[float, Field(ge=0, le=MAX_POSITION_SECONDS, allow_inf_nan=False)]
 
 
@@ -86,6 +87,11 @@ class ProgressIn(BaseModel):
     # The media ranges played since the last heartbeat: the coverage this heartbeat adds
     # (without them, coverage is inferred from the positions).
     played_segments: Annotated[list[Segment], Field(max_length=MAX_PLAYED_SEGMENTS)] | None = None
+    # navigator.sendBeacon (the last heartbeat as a page closes) cannot set headers: its
+    # bearer token travels here instead, read only when there is no Authorization header.
+    access_token: Annotated[str, Field(max_length=MAX_ACCESS_TOKEN_CHARS)] | None = Field(
+        None, description="The bearer token, for a request without an Authorization header (navigator.sendBeacon)"
+    )
 
 
 class ProgressRecord(BaseModel):
@@ -150,12 +156,21 @@ class HeartbeatEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        user = await current_user(request)
+        beacon = "authorization" not in request.headers
+        # Without the header, the token is in the body (sendBeacon): the body is read first,
+        # and anything unreadable there is a 401, as a request without credentials is.
+        user = None if beacon else await current_user(request)
         body = await request.body()
         try:
             heartbeat = ProgressIn.model_validate_json(body)
         except ValidationError as exc:
+            if beacon:
+                raise unauthorized() from exc
             raise RequestValidationError(exc.errors(include_url=False), body=body) from exc
+        if user is None:
+            if not heartbeat.access_token:
+                raise unauthorized()
+            user = await user_of_token(request, heartbeat.access_token)
         tracker = state_of(request, ProgressState).tracker
         at = heartbeat.client_timestamp
         record = await tracker.record(
