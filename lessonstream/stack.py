@@ -167,6 +167,7 @@ class StackConfig:
             # (forward_auth): the services' token, as they read it.
             "INTERNAL_TOKEN": self.extra_env.get("INTERNAL_TOKEN") or ServiceSettings().internal_token,
             "API_DOCS_DIR": str(self.api_docs_dir),
+            "WEB_APP_DIR": str(infra.ROOT / "web"),  # the reference web app at /app/
             "XDG_DATA_HOME": str(self.var_dir / "caddy"),
             "XDG_CONFIG_HOME": str(self.var_dir / "caddy"),
         }

@@ -131,6 +131,9 @@ def test_the_gateway_image_carries_the_one_caddyfile_and_the_contract_generated_
     assert re.search(r"^COPY gateway/Caddyfile /etc/caddy/Caddyfile$", GATEWAY_DOCKERFILE, re.M)
     assert re.search(rf"^COPY --from={builder} {site[1]} {site[1]}$", GATEWAY_DOCKERFILE, re.M)
     assert gateway["environment"]["API_DOCS_DIR"] == site[1]
+    # The reference web app (web/), where the Caddyfile looks for it.
+    assert re.search(r"^COPY web /srv/app$", GATEWAY_DOCKERFILE, re.M)
+    assert gateway["environment"]["WEB_APP_DIR"] == "/srv/app"
     assert "/etc/caddy/Caddyfile" in GATEWAY_DOCKERFILE.rsplit("FROM", 1)[1]
 
 

@@ -191,6 +191,7 @@ async def verify(
         credential_url=(domain.credential_url(settings.public_base_url, checked.certificate.verification_code)
                         if checked and checked.version is not None else ""),
         platform_name=settings.platform_name,
+        app_url=domain.app_url(settings.public_base_url),
     )
     return HTMLResponse(html, status_code=200 if cert else 404, headers={"Cache-Control": "public, max-age=60"})
 

@@ -39,6 +39,11 @@ def is_plausible_code(code: str) -> bool:
     return bool(CODE_PATTERN.fullmatch(code))
 
 
+def app_url(public_base_url: str) -> str:
+    """The reference web app on the gateway (the verification page links back to it)."""
+    return f"{public_base_url.rstrip('/')}/app/"
+
+
 def pdf_url(public_base_url: str, code: str) -> str:
     return f"{public_base_url.rstrip('/')}/certificates/{code}.pdf"
 
