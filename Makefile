@@ -24,7 +24,7 @@ LRS_PACKAGES := 'ralph-malph[cli,lrs]==5.1.0' 'requests>=2.31'
 REFERENCE_VERIFIER := tests/reference_verifier
 REFERENCE_STAMP := $(REFERENCE_VERIFIER)/node_modules/.installed
 
-.PHONY: dev test lint bench clean system-deps lrs
+.PHONY: dev test lint bench clean system-deps lrs sample-video
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -55,6 +55,11 @@ dev: $(STAMP)
 # theirs on one (xdist_group).
 test: $(STAMP) $(REFERENCE_STAMP) $(LRS_STAMP)
 	$(VENV)/bin/python -m pytest -n 3 --dist loadgroup --durations=15 $(PYTEST_ARGS)
+
+# The web app's sample video (web/media/sample.webm, committed: the app needs no ffmpeg to run),
+# written again with the ffmpeg of the imageio-ffmpeg wheel.
+sample-video: $(STAMP)
+	$(VENV)/bin/lessonstream sample-video --out web/media/sample.webm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

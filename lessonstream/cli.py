@@ -188,6 +188,58 @@ def contract(out: Annotated[Path, typer.Option(help="Folder to write the site in
     _echo(f"wrote the API contract to {out}")
 
 
+# The length of the sample video, and so of seed-demo's video lessons: the web app plays it
+# for every one of them, so their durations and the player's agree.
+SAMPLE_VIDEO_SECONDS = 12
+
+
+def sample_video_command(ffmpeg: str, out: Path, *, seconds: int = SAMPLE_VIDEO_SECONDS, audio: bool) -> list[str]:
+    """The ffmpeg command line of the sample video: only lavfi's synthetic sources (free of
+    rights by construction). ``testsrc`` draws its running seconds counter itself, so no font
+    is needed; VP9 and Opus in WebM play in every current browser."""
+    video = f"testsrc=size=640x360:rate=24:duration={seconds}:decimals=0"
+    command = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i", video]
+    if audio:
+        # A quiet 440 Hz tone: the player's volume control has something to act on.
+        command += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+                    "-filter:a", "volume=0.05", "-c:a", "libopus", "-b:a", "24k"]
+    # Constant quality (-b:v 0 -crf), a keyframe every 2 s so that seeking is quick; no
+    # encoder or date tags in the file.
+    command += ["-c:v", "libvpx-vp9", "-b:v", "0", "-crf", "40", "-g", "48", "-deadline", "good",
+                "-cpu-used", "4", "-row-mt", "1", "-pix_fmt", "yuv420p", "-map_metadata", "-1",
+                "-fflags", "+bitexact", "-shortest", "-f", "webm", str(out)]
+    return command
+
+
+@app.command("sample-video")
+def sample_video(out: Annotated[Path, typer.Option(help="The WebM file to write")]) -> None:
+    """Write the sample video the web app plays for video lessons: 12 s of a test pattern
+    with a seconds counter and a quiet tone, 640x360 VP9/Opus WebM (needs imageio-ffmpeg,
+    in the dev extra, for its ffmpeg)."""
+    import subprocess
+
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        raise typer.BadParameter(
+            "imageio-ffmpeg is not installed (it brings ffmpeg): pip install 'imageio-ffmpeg>=0.5'"
+        ) from exc
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    encoders = subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True, check=True).stdout
+    names = {line.split()[1] for line in encoders.splitlines() if len(line.split()) > 1}
+    if "libvpx-vp9" not in names:
+        _echo(f"{ffmpeg} has no libvpx-vp9 encoder")
+        raise typer.Exit(1)
+    audio = "libopus" in names
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(sample_video_command(ffmpeg, out, audio=audio), capture_output=True, text=True)
+    if done.returncode != 0:
+        _echo(f"ffmpeg failed ({done.returncode}): {done.stderr.strip()}")
+        raise typer.Exit(1)
+    _echo(f"wrote {out}: {SAMPLE_VIDEO_SECONDS} s, 640x360, VP9{'/Opus' if audio else ', no audio'}, "
+          f"{out.stat().st_size // 1024} KiB")
+
+
 DEMO_LESSONS = [
     {"title": "Welcome to the course", "kind": "text", "duration_seconds": 120, "is_required": False},
     {"title": "HTML basics", "kind": "video", "duration_seconds": 600},

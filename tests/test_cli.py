@@ -1,13 +1,17 @@
-"""The ``lessonstream`` command's token and migrate subcommands."""
+"""The ``lessonstream`` command's token, migrate, app-password and sample-video subcommands."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+from pathlib import Path
 
 import asyncpg
+import pytest
 from typer.testing import CliRunner
 
-from lessonstream.cli import app
+from lessonstream.cli import SAMPLE_VIDEO_SECONDS, app
 from lessonstream.stack import PROCESSES
 from shared.auth import TokenVerifier
 from shared.db import with_database
@@ -108,3 +112,20 @@ def test_app_password_create_list_and_revoke(test_env: TestEnv) -> None:
     assert unknown.exit_code == 1 and "no application password 99999" in unknown.stderr
     colon = runner.invoke(app, ["app-password", "create", "--user", "a:b", *database])
     assert colon.exit_code != 0
+
+
+def test_sample_video_is_a_short_vp9_webm(tmp_path: Path) -> None:
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    out = tmp_path / "media" / "sample.webm"
+    result = runner.invoke(app, ["sample-video", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert 20_000 < out.stat().st_size < 500_000
+    # `ffmpeg -i` alone describes the input (and exits 1: no output was named).
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out)],
+                           capture_output=True, text=True).stderr
+    assert "Input #0, matroska,webm" in probe
+    found = re.search(r"Duration: (\d+):(\d+):(\d+\.\d+)", probe)
+    assert found is not None, probe
+    hours, minutes, seconds = found.groups()
+    assert abs(int(hours) * 3600 + int(minutes) * 60 + float(seconds) - SAMPLE_VIDEO_SECONDS) < 0.1
+    assert re.search(r"Video: vp[89].*640x360", probe), probe
