@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -240,13 +242,41 @@ def sample_video(out: Annotated[Path, typer.Option(help="The WebM file to write"
           f"{out.stat().st_size // 1024} KiB")
 
 
-DEMO_LESSONS = [
+# The demo course: every video lesson plays the sample video, so it lasts as long.
+DEMO_LESSONS: list[dict[str, object]] = [
     {"title": "Welcome to the course", "kind": "text", "duration_seconds": 120, "is_required": False},
-    {"title": "HTML basics", "kind": "video", "duration_seconds": 600},
-    {"title": "Styling with CSS", "kind": "video", "duration_seconds": 900},
-    {"title": "JavaScript basics", "kind": "video", "duration_seconds": 1200},
+    {"title": "HTML basics", "kind": "video", "duration_seconds": SAMPLE_VIDEO_SECONDS},
+    {"title": "Styling with CSS", "kind": "video", "duration_seconds": SAMPLE_VIDEO_SECONDS},
+    {"title": "JavaScript basics", "kind": "video", "duration_seconds": SAMPLE_VIDEO_SECONDS},
+    {"title": "Forms and accessibility", "kind": "video", "duration_seconds": SAMPLE_VIDEO_SECONDS},
     {"title": "Putting it together", "kind": "text", "duration_seconds": 300},
 ]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How far seed-demo takes a demo learner: ``completes`` lessons in course order, then
+    ``watches`` the next video up to these positions (seconds) without completing it."""
+
+    completes: int
+    watches: tuple[float, ...] = ()
+
+
+# One per demo learner (shared.demo.DEMO_LEARNERS, in order): a spread for the dashboard.
+DEMO_PLANS = (
+    DemoPlan(len(DEMO_LESSONS)),  # the whole course: a certificate
+    DemoPlan(len(DEMO_LESSONS) - 1),  # all but the last lesson
+    DemoPlan(2),
+    DemoPlan(1, (0, 3, 6)),  # half of the first video
+    DemoPlan(0, (0, 2, 4)),  # opened the first video
+    DemoPlan(0),  # enrolled only
+)
+# Wall-clock seconds between a video's heartbeats. Time spent is credited by the server's
+# clock (never more than the time between heartbeats), so this is what each watched video
+# adds to the analytics' watch time. The learners play at once: the first one's four
+# videos, four gaps each, are most of the command's ten seconds.
+DEMO_HEARTBEAT_GAP_S = 0.6
+DEMO_HEARTBEAT_STEP_S = 3.0  # media seconds between heartbeats of a whole video
 
 
 @app.command("credential-key")
@@ -270,43 +300,122 @@ def seed_demo(
     title: Annotated[str, typer.Option(help="Course title")] = "Introduction to Web Development",
     instructor: Annotated[list[str], typer.Option(help="Instructor user id (repeatable)")] = [],  # noqa: B006
 ) -> None:
-    """Create a published demo course with a few lessons through the admin API; print its id."""
+    """Create a published demo course through the admin API, taught by the demo instructor,
+    and take each demo learner to a different point in it (enrollment, video heartbeats,
+    completions: the first completes it and gets a certificate); print the course's id."""
     import httpx
 
     from shared.auth import issue_token
+    from shared.demo import DEMO_INSTRUCTOR, DEMO_LEARNERS, DemoPerson
     from shared.settings import ServiceSettings
 
     settings = ServiceSettings()
     if settings.jwt_jwks_url:
         raise typer.BadParameter("JWT_JWKS_URL is set: this command can only sign development tokens")
-    token = issue_token(settings, user_id="lessonstream-seed", name="Demo seeder", roles=["admin"], ttl_seconds=300)
 
-    def call(client: httpx.Client, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
-        response = client.post(path, json=body)
+    def bearer(user_id: str, name: str, email: str, role: str) -> dict[str, str]:
+        token = issue_token(settings, user_id=user_id, name=name, email=email, roles=[role], ttl_seconds=300)
+        return {"Authorization": f"Bearer {token}"}
+
+    admin = bearer("lessonstream-seed", "Demo seeder", "", "admin")
+    instructors = list(dict.fromkeys([DEMO_INSTRUCTOR.user_id, *instructor]))
+
+    async def call(
+        client: httpx.AsyncClient, headers: dict[str, str], path: str, body: dict[str, object] | None = None
+    ) -> dict[str, Any]:
+        response = await client.post(path, json=body, headers=headers)
         if response.status_code >= 400:
             _echo(f"POST {path} failed with {response.status_code}: {response.text}")
             raise typer.Exit(1)
-        data: dict[str, object] = response.json()["data"]
-        return data
+        answer: dict[str, Any] = response.json()
+        return answer
 
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        with httpx.Client(base_url=gateway.rstrip("/"), headers=headers, timeout=10) as client:
-            course = call(client, "/api/admin/courses", {
+    async def heartbeat(
+        client: httpx.AsyncClient, headers: dict[str, str], course_id: int, lesson_id: int, position: float
+    ) -> None:
+        # As a player sends it: the position (in video_progress too, both in seconds), what
+        # has been played so far, and when it was read.
+        await call(client, headers, "/api/progress", {
+            "course_id": course_id, "lesson_id": lesson_id, "video_progress": position,
+            "last_position": position, "played_segments": [[0, position]],
+            "client_timestamp": datetime.now(UTC).isoformat(),
+        })
+
+    async def watch(
+        client: httpx.AsyncClient, headers: dict[str, str], course_id: int, lesson_id: int,
+        positions: tuple[float, ...],
+    ) -> None:
+        for i, position in enumerate(positions):
+            if i:
+                # Faster than the video plays: the server credits time spent by its own clock.
+                await asyncio.sleep(DEMO_HEARTBEAT_GAP_S)
+            await heartbeat(client, headers, course_id, lesson_id, position)
+
+    steps = math.ceil(SAMPLE_VIDEO_SECONDS / DEMO_HEARTBEAT_STEP_S)
+    whole_video = tuple(min(float(SAMPLE_VIDEO_SECONDS), i * DEMO_HEARTBEAT_STEP_S) for i in range(steps + 1))
+
+    async def take(
+        client: httpx.AsyncClient, course_id: int, lesson_ids: list[int], person: DemoPerson, plan: DemoPlan
+    ) -> str:
+        """Enroll ``person`` and play ``plan``; where they are, in words."""
+        headers = bearer(person.user_id, person.name, person.email, person.role)
+        await call(client, headers, f"/api/courses/{course_id}/enroll")
+        percentage = 0
+        for lesson, lesson_id in zip(DEMO_LESSONS[:plan.completes], lesson_ids, strict=False):
+            if lesson["kind"] == "video":
+                await watch(client, headers, course_id, lesson_id, whole_video)
+            done = await call(client, headers, f"/api/courses/{course_id}/lessons/{lesson_id}/complete")
+            percentage = done["data"]["progress_percentage"]
+        where = f"{plan.completes} of {len(DEMO_LESSONS)} lessons completed ({percentage}%)"
+        if plan.completes == len(DEMO_LESSONS):
+            where = f"completed the course ({percentage}%), certificate on its way"
+        elif not plan.completes and not plan.watches:
+            where = "enrolled, not started"
+        if plan.watches:
+            index = next(i for i, lesson in enumerate(DEMO_LESSONS)
+                         if i >= plan.completes and lesson["kind"] == "video")
+            await watch(client, headers, course_id, lesson_ids[index], plan.watches)
+            at = f"paused \"{DEMO_LESSONS[index]['title']}\" at {plan.watches[-1]:g} s"
+            where = at if not plan.completes else f"{where}, {at}"
+        return f"{person.name} ({person.user_id}): {where}"
+
+    async def seed() -> tuple[dict[str, Any], list[str]]:
+        async with httpx.AsyncClient(base_url=gateway.rstrip("/"), timeout=10) as client:
+            course: dict[str, Any] = (await call(client, admin, "/api/admin/courses", {
                 "title": title,
                 "description": "A demo course created by `lessonstream seed-demo`.",
+                "requires_sequential_progress": True,
                 "certificate_enabled": True,
-                "instructor_ids": list(instructor),
-            })
+                "instructor_ids": instructors,
+            }))["data"]
             course_id = course["id"]
+            lesson_ids = []
             for lesson in DEMO_LESSONS:
-                call(client, f"/api/admin/courses/{course_id}/lessons", dict(lesson))
-            call(client, f"/api/admin/courses/{course_id}/publish")
+                added = await call(client, admin, f"/api/admin/courses/{course_id}/lessons", dict(lesson))
+                lesson_ids.append(added["data"]["lesson"]["id"])
+            await call(client, admin, f"/api/admin/courses/{course_id}/publish")
+            # The learners at once, each in lesson order (the course is sequential). The first
+            # failure stops the others and is the one reported.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    learners = [group.create_task(take(client, course_id, lesson_ids, person, plan))
+                                for person, plan in zip(DEMO_LEARNERS, DEMO_PLANS, strict=True)]
+            except ExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+            return course, [learner.result() for learner in learners]
+
+    started = time.monotonic()
+    try:
+        course, where = asyncio.run(seed())
     except httpx.HTTPError as exc:
         _echo(f"cannot reach the gateway at {gateway}: {exc!r}")
         raise typer.Exit(1) from exc
-    _echo(f"published demo course {course_id} ({course['slug']}) with {len(DEMO_LESSONS)} lessons")
-    typer.echo(str(course_id))
+    _echo(f"published demo course {course['id']} \"{course['title']}\" ({course['slug']}) with "
+          f"{len(DEMO_LESSONS)} lessons, taught by {', '.join(instructors)}; its learners "
+          f"({time.monotonic() - started:.1f} s):")
+    for line in where:
+        _echo(f"  {line}")
+    typer.echo(str(course["id"]))
 
 
 DatabaseUrl = Annotated[

@@ -1,4 +1,5 @@
-"""The ``lessonstream`` command's token, migrate, app-password and sample-video subcommands."""
+"""The ``lessonstream`` command's subcommands that need no running stack (seed-demo against one:
+tests/e2e/test_seed_demo.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lessonstream.cli import SAMPLE_VIDEO_SECONDS, app
+from lessonstream.infra import free_port
 from lessonstream.stack import PROCESSES
 from shared.auth import TokenVerifier
 from shared.db import with_database
@@ -129,3 +131,9 @@ def test_sample_video_is_a_short_vp9_webm(tmp_path: Path) -> None:
     hours, minutes, seconds = found.groups()
     assert abs(int(hours) * 3600 + int(minutes) * 60 + float(seconds) - SAMPLE_VIDEO_SECONDS) < 0.1
     assert re.search(r"Video: vp[89].*640x360", probe), probe
+
+
+def test_seed_demo_reports_an_unreachable_gateway() -> None:
+    result = runner.invoke(app, ["seed-demo", "--gateway", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert "cannot reach the gateway" in result.output
