@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -43,7 +45,10 @@ def browser() -> Iterator[Browser]:
         pytest.skip("no Chromium found (run `make system-deps`, or set CHROMIUM to its path): browser tests skipped")
     with sync_playwright() as playwright:
         # No sandbox: the tests run as root in CI containers, where Chromium's sandbox cannot start.
-        launched = playwright.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        # Media plays when a test starts it, as it would after a click on the player.
+        launched = playwright.chromium.launch(
+            executable_path=path, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+        )
         try:
             yield launched
         finally:
@@ -65,3 +70,18 @@ def screenshot(page: Page, name: str) -> Path:
     path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def until(page: Page, script: str, *, what: str, timeout: float = 30.0) -> Any:
+    """Poll ``script`` (an expression evaluated in the page) until it is truthy; its value.
+
+    Playwright's own ``wait_for_function`` evaluates a string with ``eval``, which the web
+    app's content security policy rightly refuses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(script)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        page.wait_for_timeout(100)

@@ -352,3 +352,34 @@ async def test_an_idle_flush_loop_backs_off_and_the_next_heartbeat_wakes_it(stac
     await eventually(flushed, timeout=10, what="the heartbeat flushed")
     assert asyncio.get_running_loop().time() - sent < 3, "flushed at the end of the back-off, not at once"
     assert flushing.wait_s == flushing.interval_s
+
+
+async def test_a_beacon_carries_its_token_in_the_body(stack: Stack) -> None:
+    """navigator.sendBeacon cannot set headers: the token comes in the body instead, read
+    only when the Authorization header is absent."""
+    await setup_course(stack)
+    token = stack.token("u1")["Authorization"].removeprefix("Bearer ")
+    beat = {"course_id": 42, "lesson_id": 101, "video_progress": 75, "last_position": 75}
+
+    sent = await stack.client.post("/api/progress", json={**beat, "access_token": token},
+                                   headers={"Content-Type": "text/plain;charset=UTF-8"})  # as a Blob may be typed
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["user_id"] == "u1" and sent.json()["last_position"] == 75
+    listed = await stack.client.get("/api/progress?course_id=42", headers=stack.token("u1"))
+    assert [(r["lesson_id"], r["last_position"]) for r in listed.json()] == [(101, 75)]
+
+    # The header wins: a body token never changes whose record it is.
+    other = await stack.client.post("/api/progress", headers=stack.token("u2"),
+                                    json={**beat, "access_token": token, "last_position": 90})
+    assert other.status_code == 403 and other.json()["code"] == "not_enrolled"
+
+    # Without the header, anything but a valid token in a readable body is a 401.
+    for body in ({**beat}, {**beat, "access_token": ""}, {**beat, "access_token": token + "x"},
+                 {**beat, "access_token": token, "last_position": -1}):
+        refused = await stack.client.post("/api/progress", json=body)
+        assert refused.status_code == 401, (body, refused.text)
+        assert refused.json()["code"] == "unauthorized"
+    garbled = await stack.client.post("/api/progress", content=b"{not json")
+    assert garbled.status_code == 401
+    listed = await stack.client.get("/api/progress?course_id=42", headers=stack.token("u1"))
+    assert [r["last_position"] for r in listed.json()] == [75]
