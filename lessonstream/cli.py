@@ -116,6 +116,7 @@ def dev(
         stack.start()
         _echo("")
         _echo(f"Lessonstream is ready at {config.gateway_url}")
+        _echo(f"  Web app:  {config.gateway_url}/app/")
         _echo(f"  API docs: {config.gateway_url}/api/docs/")
         for name in SERVICES:
             _echo(f"  {config.gateway_url}/ready/{name}")
