@@ -101,6 +101,11 @@ CASES: list[tuple[DomainError, dict[str, Any]]] = [
         "code": "https_required", "message": "HTTP Basic credentials are accepted over HTTPS only",
         "data": {"status": 403},
     }),
+    (domain.DevTokensDisabled(), {
+        "code": "dev_tokens_disabled",
+        "message": "Development tokens are not issued here: sign in through the platform's identity provider",
+        "data": {"status": 403},
+    }),
 ]
 
 
