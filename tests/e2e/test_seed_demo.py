@@ -53,15 +53,16 @@ def test_seed_demo_gives_the_dashboard_and_every_demo_learner_something_to_see(e
         first_video = videos[0]["id"]
 
         # The instructor's list of students: every demo learner, each at their own point
-        # (the percentages reach enrollment through events).
+        # (the percentages, and later the course's completion, reach enrollment through events).
         def students() -> list[dict[str, Any]] | None:
             response = client.get(f"/api/courses/{course_id}/students", headers=instructor)
             assert response.status_code == 200, response.text
             rows: list[dict[str, Any]] = response.json()["data"]
             seen = {row["user_id"]: row["progress_percentage"] for row in rows}
-            return rows if seen == EXPECTED_PERCENTAGES else None
+            completed = [row["user_id"] for row in rows if row["completed_at"]]
+            return rows if seen == EXPECTED_PERCENTAGES and completed else None
 
-        rows = wait_for(students, what="the six demo learners at their percentages")
+        rows = wait_for(students, what="the six demo learners at their percentages, one completed")
         assert {row["display_name"] for row in rows} == {person.name for person in DEMO_LEARNERS}
         assert [row["user_id"] for row in rows if row["completed_at"]] == ["demo-learner-1"]
 
