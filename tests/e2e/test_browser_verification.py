@@ -5,6 +5,7 @@ links to the PDF and the signed credential; an unknown code says so."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -48,6 +49,9 @@ def test_a_verification_link_shows_the_certificate_verified_in_a_browser(e2e_sta
         assert href
         followed = page.request.get(href.replace(SETTINGS.public_base_url, e2e_stack.gateway))
         assert followed.status == 200 and followed.headers["content-type"].startswith(kind), (name, followed.status)
+
+    # Back to the platform: its web app.
+    assert (page.get_by_role("link", name=re.compile("^Go to ")).get_attribute("href") or "").endswith("/app/")
 
     page.goto(f"{e2e_stack.gateway}/certificates/verify/NOT-A-CODE")
     assert page.locator("h1").inner_text() == "Certificate not found"

@@ -30,14 +30,14 @@ MOMENT = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+[+-]\d\d:\d\d")
 
 
 def sequential_course(
-    client: httpx.Client, title: str, lessons: list[tuple[str, str]], instructor: str,
+    client: httpx.Client, title: str, lessons: list[tuple[str, str]], instructor: str, **fields: object,
 ) -> tuple[int, list[int]]:
     """A published course whose lessons open in order (``(title, kind)``, all required),
-    with certificates; video lessons last as long as the sample video."""
+    with certificates and any other ``fields``; video lessons last as long as the sample video."""
     admin = auth("admin-web", "Admin", "admin@example.com", ["admin"])
     created = client.post("/api/admin/courses", headers=admin, json={
         "title": title, "certificate_enabled": True, "requires_sequential_progress": True,
-        "instructor_ids": [instructor]})
+        "instructor_ids": [instructor], **fields})
     assert created.status_code == 201, created.text
     course_id: int = created.json()["data"]["id"]
     ids = []
@@ -118,7 +118,11 @@ def test_a_learner_resumes_a_video_completes_the_course_in_order_and_opens_the_c
     # To the end: the lesson completes and the next one opens.
     play_until(page, VIDEO_SECONDS - 0.1)
     expect(page.locator("#outcome")).to_contain_text("Lesson marked as complete")
-    page.get_by_role("link", name="Next: Raptors").click()
+    page.get_by_role("link", name="Watching Birds").click()
+    expect(page.locator(f'[data-lesson-id="{first}"]')).to_have_attribute("data-status", "completed")
+    expect(page.locator(f'[data-lesson-id="{second}"]')).to_have_class("lesson new next")
+    expect(page.locator(f'[data-lesson-id="{third}"]')).to_contain_text("Locked: complete “Raptors” first")
+    page.get_by_role("link", name="Raptors", exact=True).click()
     expect(page.locator("h1")).to_have_text("Raptors")
     play_until(page, VIDEO_SECONDS - 0.1, rate=2.0)
     expect(page.locator("#outcome")).to_contain_text("Lesson marked as complete")
@@ -278,6 +282,10 @@ def test_the_app_fits_a_phone_and_every_control_has_a_name(e2e_stack: DevStack, 
     page.goto(f"{gateway}/app/")
     expect(page.locator("h1")).to_have_text("Sign in")
     screenshot(page, "app-sign-in-phone")
+    # A demo person is one press away; signing out comes back here.
+    page.get_by_role("button", name=re.compile("^Margaret Hamilton")).click()
+    expect(page.locator("h1")).to_have_text("Courses you manage")
+    page.get_by_role("button", name="Sign out").click()
     sign_in(page, gateway, "learner-web-3", "Kai Moana")
     for path, heading in ((f"#/courses/{course_id}", "Knots at Sea"), ("#/", "My courses")):
         page.goto(f"{gateway}/app/{path}")
@@ -295,6 +303,28 @@ def test_the_app_fits_a_phone_and_every_control_has_a_name(e2e_stack: DevStack, 
     assert page.evaluate("document.activeElement.textContent") == "Knots at Sea"
     page.keyboard.press("Enter")
     expect(page.locator("h1")).to_have_text("Knots at Sea")
+
+
+def test_a_video_skipped_to_its_end_is_not_completed_and_the_page_says_why(e2e_stack: DevStack, page: Page) -> None:
+    gateway = e2e_stack.gateway
+    with httpx.Client(base_url=gateway, timeout=15) as client:
+        course_id, (video,) = sequential_course(client, "Glassblowing", [("Gathering", "video")], "instructor-web-5",
+                                                video_completion_threshold=0.9)
+        assert client.post(f"/api/courses/{course_id}/enroll", headers=auth("learner-web-5")).status_code == 200
+    sign_in(page, gateway, "learner-web-5", "Sami Virtanen")
+    page.goto(f"{gateway}/app/#/courses/{course_id}/lessons/{video}")
+    expect(page.locator("h1")).to_have_text("Gathering")
+    until(page, "document.querySelector('video').readyState >= 1", what="the video's metadata")
+    page.evaluate("(v => { v.currentTime = 10.5; v.play(); })(document.querySelector('video'))")
+    refusal = page.get_by_role("alert")
+    expect(refusal).to_contain_text("Watch at least 90% of this video to complete it", timeout=20_000)
+    expect(refusal).to_contain_text(re.compile(r"Watched \d+%, 90% needed\."))
+    expect(page.locator(".done")).to_have_attribute("data-status", "open")
+    screenshot(page, "app-lesson-not-watched")
+    with httpx.Client(base_url=gateway, timeout=15) as client:
+        records = client.get(f"/api/progress?course_id={course_id}", headers=auth("learner-web-5")).json()
+    assert [(r["lesson_id"], r["completed"]) for r in records] == [(video, False)]
+    assert records[0]["watched_ratio"] < 0.9
 
 
 def test_a_restarting_service_is_asked_again_and_the_page_shows_its_answer(e2e_stack: DevStack, page: Page) -> None:
