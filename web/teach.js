@@ -91,6 +91,7 @@ async function analyticsCharts(courseId, course, section, filter) {
     return;
   }
   const c = report.completion;
+  const videos = new Set(course.lessons.filter((l) => l.kind === "video").map((l) => l.id));
   const lessonLabel = (l) => `${l.order}. ${l.title}`;
   const mostFunnel = Math.max(1, ...report.drop_off.lessons.map((l) => l.learners));
   section.replaceChildren(
@@ -129,9 +130,9 @@ async function analyticsCharts(courseId, course, section, filter) {
       }),
       barChart({
         id: "engagement", title: "Engagement",
-        description: "Share of each video its learners watched, on average.",
+        description: "Share of each video lesson its learners watched, on average.",
         columns: ["Lesson", "Learners", "Average watched", "Average time"],
-        rows: report.engagement.map((l) => ({
+        rows: report.engagement.filter((l) => videos.has(l.lesson_id)).map((l) => ({
           key: l.lesson_id, label: lessonLabel(l), value: l.average_watched_ratio ?? 0, max: 1,
           text: l.average_watched_ratio == null ? (l.learners ? `${l.learners} learners` : "no learners")
             : `${percent(l.average_watched_ratio)} of ${l.learners}`,
