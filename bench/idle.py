@@ -12,8 +12,10 @@ One run:
      (services, certificate workers and their render pool, the gateway, the broker, the SMTP
      sink), and of every PostgreSQL backend connected to the stack's databases (found in
      ``pg_stat_activity`` by database name; the bench's own connection is left out). With a
-     stack's own embedded PostgreSQL (``--attach`` on a stack without DATABASE_URL), its
-     server processes are under the runner and counted with it.
+     stack's own embedded PostgreSQL (``--attach`` with ``--var-dir`` on a stack without
+     DATABASE_URL), the server found by ``<var>/postgres/postmaster.pid`` (it runs detached
+     from the runner) and every process under it: its background processes and the
+     stack's backends.
      Processes are listed every few seconds; one that ended during the window is counted up
      to its last listing.
 
@@ -109,11 +111,32 @@ class Tracked:
     last: float
 
 
+def embedded_postmaster(var_dir: Path | None) -> int | None:
+    """The pid of the stack's own embedded PostgreSQL server, if it runs one."""
+    if var_dir is None:
+        return None
+    try:
+        pid = int((var_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pid if cpu_seconds(pid) is not None else None
+
+
+def embedded_label(pid: int, db_prefix: str) -> str:
+    cmd = command_of(pid)
+    # A backend's title: "postgres: <user> <database> <client> <state>".
+    words = cmd.split()
+    if len(words) > 2 and words[2].startswith(db_prefix):
+        return f"postgres backend {words[2].removeprefix(db_prefix)}"
+    return "embedded postgres server"
+
+
 @dataclass
 class Sampler:
     runner: int
     postgres_url: str | None
     db_prefix: str
+    postmaster: int | None = None  # an embedded PostgreSQL server, counted with all under it
     names: dict[int, str] = field(default_factory=dict)
     tracked: dict[int, Tracked] = field(default_factory=dict)
     own_backend: int = 0
@@ -132,6 +155,8 @@ class Sampler:
         """Start tracking any new process; bring every tracked one's figure up to date."""
         pids: dict[int, str] = {pid: label_of(pid, self.names) for pid in descendants(self.runner)}
         pids.update(await self.backends(conn))
+        if self.postmaster is not None:
+            pids.update({pid: embedded_label(pid, self.db_prefix) for pid in descendants(self.postmaster)})
         for pid, label in pids.items():
             seconds = cpu_seconds(pid)
             if seconds is None:
@@ -219,9 +244,12 @@ def main() -> None:
     args = parser.parse_args()
     postgres_url = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
     if args.attach:
-        sampler = Sampler(args.attach, postgres_url if infra.postgres_reachable(postgres_url) else None,
-                          args.db_prefix or "lessonstream_")
-        out(f"attached to pid {args.attach}; settling {args.settle:.0f} s")
+        postmaster = embedded_postmaster(args.var_dir)
+        # The stack's databases are on its embedded server if it runs one, else on DATABASE_URL's.
+        shared_server = postgres_url if postmaster is None and infra.postgres_reachable(postgres_url) else None
+        sampler = Sampler(args.attach, shared_server, args.db_prefix or "lessonstream_", postmaster)
+        embedded = f" and its embedded PostgreSQL (pid {postmaster})" if postmaster else ""
+        out(f"attached to pid {args.attach}{embedded}; settling {args.settle:.0f} s")
         time.sleep(args.settle)
         report(sampler, asyncio.run(measure(sampler, args.seconds, args.var_dir)))
         return
