@@ -471,6 +471,17 @@ _STUDENT_SORT: dict[StudentOrderBy, str] = {
 _SORT_ORDER: dict[SortOrder, str] = {"asc": "ASC", "desc": "DESC"}
 
 
+async def _counted_page(
+    pool: asyncpg.Pool, count_sql: str, page_sql: str, args: tuple[Any, ...], limit: int, offset: int
+) -> tuple[int, list[asyncpg.Record]]:
+    """A total and one page of rows (``page_sql`` takes ``args``, then LIMIT and OFFSET),
+    read from one snapshot so that the total and the page agree."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        total: int = await conn.fetchval(count_sql, *args)
+        rows = await conn.fetch(page_sql, *args, limit, offset)
+    return total, rows
+
+
 class ManagedCourseRow(BaseModel):
     id: int
     title: str
@@ -489,19 +500,17 @@ async def list_managed_courses(
 ) -> tuple[int, list[ManagedCourseRow]]:
     """Every course (``instructor_id`` None: an admin's view) or the ones listing that
     instructor, newest first, with their learner counts."""
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        total: int = await conn.fetchval(
-            "SELECT count(*) FROM courses WHERE $1::text IS NULL OR $1 = ANY(instructor_ids)", instructor_id
-        )
-        rows = await conn.fetch(
-            "SELECT c.id, c.title, c.slug, c.status, c.instructor_ids, c.created_at, c.updated_at, "
-            "(SELECT count(*) FROM lessons l WHERE l.course_id = c.id AND l.archived_at IS NULL) AS total_lessons, "
-            "(SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.status <> 'unenrolled') AS learners, "
-            "(SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.status = 'completed') AS completed "
-            "FROM courses c WHERE $1::text IS NULL OR $1 = ANY(c.instructor_ids) "
-            "ORDER BY c.created_at DESC, c.id DESC LIMIT $2 OFFSET $3",
-            instructor_id, limit, offset,
-        )
+    total, rows = await _counted_page(
+        pool,
+        "SELECT count(*) FROM courses WHERE $1::text IS NULL OR $1 = ANY(instructor_ids)",
+        "SELECT c.id, c.title, c.slug, c.status, c.instructor_ids, c.created_at, c.updated_at, "
+        "(SELECT count(*) FROM lessons l WHERE l.course_id = c.id AND l.archived_at IS NULL) AS total_lessons, "
+        "(SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.status <> 'unenrolled') AS learners, "
+        "(SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.status = 'completed') AS completed "
+        "FROM courses c WHERE $1::text IS NULL OR $1 = ANY(c.instructor_ids) "
+        "ORDER BY c.created_at DESC, c.id DESC LIMIT $2 OFFSET $3",
+        (instructor_id,), limit, offset,
+    )
     return total, [ManagedCourseRow(**dict(r)) for r in rows]
 
 
@@ -512,39 +521,35 @@ async def list_students(
     # The enrollment id breaks ties, so pages neither repeat nor skip rows; never-accessed
     # learners sort last either way.
     sort = f"{_STUDENT_SORT[orderby]} {direction} NULLS LAST, id {direction}"
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        total: int = await conn.fetchval(
-            "SELECT count(*) FROM enrollments WHERE course_id = $1 AND status <> 'unenrolled'", course_id
-        )
-        rows = await conn.fetch(
-            "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, attempt, "
-            "progress_percentage, "
-            "enrolled_at, last_accessed, completed_at, certificate_url, certificate_revoked_at, "
-            "certificate_revocation_reason FROM enrollments "
-            f"WHERE course_id = $1 AND status <> 'unenrolled' ORDER BY {sort} LIMIT $2 OFFSET $3",
-            course_id, limit, offset,
-        )
+    total, rows = await _counted_page(
+        pool,
+        "SELECT count(*) FROM enrollments WHERE course_id = $1 AND status <> 'unenrolled'",
+        "SELECT id AS enrollment_id, user_id, username, display_name, email, avatar, status, attempt, "
+        "progress_percentage, "
+        "enrolled_at, last_accessed, completed_at, certificate_url, certificate_revoked_at, "
+        "certificate_revocation_reason FROM enrollments "
+        f"WHERE course_id = $1 AND status <> 'unenrolled' ORDER BY {sort} LIMIT $2 OFFSET $3",
+        (course_id,), limit, offset,
+    )
     return total, [StudentRow(**dict(r)) for r in rows]
 
 
 async def my_courses(
     pool: asyncpg.Pool, user_id: str, statuses: list[str], limit: int, offset: int
 ) -> tuple[int, list[MyCourseRow]]:
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        total: int = await conn.fetchval(
-            "SELECT count(*) FROM enrollments WHERE user_id = $1 AND status = ANY($2::text[])", user_id, statuses
-        )
-        rows = await conn.fetch(
-            "SELECT e.id AS enrollment_id, e.course_id, c.title AS course_title, c.slug AS course_slug, "
-            "c.status AS course_status, e.status, e.attempt, e.progress_percentage, e.completed_lessons, "
-            "e.total_lessons, "
-            "e.enrolled_at, e.last_accessed, e.completed_at, e.certificate_url, e.certificate_revoked_at, "
-            "e.certificate_revocation_reason "
-            "FROM enrollments e JOIN courses c ON c.id = e.course_id "
-            "WHERE e.user_id = $1 AND e.status = ANY($2::text[]) "
-            "ORDER BY coalesce(e.last_accessed, e.enrolled_at) DESC, e.id DESC LIMIT $3 OFFSET $4",
-            user_id, statuses, limit, offset,
-        )
+    total, rows = await _counted_page(
+        pool,
+        "SELECT count(*) FROM enrollments WHERE user_id = $1 AND status = ANY($2::text[])",
+        "SELECT e.id AS enrollment_id, e.course_id, c.title AS course_title, c.slug AS course_slug, "
+        "c.status AS course_status, e.status, e.attempt, e.progress_percentage, e.completed_lessons, "
+        "e.total_lessons, "
+        "e.enrolled_at, e.last_accessed, e.completed_at, e.certificate_url, e.certificate_revoked_at, "
+        "e.certificate_revocation_reason "
+        "FROM enrollments e JOIN courses c ON c.id = e.course_id "
+        "WHERE e.user_id = $1 AND e.status = ANY($2::text[]) "
+        "ORDER BY coalesce(e.last_accessed, e.enrolled_at) DESC, e.id DESC LIMIT $3 OFFSET $4",
+        (user_id, statuses), limit, offset,
+    )
     return total, [MyCourseRow(**dict(r)) for r in rows]
 
 
