@@ -96,6 +96,7 @@ export async function api(path, { method = "GET", body, accept = "application/js
       if (response.status === 401 && auth) {
         // Expired or refused token: sign in again, then come back here.
         session.end();
+        sessionStorage.setItem("lessonstream.expired", "1");
         sessionStorage.setItem("lessonstream.after-sign-in", location.hash);
         location.hash = "#/signin";
       }

@@ -75,7 +75,9 @@ function renderNav(current) {
 // ---------------------------------------------------------------- sign-in
 
 async function signIn() {
-  const reason = session.get() ? null : sessionStorage.getItem("lessonstream.after-sign-in") ? "Please sign in again." : null;
+  // After a refused or expired token (api.js), not on a first visit.
+  const reason = sessionStorage.getItem("lessonstream.expired") ? "Your session has ended: please sign in again." : null;
+  sessionStorage.removeItem("lessonstream.expired");
   let people;
   try {
     people = (await api("/api/dev/people", { auth: false })).body.data;

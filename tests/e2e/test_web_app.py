@@ -317,6 +317,11 @@ def test_a_host_platform_hands_the_app_its_token_in_the_fragment(e2e_stack: DevS
     page.reload()
     expect(page.locator("h1")).to_have_text("My courses")  # still signed in, in this tab
 
+    # A token the services refuse (expired, or not theirs): back to sign-in, told why.
+    page.goto(f"{e2e_stack.gateway}/app/#token={token[:-4]}AAAA")
+    expect(page.locator("h1")).to_have_text("Sign in")
+    expect(page.locator("main")).to_contain_text("Your session has ended: please sign in again.")
+
 
 def test_a_video_skipped_to_its_end_is_not_completed_and_the_page_says_why(e2e_stack: DevStack, page: Page) -> None:
     gateway = e2e_stack.gateway
