@@ -22,17 +22,21 @@ from tests.conftest import RUN_ID
 
 
 def published_course(
-    client: httpx.Client, headers: dict[str, str], title: str, lessons: Sequence[tuple[str, bool]],
+    client: httpx.Client, headers: dict[str, str], title: str,
+    lessons: Sequence[tuple[str, bool] | tuple[str, bool, str]], *, duration_seconds: int = 600, **fields: object,
 ) -> tuple[int, list[int]]:
-    """A course with certificates and video lessons of 600 s (``(title, required)``),
+    """A course with certificates (and any other course ``fields``) and lessons of
+    ``duration_seconds`` (``(title, required)``, video, or ``(title, required, kind)``),
     published through the gateway's admin API; its id and its lessons' ids."""
-    created = client.post("/api/admin/courses", headers=headers, json={"title": title, "certificate_enabled": True})
+    created = client.post("/api/admin/courses", headers=headers,
+                          json={"title": title, "certificate_enabled": True, **fields})
     assert created.status_code == 201, created.text
     course_id: int = created.json()["data"]["id"]
     lesson_ids = []
-    for name, required in lessons:
+    for name, required, *kind in lessons:
         added = client.post(f"/api/admin/courses/{course_id}/lessons", headers=headers, json={
-            "title": name, "is_required": required, "duration_seconds": 600, "kind": "video"})
+            "title": name, "is_required": required, "duration_seconds": duration_seconds,
+            "kind": kind[0] if kind else "video"})
         assert added.status_code == 201, added.text
         lesson_ids.append(added.json()["data"]["lesson"]["id"])
     assert client.post(f"/api/admin/courses/{course_id}/publish", headers=headers).status_code == 200

@@ -19,7 +19,7 @@ from playwright.sync_api import Page, ViewportSize, expect
 
 from lessonstream.cli import SAMPLE_VIDEO_SECONDS
 from tests.browser import screenshot, until
-from tests.devstack import DevStack
+from tests.devstack import DevStack, published_course
 from tests.e2e.test_end_to_end import auth, wait_for
 
 pytestmark = pytest.mark.xdist_group("e2e")
@@ -35,19 +35,10 @@ def sequential_course(
     """A published course whose lessons open in order (``(title, kind)``, all required),
     with certificates and any other ``fields``; video lessons last as long as the sample video."""
     admin = auth("admin-web", "Admin", "admin@example.com", ["admin"])
-    created = client.post("/api/admin/courses", headers=admin, json={
-        "title": title, "certificate_enabled": True, "requires_sequential_progress": True,
-        "instructor_ids": [instructor], **fields})
-    assert created.status_code == 201, created.text
-    course_id: int = created.json()["data"]["id"]
-    ids = []
-    for name, kind in lessons:
-        added = client.post(f"/api/admin/courses/{course_id}/lessons", headers=admin, json={
-            "title": name, "kind": kind, "duration_seconds": VIDEO_SECONDS, "is_required": True})
-        assert added.status_code == 201, added.text
-        ids.append(added.json()["data"]["lesson"]["id"])
-    assert client.post(f"/api/admin/courses/{course_id}/publish", headers=admin).status_code == 200
-    return course_id, ids
+    return published_course(
+        client, admin, title, [(name, True, kind) for name, kind in lessons], duration_seconds=VIDEO_SECONDS,
+        requires_sequential_progress=True, instructor_ids=[instructor], **fields,
+    )
 
 
 def sign_in(page: Page, gateway: str, user_id: str, name: str, role: str = "learner") -> None:
