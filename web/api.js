@@ -52,7 +52,7 @@ export function isStaff(user) {
   return Boolean(user && user.roles.some((role) => role === "instructor" || role === "admin"));
 }
 
-const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+export const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** One call to the API on this origin. A 503 (a service restarting, the database away:
  *  nothing was written) and a failed connection are asked again after Retry-After for up

@@ -1,6 +1,6 @@
 // Lessonstream's reference web app: routes (the hash), the signed-in shell, the learner's pages.
 
-import { api, ApiError, isStaff, onThisOrigin, session } from "./api.js";
+import { api, ApiError, isStaff, onThisOrigin, session, wait } from "./api.js";
 import { announce, errorBox, formatDate, formatSeconds, h, progressBar, show } from "./dom.js";
 import { ProgressReporter } from "./player.js";
 import { courseDashboard, learnerDetail, teaching } from "./teach.js";
@@ -160,15 +160,17 @@ async function myCourses() {
 // ---------------------------------------------------------------- learner: a course
 
 async function courseState(courseId) {
-  const course = (await api(`/api/courses/${courseId}`)).body.data;
-  let standing = null;
-  let records = [];
-  try {
-    standing = (await api(`/api/courses/${courseId}/progress`)).body.data;
-    records = (await api(`/api/progress?course_id=${courseId}`)).body;
-  } catch (error) {
-    if (error.code !== "not_enrolled") throw error;
-  }
+  // The three at once: the course, the learner's standing in it, their lesson records.
+  const [course, enrolled] = await Promise.all([
+    api(`/api/courses/${courseId}`).then((answer) => answer.body.data),
+    Promise.all([api(`/api/courses/${courseId}/progress`), api(`/api/progress?course_id=${courseId}`)])
+      .catch((error) => {
+        if (error.code !== "not_enrolled") throw error;
+        return null;
+      }),
+  ]);
+  const standing = enrolled ? enrolled[0].body.data : null;
+  const records = enrolled ? enrolled[1].body : [];
   const byLesson = new Map(records.map((r) => [r.lesson_id, r]));
   const locked = new Set((standing?.locked_lessons || []).map((l) => l.id));
   return { course, standing, byLesson, locked };
@@ -253,7 +255,7 @@ async function showCertificate(courseId, section) {
     }
     section.querySelector("p").textContent = "Your certificate is being generated…";
     const after = Number(answer.headers.get("Retry-After")) || 2;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(after, 10) * 1000));
+    await wait(Math.min(after, 10) * 1000);
     if (!section.isConnected) return;
   }
 }

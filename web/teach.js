@@ -160,9 +160,14 @@ async function downloadCsv(courseId, query) {
 // ---------------------------------------------------------------- one learner
 
 export async function learnerDetail(courseId, userId) {
-  const course = (await api(`/api/admin/courses/${courseId}`)).body.data;
-  const standing = (await api(`/api/courses/${courseId}/progress?user_id=${encodeURIComponent(userId)}`)).body.data;
-  const records = (await api(`/api/admin/learners/${encodeURIComponent(userId)}/progress?course_id=${courseId}`)).body;
+  const [courseAnswer, standingAnswer, recordsAnswer] = await Promise.all([
+    api(`/api/admin/courses/${courseId}`),
+    api(`/api/courses/${courseId}/progress?user_id=${encodeURIComponent(userId)}`),
+    api(`/api/admin/learners/${encodeURIComponent(userId)}/progress?course_id=${courseId}`),
+  ]);
+  const course = courseAnswer.body.data;
+  const standing = standingAnswer.body.data;
+  const records = recordsAnswer.body;
   const byLesson = new Map(records.map((r) => [r.lesson_id, r]));
   show(`${userId} in ${course.title}`,
     h("p", { class: "crumbs" }, h("a", { href: "#/teach" }, "Teaching"), " › ",
