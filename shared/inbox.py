@@ -80,15 +80,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
 )
 TRANSIENT_PAUSE_S = 1.0
+# A failing handler is retried in place, the partition waiting: never longer than this.
+CONSUMER_RETRY_MAX_S = 30.0
 
 
 def is_transient(exc: BaseException) -> bool:
-    """An infrastructure fault (above, or any way the database can be unavailable)."""
+    """An infrastructure fault (``TRANSIENT_ERRORS``, or any way the database can be unavailable)."""
     return isinstance(exc, TRANSIENT_ERRORS) or is_database_unavailable(exc)
-
-
-# A failing handler is retried in place, the partition waiting: never longer than this.
-CONSUMER_RETRY_MAX_S = 30.0
 
 
 class EventContext:

@@ -31,11 +31,15 @@ async def on_certificate_requested(event: CertificateRequested, ctx: EventContex
 
 
 def subscriptions(settings: WorkerSettings) -> list[Subscription[Any]]:
+    return _worker_subscriptions(settings.consumer_count())
+
+
+def _worker_subscriptions(concurrency: int) -> list[Subscription[Any]]:
     return [
         Subscription(Topic.COURSE_COMPLETED, CourseCompleted, on_course_completed, COMPLETIONS_GROUP,
-                     concurrency=settings.consumer_count()),
+                     concurrency=concurrency),
         Subscription(Topic.CERTIFICATE_REQUESTED, CertificateRequested, on_certificate_requested,
-                     REQUESTS_GROUP, concurrency=settings.consumer_count()),
+                     REQUESTS_GROUP, concurrency=concurrency),
     ]
 
 
@@ -45,7 +49,7 @@ async def on_learner_erased(event: LearnerErased, ctx: EventContext) -> None:
 
 def worker_groups() -> list[Watched]:
     """The workers' consumer groups, whose lag the API process reports as well."""
-    return [Watched(COMPLETIONS_GROUP, Topic.COURSE_COMPLETED), Watched(REQUESTS_GROUP, Topic.CERTIFICATE_REQUESTED)]
+    return [Watched(sub.consumer, sub.topic) for sub in _worker_subscriptions(concurrency=1)]
 
 
 def api_subscriptions(settings: CertificatesSettings) -> list[Subscription[Any]]:
