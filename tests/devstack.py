@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,6 +42,23 @@ def published_course(
         lesson_ids.append(added.json()["data"]["lesson"]["id"])
     assert client.post(f"/api/admin/courses/{course_id}/publish", headers=headers).status_code == 200
     return course_id, lesson_ids
+
+
+def issued_certificate(
+    client: httpx.Client, course_id: int, headers: dict[str, str], *, what: str = "the certificate",
+    other_than: str | None = None, timeout: float = 60,
+) -> dict[str, Any]:
+    """The learner's certificate of the course once issued (``other_than``: a certificate id
+    to wait past, a later attempt's); meanwhile the answer may only be 202, pending."""
+    def issued() -> dict[str, Any] | None:
+        response = client.get(f"/api/courses/{course_id}/certificate", headers=headers)
+        assert response.status_code in (200, 202), response.text
+        if response.status_code != 200:
+            return None
+        data: dict[str, Any] = response.json()["data"]
+        return data if data["certificate_id"] != other_than else None
+
+    return infra.wait_until(issued, timeout, interval=0.2, what=what)
 
 
 @dataclass

@@ -6,15 +6,14 @@ links to the PDF and the signed credential; an unknown code says so."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Page
 
 from tests.browser import screenshot
-from tests.devstack import DevStack, published_course
-from tests.e2e.test_end_to_end import SETTINGS, auth, wait_for
+from tests.devstack import DevStack, issued_certificate, published_course
+from tests.e2e.test_end_to_end import SETTINGS, auth
 
 pytestmark = pytest.mark.xdist_group("e2e")
 
@@ -28,11 +27,7 @@ def test_a_verification_link_shows_the_certificate_verified_in_a_browser(e2e_sta
         done = client.post(f"/api/courses/{course_id}/lessons/{lessons[0]}/complete", headers=learner)
         assert done.status_code == 200, done.text
 
-        def certificate() -> dict[str, Any] | None:
-            response = client.get(f"/api/courses/{course_id}/certificate", headers=learner)
-            return response.json()["data"] if response.status_code == 200 else None
-
-        issued = wait_for(certificate, what="the certificate")
+        issued = issued_certificate(client, course_id, learner)
 
     link = str(issued["verification_url"]).replace(SETTINGS.public_base_url, e2e_stack.gateway)
     answer = page.goto(link)

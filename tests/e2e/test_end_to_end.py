@@ -25,7 +25,7 @@ from lessonstream import infra
 from services.certificates import credentials
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
-from tests.devstack import DevStack, published_course
+from tests.devstack import DevStack, issued_certificate, published_course
 from tests.reference_verifier import verify_with_reference
 
 pytestmark = pytest.mark.xdist_group("e2e")
@@ -110,12 +110,7 @@ def test_a_learner_enrolls_completes_gets_a_certificate_and_the_emails(stack: De
         assert progress["missing_required_lessons"] == []
 
         # The certificate, asked for at once: pending or ready, never "not complete".
-        def certificate() -> dict[str, Any] | None:
-            response = client.get(f"/api/courses/{course_id}/certificate", headers=learner)
-            assert response.status_code in (200, 202), response.text
-            return response.json()["data"] if response.status_code == 200 else None
-
-        issued = wait_for(certificate, what="the certificate")
+        issued = issued_certificate(client, course_id, learner)
         assert issued["course_title"] == "Introduction to Web Development"
         assert issued["student_name"] == "Zoë Ångström-李"
         assert issued["certificate_id"].startswith("CERT-")

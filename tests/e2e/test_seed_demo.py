@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lessonstream import cli
 from shared.demo import DEMO_INSTRUCTOR, DEMO_LEARNERS, DemoPerson
-from tests.devstack import DevStack
+from tests.devstack import DevStack, issued_certificate
 from tests.e2e.test_end_to_end import auth, wait_for
 
 pytestmark = pytest.mark.xdist_group("e2e")
@@ -102,11 +102,6 @@ def test_seed_demo_gives_the_dashboard_and_every_demo_learner_something_to_see(e
         assert progress["progress_percentage"] == 0 and progress["next_lesson"]["title"] == "Welcome to the course"
 
         # Ada finished: her certificate is issued.
-        def certificate() -> dict[str, Any] | None:
-            response = client.get(f"/api/courses/{course_id}/certificate", headers=ada)
-            assert response.status_code in (200, 202), response.text
-            return response.json()["data"] if response.status_code == 200 else None
-
-        issued = wait_for(certificate, what="Ada's certificate")
+        issued = issued_certificate(client, course_id, ada, what="Ada's certificate")
         assert issued["student_name"] == "Ada Lovelace"
 
